@@ -1,0 +1,15 @@
+"""Reading and writing images, transforms and point sets; every writer is atomic."""
+
+from .atomic import atomic_output
+from .images import ImageInput, read_image, read_mask, write_image
+from .transforms import read_transform, write_transform
+
+__all__ = [
+    "ImageInput",
+    "atomic_output",
+    "read_image",
+    "read_mask",
+    "read_transform",
+    "write_image",
+    "write_transform",
+]
