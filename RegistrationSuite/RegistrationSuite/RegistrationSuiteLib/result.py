@@ -45,11 +45,7 @@ class RegistrationResult:
 
     @property
     def is_linear(self) -> bool:
-        try:
-            affine_matrix_from_sitk(self.transform, self.dimension)
-        except ValueError:
-            return False
-        return True
+        return bool(self.transform.IsLinear())
 
     @property
     def fixed_to_moving_matrix(self) -> np.ndarray:

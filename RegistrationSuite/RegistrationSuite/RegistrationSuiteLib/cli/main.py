@@ -1,0 +1,67 @@
+"""Entry point of the ``registration-suite`` command-line tool."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from .. import __version__
+from ..errors import InputError, RegistrationCancelled, RegistrationFailed
+
+# Exit codes: 0 success, 1 registration failed, 2 bad input/usage, 3 cancelled (Ctrl-C), 4 unexpected error.
+EXIT_FAILED, EXIT_INPUT, EXIT_CANCELLED, EXIT_BUG = 1, 2, 3, 4
+
+
+def _commands():
+    # Imported here so `--help` stays fast and a broken optional command cannot break the others.
+    from . import demo, rigid_search
+
+    commands = [rigid_search, demo]
+    for optional in ("organ_points", "partial_prereg", "train_partial_prereg"):
+        try:
+            commands.append(__import__(f"{__package__}.{optional}", fromlist=["add_parser"]))
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.{optional}":
+                raise
+    return commands
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="registration-suite",
+        description="Medical image registration methods from published papers (RegistrationSuite).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in _commands():
+        p = command.add_parser(sub)
+        p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+        p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (InputError, FileNotFoundError) as exc:
+        return _fail(args, f"error: {exc}", EXIT_INPUT)
+    except RegistrationFailed as exc:
+        return _fail(args, f"registration failed: {exc}", EXIT_FAILED)
+    except (RegistrationCancelled, KeyboardInterrupt):
+        return _fail(args, "cancelled: no output written", EXIT_CANCELLED)
+    except Exception as exc:  # noqa: BLE001 - last line of defence of a CLI: one line, not a traceback
+        return _fail(args, f"unexpected error: {type(exc).__name__}: {exc} (rerun with --debug)", EXIT_BUG)
+
+
+def _fail(args, message: str, code: int) -> int:
+    if getattr(args, "debug", False):
+        traceback.print_exc()
+    print(message.splitlines()[0] if message else "error", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
