@@ -1,0 +1,26 @@
+"""Shared fixtures: a headless MRML scene (needs slicer-core) and the optional ../shared/data folder."""
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def headless_scene():
+    """A fresh ``vtkMRMLScene`` with the application and module logics attached; ``slicer.mrmlScene`` is
+    set to it for the test and released afterwards."""
+    pytest.importorskip("slicer", reason="needs the MRML libraries (pip install slicer-core)")
+    from RegistrationSuiteLib.mrml.scene import close_headless_scene, create_headless_scene
+
+    scene = create_headless_scene()
+    yield scene
+    close_headless_scene(scene)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """``../shared/data`` beside the repository root (absent in a user's fresh clone: skip)."""
+    path = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    if not path.is_dir():
+        pytest.skip("../shared/data not available")
+    return path
