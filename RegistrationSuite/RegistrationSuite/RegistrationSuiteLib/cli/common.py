@@ -51,6 +51,11 @@ def check_output_paths(args, transform_attr: str = "output") -> None:
     scene = getattr(args, "output_scene", None)
     if scene and not str(scene).lower().endswith(".mrb"):
         raise InputError(f"--output-scene: expected a .mrb file, got {scene}")
+    if scene:
+        from ..mrml import slicer_available
+
+        if not slicer_available():
+            raise InputError("--output-scene needs the MRML library: pip install 'registration-suite[scene]'")
 
 
 def resample_moving(fixed: sitk.Image, moving: sitk.Image, result: RegistrationResult, *, labels: bool = False) -> sitk.Image:
