@@ -65,11 +65,18 @@ def known_rigid_case(
     return fixed, fixed_to_moving
 
 
-def checkerboard_png_array(fixed: sitk.Image, resampled_moving: sitk.Image, *, squares: int = 8) -> np.ndarray:
+def checkerboard_png_array(fixed: sitk.Image, resampled_moving: sitk.Image, *, squares: int = 8,
+                           min_height: int = 320) -> np.ndarray:
     """A uint8 RGB picture ``(H, 2W, 3)``: checkerboard of fixed/moving (left) and a colour overlay
-    (fixed in magenta, moving in green; right), from the middle slice of 3D images."""
+    (fixed in magenta, moving in green; right), from the middle slice of 3D images, upscaled (linear) to at
+    least ``min_height`` rows so small volumes stay legible."""
+    from scipy.ndimage import zoom
+
     f = _middle_slice(fixed)
     m = _middle_slice(resampled_moving)
+    factor = max(1.0, min_height / f.shape[0])
+    if factor > 1.0:
+        f, m = zoom(f, factor, order=1), zoom(m, factor, order=1)
     h, w = f.shape
     yy, xx = np.mgrid[0:h, 0:w]
     board = ((yy * squares // h + xx * squares // w) % 2).astype(bool)

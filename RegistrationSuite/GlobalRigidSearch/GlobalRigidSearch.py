@@ -1,0 +1,470 @@
+"""Global Rigid Search: multimodal rigid alignment without initialisation (CSNGF, Öfverstedt et al. 2022).
+
+The mathematics lives in the Qt-free core (``RegistrationSuiteLib.methods.global_rigid``); this file only
+connects MRML nodes and the GUI to it. torch is imported lazily (through the PyTorch extension), so the module
+loads even when torch is not installed.
+"""
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Annotated, Optional
+
+import vtk
+
+import slicer
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLLinearTransformNode, vtkMRMLScalarVolumeNode
+from slicer.i18n import tr as _
+from slicer.parameterNodeWrapper import Choice, Minimum, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+from RegistrationSuiteLib.errors import RegistrationCancelled
+from RegistrationSuiteLib.mrml.logic import GlobalRigidSearchLogic as GlobalRigidSearchNodeLogic
+from RegistrationSuiteWidgets import (
+    BackgroundTask,
+    ensureTorch,
+    formatResultSummary,
+    registerSampleVolumes,
+    setApplyButtonRunning,
+    torchStatus,
+)
+
+#
+# GlobalRigidSearch
+#
+
+
+class GlobalRigidSearch(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Global Rigid Search")
+        self.parent.categories = ["Registration"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["RegistrationSuite contributors"]
+        self.parent.helpText = _("""
+Aligns a moving volume to a fixed volume with a rigid transform, without any initial alignment and across
+modalities (e.g. T1/T2 MRI, CT, PET). The similarity of squared normalized gradient fields (CSNGF) is computed
+by FFT for all shifts at once, for every rotation of a multi-level random search (uniform rotations at the
+coarsest level, perturbations of the best ones at finer levels). Optional labelmap masks restrict the
+comparison; the minimum overlap excludes shifts where the volumes barely touch.
+<br><br>
+Output: a linear transform (moving to fixed); optionally the moving volume placed under it and/or resampled
+onto the fixed grid. The result shows the score (mean squared NGF similarity), a confidence (how much the best
+solution stands out) and the time.
+<br><br>
+Same method on the command line: <code>registration-suite rigid-search --fixed F.nii.gz --moving M.nii.gz
+--output T.h5</code>. Needs torch (installed through the PyTorch extension); uses a CUDA GPU when available.
+""")
+        self.parent.acknowledgementText = _("""
+Method: J. Öfverstedt, J. Lindblad, N. Sladoje, "Cross-Sim-NGF: FFT-Based Global Rigid Multimodal Alignment
+of Image Volumes using Normalized Gradient Fields", Biomedical Image Registration (WBIR 2022), LNCS 13386,
+Springer, 2022 (arXiv:2110.10156); building on J. Öfverstedt, J. Lindblad, N. Sladoje, "Fast computation of mutual information
+in the frequency domain with applications to global multimodal image alignment", Pattern Recognition Letters
+159:196-203, 2022. Sample data: C-STAR stroke T1/T2 volumes via neurolabusc/VolumeRenderingData (MIT).
+""")
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    """Register the T1/T2 sample volumes shipped with the core package in the Sample Data module."""
+    iconsPath = os.path.join(os.path.dirname(__file__), "Resources", "Icons")
+    registerSampleVolumes(
+        "RegistrationSuite",
+        [
+            ("RegistrationSuiteT1", "T1", "GlobalRigidSearchSampleT1.png"),
+            ("RegistrationSuiteT2", "T2", "GlobalRigidSearchSampleT2.png"),
+        ],
+        iconsPath,
+    )
+
+
+#
+# GlobalRigidSearchParameterNode
+#
+
+
+@parameterNodeWrapper
+class GlobalRigidSearchParameterNode:
+    """The module's parameters (saved with the scene).
+
+    rotationsPerLevel: comma-separated rotation counts per pyramid level, coarse to fine ("" = defaults).
+    minOverlap: minimum overlap fraction of the volumes for a shift to be considered.
+    """
+
+    fixedVolume: vtkMRMLScalarVolumeNode
+    movingVolume: vtkMRMLScalarVolumeNode
+    fixedMask: vtkMRMLLabelMapVolumeNode
+    movingMask: vtkMRMLLabelMapVolumeNode
+    outputTransform: vtkMRMLLinearTransformNode
+    outputVolume: vtkMRMLScalarVolumeNode
+    placeMovingUnderTransform: bool = True
+    rotationsPerLevel: str = ""
+    minOverlap: Annotated[float, WithinRange(0.05, 1.0)] = 0.5
+    seed: Annotated[int, Minimum(0)] = 0
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+
+
+#
+# GlobalRigidSearchWidget
+#
+
+
+class GlobalRigidSearchWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._task = None  # BackgroundTask while a registration runs
+        self._run = None  # GlobalRigidSearchRun of the running registration
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/GlobalRigidSearch.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = GlobalRigidSearchLogic()
+        self.ui.progressBar.visible = False
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self._abandonRun()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self._abandonRun()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        # Preselect the first two volumes to save the user a few clicks.
+        volumes = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                   if not n.IsA("vtkMRMLLabelMapVolumeNode")]
+        if not self._parameterNode.fixedVolume and volumes:
+            self._parameterNode.fixedVolume = volumes[0]
+        if not self._parameterNode.movingVolume and len(volumes) > 1:
+            self._parameterNode.movingVolume = volumes[1]
+
+    def setParameterNode(self, inputParameterNode: Optional[GlobalRigidSearchParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            # Widgets carry the "SlicerParameterName" dynamic property in the .ui file.
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._checkCanApply()
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        if self._task is not None:
+            return  # the button is a Cancel button while running
+        reason = self.logic.whyCannotRun(self._parameterNode)
+        self.ui.applyButton.enabled = not reason
+        self.ui.applyButton.toolTip = reason or _("Run the global rigid search (runs in the background).")
+
+    def onApplyButton(self) -> None:
+        """Start a registration from the parameter node, or cancel the running one."""
+        if self._task is not None:
+            self._task.requestCancel()
+            self.ui.resultsLabel.text = _("Cancelling...")
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the registration."), waitCursor=True):
+            self._startRun()
+
+    def _startRun(self) -> None:
+        if ensureTorch(askConfirmation=True) is None:
+            return
+        # Reads the parameter node (not the widgets) and copies the voxels: main thread, before the worker.
+        run = self.logic.prepareRun(self._parameterNode)
+        computeRun = self.logic.computeRun
+        self._task = BackgroundTask(
+            lambda progress, cancel: computeRun(run, progress=progress, cancel=cancel),
+            onProgress=self._onProgress,
+            onFinished=self._onFinished,
+            name="GlobalRigidSearch",
+        )
+        self._run = run
+        self.ui.resultsLabel.text = ""
+        self.ui.progressBar.value = 0
+        self.ui.progressBar.visible = True
+        setApplyButtonRunning(self.ui.applyButton, True)
+        self._task.start()
+
+    def _onProgress(self, fraction, message) -> None:
+        self.ui.progressBar.value = int(round(100 * fraction))
+        self.ui.progressBar.format = "%p%  " + message.replace("%", "")
+
+    def _onFinished(self, task) -> None:
+        """Main thread: write the result into the scene, or report why there is none."""
+        self._task = None
+        run, self._run = self._run, None
+        self.ui.progressBar.visible = False
+        setApplyButtonRunning(self.ui.applyButton, False)
+        self._checkCanApply()
+        if isinstance(task.error, RegistrationCancelled):
+            self.ui.resultsLabel.text = _("Cancelled: nothing was written to the scene.")
+            return
+        if task.error is not None:
+            logging.error("GlobalRigidSearch failed:\n%s", task.errorTraceback)
+            self.ui.resultsLabel.text = _("Failed: {error}").format(error=task.error)
+        with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=True):
+            if task.error is not None:
+                raise task.error
+            transformNode = self.logic.finishRun(run, task.result)
+            if self._parameterNode is not None:
+                self._parameterNode.outputTransform = transformNode
+            self.ui.resultsLabel.text = formatResultSummary(task.result, task.elapsedSeconds())
+
+    def _abandonRun(self) -> None:
+        """Stop following a running registration (scene closed, module destroyed); its result is dropped."""
+        if self._task is not None:
+            self._task.stopPolling()
+            self._task = None
+            self._run = None
+            self.ui.progressBar.visible = False
+            setApplyButtonRunning(self.ui.applyButton, False)
+
+
+#
+# GlobalRigidSearchLogic
+#
+
+
+@dataclass
+class GlobalRigidSearchRun:
+    """One registration, captured on the main thread when it starts (nodes, config, images)."""
+
+    scene: object
+    fixedVolumeNode: object
+    movingVolumeNode: object
+    outputTransformNode: object
+    outputVolumeNode: object
+    placeMovingUnderTransform: bool
+    config: object  # GlobalRigidConfig
+    inputs: object  # RegistrationSuiteLib.mrml.logic.RegistrationInputs (LPS images and masks)
+
+
+class GlobalRigidSearchLogic(ScriptedLoadableModuleLogic, GlobalRigidSearchNodeLogic):
+    """The core's Qt-free node logic plus this module's parameter node; usable without the widget.
+
+    Scripts can call the inherited ``register(fixedVolumeNode, movingVolumeNode, config,
+    outputTransformNode=None, fixedMaskNode=None, movingMaskNode=None, progress=None, cancel=None)``. The
+    widget splits a run in three so that the heavy part runs in a worker thread: :meth:`prepareRun` (main
+    thread: nodes -> images), :meth:`computeRun` (any thread: no MRML, no Qt) and :meth:`finishRun` (main
+    thread: result -> nodes).
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        return GlobalRigidSearchParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def parseRotationsPerLevel(text):
+        """``"1500,400,40"`` -> ``(1500, 400, 40)``; ``""`` -> ``None`` (the method's defaults)."""
+        if not text.strip():
+            return None
+        try:
+            counts = tuple(int(t) for t in text.replace(";", ",").split(",") if t.strip())
+        except ValueError:
+            counts = ()
+        if not counts or min(counts) < 1:
+            raise ValueError(f"Rotations per level: expected comma-separated positive integers such as "
+                             f"'1500,400,40', got '{text}'")
+        return counts
+
+    @staticmethod
+    def _configFromParameterNode(parameterNode):
+        """The one place where the module's parameters become a ``GlobalRigidConfig`` (imports torch)."""
+        from RegistrationSuiteLib.methods.global_rigid import GlobalRigidConfig
+
+        options = {"min_overlap": float(parameterNode.minOverlap), "seed": int(parameterNode.seed),
+                   "device": parameterNode.device}
+        rotations = GlobalRigidSearchLogic.parseRotationsPerLevel(parameterNode.rotationsPerLevel)
+        if rotations is not None:
+            levels = GlobalRigidConfig().num_levels
+            if len(rotations) != levels:
+                raise ValueError(f"Rotations per level: expected {levels} counts (one per pyramid level, coarse "
+                                 f"to fine), got {len(rotations)}: '{parameterNode.rotationsPerLevel}'")
+            options["num_rotations"] = rotations
+        return GlobalRigidConfig(**options)
+
+    def whyCannotRun(self, parameterNode) -> str:
+        """Why Apply must stay disabled ("" when it can run); shown as the Apply button's tooltip."""
+        if parameterNode is None:
+            return _("No parameter node.")
+        fixed, moving = parameterNode.fixedVolume, parameterNode.movingVolume
+        if not fixed or not moving:
+            return _("Select a fixed and a moving volume.")
+        if fixed == moving:
+            return _("The fixed and moving volumes must be different volumes.")
+        if parameterNode.outputVolume in (fixed, moving):
+            return _("The resampled volume must be a new volume, not the fixed or moving volume.")
+        for node in (fixed, moving, parameterNode.fixedMask, parameterNode.movingMask):
+            if node and node.GetImageData() is None:
+                return _("Volume '{name}' has no voxels.").format(name=node.GetName())
+        try:
+            self.parseRotationsPerLevel(parameterNode.rotationsPerLevel)
+        except ValueError as error:
+            return str(error)
+        return ""
+
+    def prepareRun(self, parameterNode) -> GlobalRigidSearchRun:
+        """Main thread: validate the nodes, build the config, copy voxels into images."""
+        p = parameterNode
+        scene = self._check_nodes(p.fixedVolume, p.movingVolume, p.outputTransform)
+        config = self._configFromParameterNode(p)
+        inputs = self.prepare_inputs(p.fixedVolume, p.movingVolume, p.fixedMask, p.movingMask)
+        return GlobalRigidSearchRun(scene, p.fixedVolume, p.movingVolume, p.outputTransform, p.outputVolume,
+                                    p.placeMovingUnderTransform, config, inputs)
+
+    def computeRun(self, run, progress=None, cancel=None):
+        """Any thread: the registration itself; returns a ``RegistrationResult``. Touches no MRML, no Qt."""
+        return self.run_method(run.inputs, run.config, progress, cancel)
+
+    def finishRun(self, run, result):
+        """Main thread: write the output transform (and the resampled volume); returns the transform node."""
+        for label, node in (("fixed volume", run.fixedVolumeNode), ("moving volume", run.movingVolumeNode)):
+            if node.GetScene() is None:
+                raise ValueError(f"{label}: the node was removed from the scene while the registration ran")
+        outputNode = run.outputTransformNode
+        if outputNode is not None and outputNode.GetScene() is None:
+            outputNode = None  # deleted meanwhile: create a new node rather than write into a dead one
+        self._note_parent_transforms(result, run.fixedVolumeNode, run.movingVolumeNode, outputNode)
+        transformNode = self.apply_result(result, run.inputs, run.scene, run.fixedVolumeNode,
+                                          run.movingVolumeNode, outputNode)
+        result.diagnostics["output_transform_node_id"] = transformNode.GetID()
+        if run.placeMovingUnderTransform:
+            run.movingVolumeNode.SetAndObserveTransformNodeID(transformNode.GetID())
+        if run.outputVolumeNode is not None and run.outputVolumeNode.GetScene() is not None:
+            self.resample_volume(run.movingVolumeNode, run.fixedVolumeNode, transformNode, run.outputVolumeNode)
+        return transformNode
+
+    def runWithParameterNode(self, parameterNode, progress=None, cancel=None):
+        """Blocking run of what Apply does (scripts, tests); returns ``(result, transformNode)``."""
+        run = self.prepareRun(parameterNode)
+        result = self.computeRun(run, progress, cancel)
+        return result, self.finishRun(run, result)
+
+
+#
+# GlobalRigidSearchTest
+#
+
+
+class GlobalRigidSearchTest(ScriptedLoadableModuleTest):
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_applyDisabledWithoutInputs()
+        self.setUp()
+        self.test_backgroundTaskCancels()
+        self.setUp()
+        self.test_recoversKnownRotation()
+
+    def test_applyDisabledWithoutInputs(self):
+        logic = GlobalRigidSearchLogic()
+        params = logic.getParameterNode()
+        self.assertIn("Select", logic.whyCannotRun(params))
+        params.rotationsPerLevel = "100,abc"
+        with self.assertRaises(ValueError):
+            logic.parseRotationsPerLevel(params.rotationsPerLevel)
+        self.assertEqual(logic.parseRotationsPerLevel(" 300, 60 ,20"), (300, 60, 20))
+
+    def test_backgroundTaskCancels(self):
+        import time
+
+        from RegistrationSuiteLib.progress import Progress
+
+        def work(progress, cancel):
+            reporter = Progress(progress, cancel)
+            for i in range(1000):
+                reporter.report(i / 1000, "working")
+                time.sleep(0.01)
+            return "not cancelled"
+
+        finished = []
+        task = BackgroundTask(work, onFinished=finished.append, intervalMs=10)
+        task.start()
+        time.sleep(0.05)
+        task.requestCancel()
+        deadline = time.monotonic() + 10
+        while not finished and time.monotonic() < deadline:
+            slicer.app.processEvents()
+            time.sleep(0.01)
+        self.assertEqual(finished, [task])
+        self.assertIsInstance(task.error, RegistrationCancelled)
+
+    def test_recoversKnownRotation(self):
+        """Misalign the T1 sample by a known rotation and shift, register it to the T2 sample, compare."""
+        import numpy as np
+
+        from RegistrationSuiteLib.geometry import rigid_about_center, rotation_angle_deg, rotation_from_quaternion
+        from RegistrationSuiteLib.sample_data import sample_path
+
+        if not torchStatus()["installed"]:  # a test must not download torch: install it from the hub module
+            self.skipTest("torch is not installed")
+        fixed = slicer.util.loadVolume(str(sample_path("T2")))
+        moving = slicer.util.loadVolume(str(sample_path("T1")))
+        bounds = np.zeros(6)
+        moving.GetRASBounds(bounds)
+        center = bounds.reshape(3, 2).mean(axis=1)
+        half = np.radians(20.0) / 2  # 20 degrees about an oblique axis, ~10 mm shift
+        axis = np.array([0.3, -0.5, 0.8]) / np.linalg.norm([0.3, -0.5, 0.8])
+        rotation = rotation_from_quaternion(np.r_[np.cos(half), np.sin(half) * axis][None])[0]
+        appliedMovingToNew = rigid_about_center(rotation, center, [6.0, -6.0, 5.0])  # RAS
+        misalign = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+        misalign.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(appliedMovingToNew))
+        moving.SetAndObserveTransformNodeID(misalign.GetID())
+        slicer.vtkSlicerTransformLogic.hardenTransform(moving)
+
+        logic = GlobalRigidSearchLogic()
+        params = logic.getParameterNode()
+        params.fixedVolume, params.movingVolume = fixed, moving
+        params.outputVolume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "resampled")
+        params.placeMovingUnderTransform = True
+        params.rotationsPerLevel, params.seed, params.device = "600,200,40", 0, "auto"  # small but robust
+        self.assertEqual(logic.whyCannotRun(params), "")
+        fractions = []
+        result, transformNode = logic.runWithParameterNode(params, progress=lambda f, m="": fractions.append(f))
+
+        movingToFixed = slicer.util.arrayFromTransformMatrix(transformNode)  # ToParent, RAS
+        residual = movingToFixed @ appliedMovingToNew  # identity if recovered exactly
+        self.assertLess(float(rotation_angle_deg(residual[:3, :3])), 3.0)
+        self.assertLess(float(np.linalg.norm(residual[:3, :3] @ center + residual[:3, 3] - center)), 4.0)
+        self.assertTrue(fractions)
+        self.assertTrue(0.0 <= result.confidence <= 1.0)
+        role = slicer.vtkMRMLTransformNode.GetMovingNodeReferenceRole()
+        self.assertEqual(transformNode.GetNodeReferenceID(role), moving.GetID())
+        self.assertEqual(moving.GetParentTransformNode(), transformNode)
+        self.assertEqual(params.outputVolume.GetImageData().GetDimensions(), fixed.GetImageData().GetDimensions())
+        self.delayDisplay("Test passed")
