@@ -105,6 +105,11 @@ class RegistrationLogicBase:
         scene = fixedVolumeNode.GetScene()
         if scene is None:
             raise InputError("fixedVolumeNode: the node is not in a scene")
+        self._check_output_node(outputTransformNode)
+        return scene
+
+    def _check_output_node(self, outputTransformNode) -> None:
+        """A passed output must be a transform node, and not a linear one for deformable methods."""
         if outputTransformNode is not None:
             if not hasattr(outputTransformNode, "IsA") or not outputTransformNode.IsA("vtkMRMLTransformNode"):
                 raise InputError(
@@ -114,7 +119,6 @@ class RegistrationLogicBase:
                 raise InputError(
                     "outputTransformNode: this method gives a deformable transform, got a linear transform node"
                 )
-        return scene
 
     def prepare_inputs(
         self, fixedVolumeNode, movingVolumeNode, fixedMaskNode=None, movingMaskNode=None
@@ -153,15 +157,20 @@ class RegistrationLogicBase:
 
     @staticmethod
     def _note_parent_transforms(result, fixedVolumeNode, movingVolumeNode, outputTransformNode) -> None:
-        """Tell the user when a parent transform was ignored (the moving volume under the output is expected)."""
+        """Tell the user when a parent transform was ignored (the moving node under the output is expected).
+
+        The fixed/moving arguments may also be lists of nodes (e.g. one model node per organ).
+        """
         output_id = outputTransformNode.GetID() if outputTransformNode is not None else None
-        for role, node in (("fixed", fixedVolumeNode), ("moving", movingVolumeNode)):
-            parent = node.GetParentTransformNode()
-            if parent is not None and not (role == "moving" and parent.GetID() == output_id):
-                result.warnings.append(
-                    f"{role} volume '{node.GetName()}' is under transform '{parent.GetName()}', which the "
-                    "registration ignored (it used the volume's own coordinates)"
-                )
+        for role, nodes in (("fixed", fixedVolumeNode), ("moving", movingVolumeNode)):
+            for node in nodes if isinstance(nodes, (list, tuple)) else [nodes]:
+                parent = node.GetParentTransformNode()
+                if parent is not None and not (role == "moving" and parent.GetID() == output_id):
+                    kind = _node_kind(node)
+                    result.warnings.append(
+                        f"{role} {kind} '{node.GetName()}' is under transform '{parent.GetName()}', which the "
+                        f"registration ignored (it used the {kind}'s own coordinates)"
+                    )
 
     def resample_volume(self, movingNode, fixedNode, transformNode, outputNode=None, **kwargs):
         """See :func:`resample_volume`."""
@@ -242,6 +251,15 @@ def resample_volume(
         labelmap=labelmap,
         node=outputNode,
     )
+
+
+def _node_kind(node) -> str:
+    """The kind of node for messages: "volume", "segmentation", "model", "markups" or "node"."""
+    for class_name, kind in (("vtkMRMLVolumeNode", "volume"), ("vtkMRMLSegmentationNode", "segmentation"),
+                             ("vtkMRMLModelNode", "model"), ("vtkMRMLMarkupsNode", "markups")):
+        if node.IsA(class_name):
+            return kind
+    return "node"
 
 
 def _describe(node) -> str:
