@@ -6,6 +6,8 @@ the files when this script or the sample volumes change.
 - ``Resources/Icons/RegistrationSuite.png`` (extension) and the hub module's icon: a fixed (blue) and a moving
   (orange) square, the moving one rotated, overlapping.
 - ``GlobalRigidSearch.png``: the same pair with a circular arrow (a search over rotations).
+- ``PartialVolumePreregistration.png``: a full (blue) square and a thin, rotated partial slab (orange) inside it,
+  with the small patches whose template positions the network predicts.
 - ``GlobalRigidSearchSampleT1.png`` / ``...T2.png``: middle axial slice of each shipped sample volume, used as
   thumbnails in the Sample Data module.
 """
@@ -21,6 +23,7 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 HUB = ROOT / "RegistrationSuite" / "RegistrationSuite"
 GLOBAL_RIGID = ROOT / "RegistrationSuite" / "GlobalRigidSearch"
+PARTIAL_PREREG = ROOT / "RegistrationSuite" / "PartialVolumePreregistration"
 DATA = HUB / "RegistrationSuiteLib" / "data"
 
 SIZE = 128
@@ -68,6 +71,28 @@ def _rotation_arrow(img: Image.Image, scale: int) -> Image.Image:
     return img
 
 
+def _partial_slab(scale: int) -> Image.Image:
+    """A full volume (blue square), a partial slab (thin orange rectangle, rotated) and its patches."""
+    s = SIZE * scale
+    img = Image.new("RGBA", (s, s), (0, 0, 0, 0))
+    outline = (30, 30, 30, 255)
+    a = np.radians(-22.0)
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    center = np.array([0.52 * s, 0.50 * s])
+    slab = np.array([[-0.40, -0.11], [0.40, -0.11], [0.40, 0.11], [-0.40, 0.11]]) * s
+    for poly, rgba in (
+        (_square((0.5 * s, 0.5 * s), 0.40 * s, 0.0), FIXED_RGBA),
+        ([tuple(p) for p in slab @ rot.T + center], MOVING_RGBA),
+    ):
+        layer = Image.new("RGBA", (s, s), (0, 0, 0, 0))
+        ImageDraw.Draw(layer).polygon(poly, fill=rgba, outline=outline, width=2 * scale)
+        img = Image.alpha_composite(img, layer)
+    draw = ImageDraw.Draw(img)
+    for x in (-0.27, -0.09, 0.09, 0.27):  # patches along the slab
+        draw.polygon(_square(tuple(np.array([x * s, 0.0]) @ rot.T + center), 0.045 * s, -22.0), fill=ARROW_RGBA)
+    return img
+
+
 def _save(img: Image.Image, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     img.resize((SIZE, SIZE), Image.LANCZOS).save(path, optimize=True)
@@ -97,6 +122,7 @@ def main() -> None:
     _save(pair, ROOT / "Resources" / "Icons" / "RegistrationSuite.png")
     _save(pair, HUB / "Resources" / "Icons" / "RegistrationSuite.png")
     _save(_rotation_arrow(_two_squares(SUPERSAMPLE), SUPERSAMPLE), GLOBAL_RIGID / "Resources" / "Icons" / "GlobalRigidSearch.png")
+    _save(_partial_slab(SUPERSAMPLE), PARTIAL_PREREG / "Resources" / "Icons" / "PartialVolumePreregistration.png")
     for key in ("T1", "T2"):
         _thumbnail(DATA / f"sample_{key}_2mm.nii.gz", GLOBAL_RIGID / "Resources" / "Icons" / f"GlobalRigidSearchSample{key}.png")
 

@@ -1,10 +1,14 @@
-"""RegistrationSuite hub: what the suite offers, and whether torch is ready.
+"""RegistrationSuite hub: what the suite offers, whether torch is ready, and the models of the learned methods.
 
 This module folder also ships the Qt-free core library (``RegistrationSuiteLib``) that every method module
 of the extension imports, and the shared widget helpers (``RegistrationSuiteWidgets``).
 """
 
 import html
+import sys
+from pathlib import Path
+
+import qt
 
 import slicer
 from slicer.i18n import tr as _
@@ -36,6 +40,11 @@ one Python library (also usable outside Slicer as the <code>registration-suite</
 This panel lists the methods (click one to open it) and shows whether PyTorch is installed and can use a
 GPU. PyTorch is installed through the PyTorch extension (SlicerPyTorch), which picks a build that matches
 your GPU driver; nothing is installed without asking you.
+<br><br>
+Models: the networks of the learned methods (e.g. partial-volume preregistration) are model files shipped with
+the extension or placed in your user models folder (shown here; <code>REGISTRATION_SUITE_MODELS</code> selects
+another folder). Add a model file (it is checked, then copied), open the folder, or clear it (after you confirm;
+shipped models are kept). Nothing is downloaded.
 """)
         self.parent.acknowledgementText = _("""
 Each method module cites the paper it implements in its own Help &amp; Acknowledgement section.
@@ -63,12 +72,19 @@ class RegistrationSuiteWidget(ScriptedLoadableModuleWidget):
         self.ui.methodsLabel.connect("linkActivated(QString)", self.onMethodLinkActivated)
         self.ui.checkTorchButton.connect("clicked(bool)", self.onCheckTorchButton)
         self.ui.installTorchButton.connect("clicked(bool)", self.onInstallTorchButton)
+        self.ui.refreshModelsButton.connect("clicked(bool)", self.onRefreshModelsButton)
+        self.ui.addModelButton.connect("clicked(bool)", self.onAddModelButton)
+        self.ui.openModelsFolderButton.connect("clicked(bool)", self.onOpenModelsFolderButton)
+        self.ui.clearModelsButton.connect("clicked(bool)", self.onClearModelsButton)
+        setupModelsTable(self.ui.modelsTable)
         self.updateMethods()
         self.updateTorchStatus(importTorch=False)
+        self.updateModels(readDetails=False)
 
     def enter(self) -> None:
         # Modules of the extension may have been loaded since the panel was built.
         self.updateMethods()
+        self.updateModels(readDetails="torch" in sys.modules)  # details only when that costs no torch import
 
     def updateMethods(self) -> None:
         self.ui.methodsLabel.text = self.logic.methodsOverviewHtml()
@@ -104,6 +120,83 @@ class RegistrationSuiteWidget(ScriptedLoadableModuleWidget):
             torch = ensureTorch(askConfirmation=True)
             self.updateTorchStatus(importTorch=torch is not None)
 
+    def updateModels(self, readDetails) -> None:
+        """Show the user models folder and the model files (kind and summary only when ``readDetails``)."""
+        self.ui.userModelsFolderValueLabel.text = str(self.logic.userModelsFolder())
+        rows = self.logic.modelRows(readDetails=readDetails)
+        fillModelsTable(self.ui.modelsTable, rows)
+        userCount = sum(1 for r in rows if r["source"] == "user")
+        self.ui.clearModelsButton.enabled = userCount > 0
+        if not rows:
+            message = _("No model files yet: add one, or copy .pt files into the user models folder.")
+        elif not readDetails:
+            message = _("Press Refresh to read the models' kind and summary (loads PyTorch).")
+        else:
+            message = ""
+        self.ui.modelsMessageLabel.text = message
+
+    def onRefreshModelsButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to read the model files."), waitCursor=True):
+            self.updateModels(readDetails=torchStatus()["installed"])
+            if not torchStatus()["installed"]:
+                self.ui.modelsMessageLabel.text = _("Install PyTorch to read the models' kind and summary.")
+
+    def onAddModelButton(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), _("Add a model file"), "",
+                                              _("Model files (*.pt)"))
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to add the model file."), waitCursor=True):
+            if ensureTorch(askConfirmation=True) is None:  # the file is checked with torch before it is copied
+                return
+            destination = self.logic.userModelPath(path)
+            if destination.exists() and not slicer.util.confirmOkCancelDisplay(
+                    _("A user model named '{name}' exists. Replace it?").format(name=destination.stem)):
+                return
+            self.logic.addModelFile(path, overwrite=True)
+            self.updateModels(readDetails=True)
+
+    def onOpenModelsFolderButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to open the user models folder."), waitCursor=True):
+            folder = self.logic.userModelsFolder(create=True)
+            qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(folder)))
+
+    def onClearModelsButton(self) -> None:
+        userRows = [r for r in self.logic.modelRows() if r["source"] == "user"]
+        if not userRows:
+            self.updateModels(readDetails="torch" in sys.modules)
+            return
+        question = _("Delete the {count} model file(s) and their model cards in\n{folder}?\n\nShipped models are "
+                     "kept. This cannot be undone.").format(count=len(userRows), folder=self.logic.userModelsFolder())
+        if not slicer.util.confirmOkCancelDisplay(question, windowTitle=_("Clear user models")):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to clear the user models folder."), waitCursor=True):
+            self.logic.clearUserModels()
+        self.updateModels(readDetails="torch" in sys.modules)
+
+
+#: Columns of the models table.
+MODEL_COLUMNS = (("name", "Name"), ("source", "Source"), ("kind", "Kind"), ("size", "Size"), ("summary", "Summary"))
+
+
+def setupModelsTable(table) -> None:
+    """Columns of the models table (a read-only QTableWidget)."""
+    table.setColumnCount(len(MODEL_COLUMNS))
+    table.setHorizontalHeaderLabels([_(title) for _key, title in MODEL_COLUMNS])
+    table.verticalHeader().visible = False
+    table.horizontalHeader().setSectionResizeMode(len(MODEL_COLUMNS) - 1, qt.QHeaderView.Stretch)
+
+
+def fillModelsTable(table, rows) -> None:
+    """Show ``rows`` (dicts from ``RegistrationSuiteLogic.modelRows``); the tooltip of a row is its file path."""
+    table.setRowCount(len(rows))
+    for r, row in enumerate(rows):
+        values = {**row, "size": f"{row['size_bytes'] / 1e6:.1f} MB", "kind": row["kind"] or ""}
+        for c, (key, _title) in enumerate(MODEL_COLUMNS):
+            item = qt.QTableWidgetItem(str(values[key] or ""))
+            item.setToolTip(row["path"])
+            table.setItem(r, c, item)
+
 
 #
 # RegistrationSuiteLogic
@@ -111,7 +204,11 @@ class RegistrationSuiteWidget(ScriptedLoadableModuleWidget):
 
 
 class RegistrationSuiteLogic(ScriptedLoadableModuleLogic):
-    """The suite's catalogue of methods; usable without the widget."""
+    """The suite's catalogue of methods and its model management; usable without the widget.
+
+    Models (``RegistrationSuiteLib.models.registry``): ``userDir`` arguments override the user models folder
+    (default: ``$REGISTRATION_SUITE_MODELS``, else ``~/.registration-suite/models``).
+    """
 
     #: ``(module name, title, one-line summary)`` of every planned method module, in menu order.
     METHODS = (
@@ -148,6 +245,59 @@ class RegistrationSuiteLogic(ScriptedLoadableModuleLogic):
             lines.append(f"<li>{head}: {html.escape(summary)}</li>")
         return "<ul>" + "".join(lines) + "</ul>"
 
+    @staticmethod
+    def userModelsFolder(userDir=None, create=False) -> Path:
+        """The user models folder (created when ``create``)."""
+        from RegistrationSuiteLib.models.registry import user_models_dir
+
+        folder = user_models_dir(userDir)
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    @staticmethod
+    def modelRows(readDetails=False, userDir=None) -> list:
+        """The model files, user folder first, as dicts ``{name, path, source, kind, size_bytes, summary}``.
+
+        Without ``readDetails`` only the file system is read (``kind`` is ``None``, no torch import); with it every
+        file is loaded and checked (imports torch), unreadable files say why in ``summary``.
+        """
+        from RegistrationSuiteLib.models import registry
+
+        if readDetails:
+            return [m.to_dict() for m in registry.list_models(user_dir=userDir)]
+        rows = []
+        for source, folder in (("user", registry.user_models_dir(userDir)), ("shipped", registry.shipped_models_dir())):
+            if folder.is_dir():
+                rows += [{"name": p.stem, "path": str(p), "source": source, "kind": None,
+                          "size_bytes": p.stat().st_size, "summary": ""}
+                         for p in sorted(folder.glob(f"*{registry.MODEL_SUFFIX}"))]
+        return rows
+
+    def userModelPath(self, modelFile, userDir=None) -> Path:
+        """Where :meth:`addModelFile` would copy ``modelFile``."""
+        from RegistrationSuiteLib.models.registry import MODEL_SUFFIX
+
+        return self.userModelsFolder(userDir) / f"{Path(modelFile).stem}{MODEL_SUFFIX}"
+
+    def addModelFile(self, modelFile, overwrite=False, userDir=None) -> Path:
+        """Check a model file (loads it with torch) and copy it and its ``.md`` card into the user folder."""
+        from RegistrationSuiteLib.models.model_file import load_model
+        from RegistrationSuiteLib.models.registry import install_model
+
+        destination = self.userModelPath(modelFile, userDir)
+        if destination.exists() and destination.resolve() == Path(modelFile).resolve():
+            load_model(destination)  # already in the user folder: only check it
+            return destination
+        return install_model(modelFile, user_dir=userDir, overwrite=overwrite)
+
+    @staticmethod
+    def clearUserModels(userDir=None) -> list:
+        """Delete the model files and cards of the user folder (not the shipped ones); returns the paths."""
+        from RegistrationSuiteLib.models.registry import clear_user_models
+
+        return clear_user_models(user_dir=userDir)
+
 
 #
 # RegistrationSuiteTest
@@ -165,6 +315,8 @@ class RegistrationSuiteTest(ScriptedLoadableModuleTest):
         self.test_torchStatusDoesNotImportTorch()
         self.setUp()
         self.test_coreLibraryInstalled()
+        self.setUp()
+        self.test_modelManagement()
 
     def test_methodsOverview(self):
         logic = RegistrationSuiteLogic()
@@ -172,8 +324,9 @@ class RegistrationSuiteTest(ScriptedLoadableModuleTest):
         self.assertEqual(len(logic.METHODS), 5)
         for moduleName, title, _summary in logic.METHODS:
             self.assertIn(html.escape(title), text)
-        # GlobalRigidSearch is built with this extension, so it must be offered as a link.
-        self.assertIn('href="GlobalRigidSearch"', text)
+        # These modules are built with this extension, so they must be offered as links.
+        for moduleName in ("GlobalRigidSearch", "OrganPointCloudRegistration", "PartialVolumePreregistration"):
+            self.assertIn(f'href="{moduleName}"', text)
 
     def test_torchStatusDoesNotImportTorch(self):
         import sys
@@ -190,4 +343,38 @@ class RegistrationSuiteTest(ScriptedLoadableModuleTest):
 
         for key in SAMPLES:
             self.assertTrue(sample_path(key).is_file())
+        self.delayDisplay("Test passed")
+
+    def test_modelManagement(self):
+        """List, add and clear models in a temporary user folder (adding needs torch to check the file)."""
+        import shutil
+        import tempfile
+
+        logic = RegistrationSuiteLogic()
+        folder = Path(tempfile.mkdtemp(prefix="RegistrationSuiteModels"))
+        try:
+            self.assertEqual(logic.userModelsFolder(folder), folder)
+            self.assertEqual([r for r in logic.modelRows(userDir=folder) if r["source"] == "user"], [])
+            (folder / "broken.pt").write_bytes(b"not a model")
+            rows = [r for r in logic.modelRows(userDir=folder) if r["source"] == "user"]
+            self.assertEqual([(r["name"], r["kind"]) for r in rows], [("broken", None)])
+            if torchStatus()["installed"]:
+                import torch
+
+                from RegistrationSuiteLib.models.model_file import CARD_KEYS, ModelFile, save_model
+
+                card = {**dict.fromkeys(CARD_KEYS), "name": "tiny", "summary": "tiny test model"}
+                source = folder / "incoming" / "tiny.pt"
+                source.parent.mkdir()
+                save_model(ModelFile("test", "none", {}, {"w": torch.zeros(2)}, card=card), source)
+                self.assertEqual(logic.addModelFile(source, userDir=folder), logic.userModelPath(source, folder))
+                self.assertEqual(logic.addModelFile(folder / "tiny.pt", userDir=folder), folder / "tiny.pt")
+                details = {r["name"]: r for r in logic.modelRows(readDetails=True, userDir=folder)}
+                self.assertEqual((details["tiny"]["kind"], details["tiny"]["summary"]), ("test", "tiny test model"))
+                self.assertIn("unreadable", details["broken"]["summary"])
+            removed = logic.clearUserModels(userDir=folder)
+            self.assertIn(folder / "broken.pt", removed)
+            self.assertEqual([r for r in logic.modelRows(userDir=folder) if r["source"] == "user"], [])
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
         self.delayDisplay("Test passed")
