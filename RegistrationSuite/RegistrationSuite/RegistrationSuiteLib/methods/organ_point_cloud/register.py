@@ -1,0 +1,267 @@
+"""Entry point: ``register_organ_point_cloud(fixed, moving, config)`` → :class:`OrganPointCloudResult`.
+
+Direction: MO-BCPD deforms the fixed points onto the moving points, T(y) = sR(y + v(y)) + t, so T is the
+fixed→moving mapping of every registration result (``result.transform.TransformPoint(fixed_point)`` is the
+corresponding moving position, LPS mm).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from ...device import resolve_device
+from ...errors import InputError
+from ...geometry import Grid
+from ...io.points import POINT_SUFFIXES, LabeledPoints, read_points
+from ...progress import as_progress
+from ...result import RegistrationResult
+from ...surfaces import image_labels, labels_to_points
+from .bcpd import BCPDFit, run_bcpd, stratified_subset
+from .config import LabelModel, OrganPointCloudConfig
+from .field import displacement_field, field_grid
+from .mapping import FittedMapping
+
+PointsInput = Union[LabeledPoints, sitk.Image, str, os.PathLike]
+MIN_POINTS_PER_ORGAN = 4  # fewer cannot pin a surface patch (and D + 1 points fix a similarity)
+
+
+@dataclass
+class OrganPointCloudResult(RegistrationResult):
+    """:class:`RegistrationResult` plus the registered point sets (arrays kept out of ``diagnostics``).
+
+    Attributes:
+        fixed_points: the fixed organ points that were registered (LPS mm, original labels).
+        fixed_points_in_moving: T(fixed_points), their positions in moving space (exact GP mean, not the
+            interpolated grid), e.g. for ``--output-points``.
+        mapping: the fitted model, which :func:`transform_points` evaluates exactly at any point.
+    """
+
+    fixed_points: Optional[LabeledPoints] = None
+    fixed_points_in_moving: Optional[LabeledPoints] = None
+    mapping: Optional[FittedMapping] = None
+
+
+@dataclass
+class _Input:
+    points: Optional[LabeledPoints]
+    image: Optional[sitk.Image]
+    labels: np.ndarray
+    source: str
+
+
+def register_organ_point_cloud(fixed: PointsInput, moving: PointsInput, config: Optional[OrganPointCloudConfig] = None,
+                               *, progress=None, cancel=None) -> OrganPointCloudResult:
+    """Register organ point clouds (or label images) with multi-organ BCPD.
+
+    Args:
+        fixed, moving: :class:`LabeledPoints`; a point file (``.csv`` with ``x,y,z,label``, ``.vtk``,
+            ``.vtp``, ``.ply`` with a ``label`` array; LPS mm); or a label image (``sitk.Image`` or a NIfTI/NRRD
+            path) whose organ surfaces are sampled (``config.points_per_organ`` per organ).
+        config: :class:`OrganPointCloudConfig` (defaults: Λ = 10 mm, B = 30 mm, S = I, U = I, ω = 0).
+        progress: ``progress(fraction, message)`` callback or :class:`~RegistrationSuiteLib.progress.Progress`.
+        cancel: callable returning True to stop (raises :class:`RegistrationCancelled`).
+
+    Returns:
+        :class:`OrganPointCloudResult`; ``transform`` is a ``DisplacementFieldTransform`` mapping fixed to
+        moving points (LPS). Organs present in only one input are skipped (``warnings``,
+        ``diagnostics["skipped_labels"]``).
+
+    Raises:
+        InputError: unreadable/invalid inputs or config, no common organ, too few points, non-PD kernel.
+        RegistrationCancelled: ``cancel()`` returned True. Nothing is written in any case.
+    """
+    t_start = time.perf_counter()
+    cfg = config if config is not None else OrganPointCloudConfig()
+    if not isinstance(cfg, OrganPointCloudConfig):
+        raise InputError(f"config: expected OrganPointCloudConfig, got {type(cfg).__name__}")
+    cfg.validate()
+    with torch_threads(cfg.num_threads):
+        return _register(fixed, moving, cfg, as_progress(progress, cancel), t_start)
+
+
+@contextlib.contextmanager
+def torch_threads(n: Optional[int]):
+    """Run the block with ``n`` torch intra-op threads (``None``: unchanged); the caller's value is restored."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _register(fixed, moving, cfg: OrganPointCloudConfig, prog, t_start: float) -> OrganPointCloudResult:
+    """The body of :func:`register_organ_point_cloud` (config validated, thread count set)."""
+    prog.report(0.0, "reading organ point clouds")
+    notes: list = []
+    fixed_in, moving_in = _load(fixed, "fixed"), _load(moving, "moving")
+    labels, skipped = _common_labels(fixed_in.labels, moving_in.labels, cfg.labels, notes)
+    fixed_pts = _points_for(fixed_in, labels, cfg, "fixed", notes)
+    moving_pts = _points_for(moving_in, labels, cfg, "moving", notes)
+    _check_counts(fixed_pts, "fixed")
+    _check_counts(moving_pts, "moving")
+    model = cfg.label_model(labels)
+    t_load = time.perf_counter()
+
+    ctrl = stratified_subset(fixed_pts.labels, cfg.downsample_to, cfg.seed, MIN_POINTS_PER_ORGAN)
+    data = stratified_subset(moving_pts.labels, cfg.downsample_to, cfg.seed + 1, MIN_POINTS_PER_ORGAN)
+    fit = run_bcpd(moving_pts.points[data], model.index_of(moving_pts.labels[data]), fixed_pts.points[ctrl],
+                   model.index_of(fixed_pts.labels[ctrl]), model, cfg, prog.sub(0.02, 0.85))
+    t_fit = time.perf_counter()
+
+    prog.report(0.86, "interpolating the deformation (Gaussian process)")
+    mapping = FittedMapping(fit, model, fixed_pts.points, model.index_of(fixed_pts.labels),
+                            cfg.memory_budget_mb * 2.0**20, resolve_device(cfg.device))
+    moved = LabeledPoints(mapping.apply(fixed_pts.points, fixed_pts.labels), fixed_pts.labels.copy())
+    prog.report(0.9, "building the displacement field")
+    grid = field_grid(fixed_pts.points, cfg.grid_spacing_mm, cfg.grid_margin_mm)
+    transform, info = displacement_field(fit, model, fixed_pts.points, model.index_of(fixed_pts.labels), grid,
+                                         budget_bytes=cfg.memory_budget_mb * 2.0**20, device=resolve_device(cfg.device))
+    prog.report(1.0, f"MO-BCPD finished: σ = {fit.sigma:.3g} mm after {fit.iterations} iterations")
+    t_end = time.perf_counter()
+    timings = {"load": t_load - t_start, "kernel": fit.timings.get("kernel", 0.0), "em": fit.timings.get("em", 0.0),
+               "interpolate": t_end - t_fit, "total": t_end - t_start}
+    return OrganPointCloudResult(
+        method="organ_point_cloud", transform=transform,
+        fixed_grid=_grid_of(fixed_in), moving_grid=_grid_of(moving_in), score=-fit.sigma,
+        timings=timings, diagnostics=_diagnostics(fit, model, fixed_pts, moving_pts, ctrl, data, info, skipped, cfg),
+        warnings=notes + list(fit.warnings), fixed_points=fixed_pts, fixed_points_in_moving=moved, mapping=mapping)
+
+
+def transform_points(result: RegistrationResult, points, labels=None) -> np.ndarray:
+    """Map fixed-space points to moving space (LPS mm).
+
+    Args:
+        result: a registration result. For an :class:`OrganPointCloudResult` the fitted MO-BCPD mapping is
+            evaluated exactly (GP mean, paper eq. 5–6, with each point's organ kernel row); for any other
+            result ``result.transform`` is applied (see :func:`transform_points_with_field`).
+        points: ``(N, 3)`` array or :class:`LabeledPoints` (whose labels then pick the organ).
+        labels: optional ``(N,)`` organ labels for an array; points without a registered organ label take
+            the label of the nearest fixed surface point.
+
+    Returns:
+        ``(N, 3)`` moving-space positions. The dense field ``result.transform`` is this mapping sampled on a
+        grid: they agree except within about one grid spacing of organs sliding against each other.
+    """
+    if isinstance(points, LabeledPoints):
+        pts, labels = points.points, points.labels if labels is None else labels
+    else:
+        pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 3:
+        raise InputError(f"points: expected shape (N, 3), got {pts.shape}")
+    mapping = getattr(result, "mapping", None)
+    if mapping is not None:
+        return mapping.apply(pts, labels)
+    return transform_points_with_field(result.transform, pts)
+
+
+def transform_points_with_field(transform: sitk.Transform, points: np.ndarray) -> np.ndarray:
+    """Apply a SimpleITK transform (fixed → moving, LPS mm) to ``points (N, 3)``."""
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    return np.array([transform.TransformPoint(tuple(p)) for p in pts.tolist()], dtype=np.float64).reshape(-1, 3)
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+
+
+def _load(source, name: str) -> _Input:
+    if isinstance(source, LabeledPoints):
+        return _Input(source, None, _nonempty_labels(source, name), "<in-memory points>")
+    if isinstance(source, sitk.Image):
+        return _Input(None, source, image_labels(source, name), "<in-memory label image>")
+    if not isinstance(source, (str, os.PathLike)):
+        raise InputError(f"{name}: expected LabeledPoints, a label image or a file path, got {type(source).__name__}")
+    path = Path(source)
+    if path.suffix.lower() in POINT_SUFFIXES:
+        pts = read_points(path, name)
+        return _Input(pts, None, _nonempty_labels(pts, name), str(path))
+    if not path.is_file():
+        raise InputError(f"{name}: file not found: {path}")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise InputError(f"{name}: cannot read label image {path} ({str(exc).strip().splitlines()[-1][:200]})") from None
+    return _Input(None, image, image_labels(image, name), str(path))
+
+
+def _nonempty_labels(points: LabeledPoints, name: str) -> np.ndarray:
+    if len(points) == 0:
+        raise InputError(f"{name}: expected organ points, got an empty point set (no labels)")
+    return points.unique_labels
+
+
+def _common_labels(fixed_labels, moving_labels, requested, notes: list):
+    """``(used, skipped)`` organ labels: requested (or all) ∩ fixed ∩ moving; one warning per skipped organ."""
+    fixed_set, moving_set = set(fixed_labels.tolist()), set(moving_labels.tolist())
+    wanted = sorted(fixed_set | moving_set) if requested is None else [int(v) for v in requested]
+    used, skipped = [], []
+    for lab in wanted:
+        if lab in fixed_set and lab in moving_set:
+            used.append(lab)
+            continue
+        skipped.append(lab)
+        if lab in fixed_set or lab in moving_set:
+            where, missing = ("fixed", "moving") if lab in fixed_set else ("moving", "fixed")
+            notes.append(f"organ label {lab} is present in {where} but absent from {missing}; skipped")
+        else:
+            notes.append(f"organ label {lab} was requested but is absent from both inputs; skipped")
+    if not used:
+        raise InputError(f"labels: no organ label is present in both inputs (fixed has {sorted(fixed_set)}, "
+                         f"moving has {sorted(moving_set)}, requested {requested})")
+    return used, skipped
+
+
+def _points_for(inp: _Input, labels: list, cfg: OrganPointCloudConfig, name: str, notes: list) -> LabeledPoints:
+    if inp.points is not None:
+        return inp.points.select(labels)
+    return labels_to_points(inp.image, labels, cfg.points_per_organ, cfg.seed + (0 if name == "fixed" else 7919),
+                            name=name, notes=notes)
+
+
+def _check_counts(points: LabeledPoints, name: str) -> None:
+    few = {lab: n for lab, n in points.counts().items() if n < MIN_POINTS_PER_ORGAN}
+    if few:
+        raise InputError(f"{name}: expected at least {MIN_POINTS_PER_ORGAN} points per organ, got {few} "
+                         "(label: points); add points or leave those labels out")
+
+
+def _grid_of(inp: _Input) -> Optional[Grid]:
+    return Grid.from_image(inp.image) if inp.image is not None else None
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+
+
+def _diagnostics(fit: BCPDFit, model: LabelModel, fixed, moving, ctrl, data, info, skipped, cfg) -> dict:
+    return {
+        "labels": model.labels.tolist(),
+        "skipped_labels": skipped,
+        "points_per_organ": {"fixed": fixed.counts(), "moving": moving.counts()},
+        "em_points_per_organ": {"fixed": LabeledPoints(fixed.points[ctrl], fixed.labels[ctrl]).counts(),
+                                "moving": LabeledPoints(moving.points[data], moving.labels[data]).counts()},
+        "iterations": fit.iterations,
+        "prealign_iterations": fit.prealign_iterations,
+        "converged": fit.converged,
+        "sigma_mm": fit.sigma,
+        "sigma_initial_mm": fit.sigma_history[0],
+        "similarity": {"scale": fit.similarity.s, "rotation": fit.similarity.R.tolist(),
+                       "translation_mm": fit.similarity.t.tolist()},
+        "mean_displacement_mm": float(np.linalg.norm(fit.v, axis=1).mean()),
+        "knn_estep_iterations": fit.knn_iterations,
+        "kernel": fit.basis,
+        "field": info.to_dict(),
+        "parameters": {"lambda_mm": model.lambda_mm.tolist(), "beta_mm": model.beta_mm.tolist(),
+                       "coherence": model.coherence.tolist(), "label_transition": model.transition.tolist(),
+                       "omega": cfg.omega, "gamma": cfg.gamma, "rank": cfg.rank, "dtype": cfg.dtype,
+                       "device": str(resolve_device(cfg.device))},
+    }
