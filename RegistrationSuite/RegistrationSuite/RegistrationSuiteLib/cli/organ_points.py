@@ -1,0 +1,106 @@
+"""``registration-suite organ-points``: multi-organ point cloud registration (MO-BCPD)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from .common import StderrProgress, check_output_paths, print_result
+
+HELP = "multi-organ point cloud registration (MO-BCPD) of two segmentations or labelled point sets"
+_POINT_SUFFIXES = (".csv", ".vtk", ".vtp", ".ply")
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "organ-points",
+        help=HELP,
+        description=(
+            "Registers organ surface point clouds with per-organ elasticity (Λ, B in mm), inter-organ "
+            "coherence S and label transitions U (MO-BCPD, WBIR 2022). Inputs: two label volumes "
+            "(NIfTI/NRRD/.seg.nrrd) or two point files (CSV 'x,y,z,label' in LPS mm, or VTK/PLY with a "
+            "'label' point array). Writes a displacement-field transform (LPS) mapping fixed points to "
+            "moving points on a grid covering the fixed domain."
+        ),
+    )
+    p.add_argument("--fixed", required=True, help="fixed label volume or point file")
+    p.add_argument("--moving", required=True, help="moving label volume or point file")
+    p.add_argument("--output", required=True, help="output displacement-field transform (.h5 recommended)")
+    p.add_argument("--labels", help="comma-separated organ labels to use (default: all labels in both)")
+    p.add_argument("--points-per-organ", type=int, default=1500, help="surface points per organ (default 1500)")
+    p.add_argument("--coherence", default="independent",
+                   help="inter-organ coherence: independent (S=I), global (S=1) or a CSV file with S")
+    p.add_argument("--lambda-mm", type=float, default=10.0, help="expected deformation magnitude Λ in mm (default 10)")
+    p.add_argument("--beta-mm", type=float, default=30.0, help="motion-coherence bandwidth B in mm (default 30)")
+    p.add_argument("--omega", type=float, default=0.0, help="outlier weight ω in [0, 1) (default 0)")
+    p.add_argument("--label-transition", help="CSV file with the label transition matrix U (rows sum to 1)")
+    p.add_argument("--grid-spacing", type=float, default=3.0, help="spacing of the output field in mm (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="random seed for surface subsampling (default 0)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="compute device")
+    p.add_argument("--output-points", help="write the fixed points mapped into moving space (CSV x,y,z,label)")
+    p.add_argument("--output-resampled-labels", help="write the moving labels resampled onto the fixed grid")
+    p.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
+    p.set_defaults(run=run)
+    return p
+
+
+def _read_matrix(path, name: str) -> np.ndarray:
+    try:
+        return np.loadtxt(path, delimiter=",", ndmin=2)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{name}: cannot read a numeric CSV matrix from {path} ({exc})") from None
+
+
+def _is_points(path: str) -> bool:
+    return Path(path).suffix.lower() in _POINT_SUFFIXES
+
+
+def build_config(args):
+    from ..methods.organ_point_cloud import OrganPointCloudConfig
+
+    labels = None
+    if args.labels:
+        try:
+            labels = [int(v) for v in args.labels.split(",") if v.strip()]
+        except ValueError:
+            raise InputError(f"--labels: expected comma-separated integers, got {args.labels!r}") from None
+    coherence = args.coherence
+    if coherence not in ("independent", "global"):
+        coherence = _read_matrix(coherence, "--coherence")
+    transition = _read_matrix(args.label_transition, "--label-transition") if args.label_transition else None
+    return OrganPointCloudConfig(
+        labels=labels, points_per_organ=args.points_per_organ, lambda_mm=args.lambda_mm, beta_mm=args.beta_mm,
+        coherence=coherence, label_transition=transition, omega=args.omega, grid_spacing_mm=args.grid_spacing,
+        seed=args.seed, device=args.device,
+    )
+
+
+def run(args) -> int:
+    import SimpleITK as sitk
+
+    from ..io import write_image, write_transform
+    from ..io.points import LabeledPoints, write_points
+    from ..methods.organ_point_cloud import register_organ_point_cloud
+
+    check_output_paths(args)
+    if args.output_resampled_labels and (_is_points(args.fixed) or _is_points(args.moving)):
+        raise InputError("--output-resampled-labels needs label volumes as --fixed and --moving, not point files")
+    config = build_config(args)
+    result = register_organ_point_cloud(args.fixed, args.moving, config, progress=StderrProgress(not args.quiet))
+    if args.output_points:
+        write_points(LabeledPoints(result.fixed_points_in_moving, result.fixed_points.labels), args.output_points)
+    if args.output_resampled_labels:
+        fixed = sitk.ReadImage(args.fixed)
+        moving = sitk.ReadImage(args.moving)
+        resampled = sitk.Resample(moving, fixed, result.transform, sitk.sitkNearestNeighbor, 0, moving.GetPixelID())
+        write_image(resampled, args.output_resampled_labels)
+    write_transform(result.transform, args.output)
+    d = result.diagnostics
+    print_result(args, result, [
+        f"MO-BCPD: {d.get('iterations', '?')} iterations, σ = {d.get('sigma_mm', float('nan')):.2f} mm, "
+        f"{result.timings.get('total', float('nan')):.1f} s",
+        f"displacement field written to {args.output}",
+    ])
+    return 0
