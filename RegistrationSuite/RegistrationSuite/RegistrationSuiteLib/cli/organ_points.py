@@ -81,7 +81,7 @@ def run(args) -> int:
     import SimpleITK as sitk
 
     from ..io import write_image, write_transform
-    from ..io.points import LabeledPoints, write_points
+    from ..io.points import write_points
     from ..methods.organ_point_cloud import register_organ_point_cloud
 
     check_output_paths(args)
@@ -90,7 +90,7 @@ def run(args) -> int:
     config = build_config(args)
     result = register_organ_point_cloud(args.fixed, args.moving, config, progress=StderrProgress(not args.quiet))
     if args.output_points:
-        write_points(LabeledPoints(result.fixed_points_in_moving, result.fixed_points.labels), args.output_points)
+        write_points(result.fixed_points_in_moving, args.output_points)
     if args.output_resampled_labels:
         fixed = sitk.ReadImage(args.fixed)
         moving = sitk.ReadImage(args.moving)
