@@ -15,6 +15,8 @@ Modules: :mod:`.scene` (headless scene with module logics), :mod:`.volumes`, :mo
 
 from .logic import GlobalRigidSearchLogic, RegistrationInputs, RegistrationLogicBase, resample_volume
 from .masks import mask_from_node
+from .organ_logic import OrganPointCloudLogic
+from .partial_prereg_logic import PartialPreregLogic, diagnostics_table
 from .mrb import build_registration_scene, read_scene_bundle, write_scene_bundle
 from .scene import (
     close_headless_scene,
@@ -36,6 +38,9 @@ from .transforms import (
 from .volumes import image_from_volume_node, slice_position_lps, volume_node_from_image
 
 __all__ = [
+    "OrganPointCloudLogic",
+    "PartialPreregLogic",
+    "diagnostics_table",
     "GlobalRigidSearchLogic",
     "RESULT_ATTRIBUTE",
     "RegistrationInputs",
