@@ -12,8 +12,9 @@ Success: anchor error < 4 mm.
 
 Methods (all but "TSPM w/o refinement" and the external peers end with the same overlap-restricted Mattes-MI
 rigid refinement, ``methods.partial_prereg.refine.refine_rigid``): centre initialisation, moments
-initialisation, the global rigid search (CSNGF), TSPM, TSPM without refinement, TSPM without RANSAC; elastix
-(itk-elastix default rigid map, geometric-centre initialisation) and SimpleITK (Mattes MI, geometric-centre
+initialisation, the global rigid search (CSNGF), TSPM (default: with the orientation-prior candidate), TSPM
+without refinement, TSPM without RANSAC, TSPM as in the paper (RANSAC candidate only); elastix (itk-elastix
+default rigid map, geometric-centre initialisation) and SimpleITK (Mattes MI, geometric-centre
 initialisation) as peers. The TSPM model is never trained on the stroke subject.
 
 Usage::
@@ -38,6 +39,7 @@ from common import REPO, markdown_table, require_shared_data, update_benchmarks_
 CLASSES = {"tiny": (45.0, 70.0), "small": (70.0, 110.0), "medium": (110.0, 135.0), "large": (135.0, 160.0)}
 FIXED_MODALITIES = ("T2", "FLAIR")
 SUCCESS_MM = 4.0
+MODEL = None  # the shipped TSPM model unless --model is given
 
 
 # ----------------------------------------------------------------------------------------------- cases
@@ -133,7 +135,7 @@ def run_global(fixed, moving):
 def _tspm(fixed, moving, **kw):
     from RegistrationSuiteLib.methods.partial_prereg import PartialPreregConfig, register_partial_prereg
 
-    res = register_partial_prereg(fixed, moving, PartialPreregConfig(device="cpu", **kw))
+    res = register_partial_prereg(fixed, moving, PartialPreregConfig(device="cpu", **kw), model=MODEL)
     return res.fixed_to_moving_matrix, res
 
 
@@ -147,6 +149,10 @@ def run_tspm_noref(fixed, moving):
 
 def run_tspm_noransac(fixed, moving):
     return _tspm(fixed, moving, use_ransac=False)
+
+
+def run_tspm_noprior(fixed, moving):
+    return _tspm(fixed, moving, orientation_prior=False)
 
 
 def run_sitk(fixed, moving):
@@ -208,20 +214,21 @@ METHODS = {
     "TSPM (+ refine, MI)": ("tspm", run_tspm),
     "TSPM w/o refinement": ("tspm_noref", run_tspm_noref),
     "TSPM w/o RANSAC (+ refine)": ("tspm_noransac", run_tspm_noransac),
+    "TSPM as in the paper (no orientation prior, + refine)": ("tspm_noprior", run_tspm_noprior),
     "elastix rigid (centred)": ("elastix", run_elastix),
     "SimpleITK Mattes MI (centred)": ("sitk", run_sitk),
 }
 
 
 # --------------------------------------------------------------------------------------------- running
-def run_all(cases_per_class: int, seed: int, skip, log) -> list:
+def run_all(cases_per_class: int, seed: int, skip, log, modalities=FIXED_MODALITIES, classes=tuple(CLASSES)) -> list:
     data = require_shared_data("brain", "stroke")
     t1 = sitk.ReadImage(str(data / "T1.nii.gz"), sitk.sitkFloat32)
     rows = []
     rng = np.random.default_rng(seed)
-    for modality in FIXED_MODALITIES:
+    for modality in modalities:
         fixed = sitk.ReadImage(str(data / f"{modality}.nii.gz"), sitk.sitkFloat32)
-        for cls in CLASSES:
+        for cls in classes:
             for k in range(cases_per_class):
                 moving, truth, largest = make_case(t1, fixed, cls, rng)
                 for name, (key, fn) in METHODS.items():
@@ -291,7 +298,9 @@ def _report(rows, args, table) -> str:
         f"TSPM flagged {doubtful} result(s) as doubtful; {failed_flagged} of its {failed} failure(s) were flagged.",
         "",
         f"Command: `python Testing/Benchmarks/bench_partial_prereg.py --cases-per-class {args.cases_per_class} "
-        f"--seed {args.seed}{' --skip ' + ' '.join(args.skip) if args.skip else ''}`",
+        f"--seed {args.seed}{' --skip ' + ' '.join(args.skip) if args.skip else ''}"
+        f"{' --fixed ' + ' '.join(args.fixed) if tuple(args.fixed) != FIXED_MODALITIES else ''}"
+        f"{' --classes ' + ' '.join(args.classes) if tuple(args.classes) != tuple(CLASSES) else ''} --write`",
     ]
     return "\n".join(lines)
 
@@ -301,11 +310,18 @@ def main(argv=None) -> int:
     ap.add_argument("--cases-per-class", type=int, default=5, help="cases per size class and fixed modality")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip", nargs="*", default=[], choices=[k for k, _ in METHODS.values()])
+    ap.add_argument("--fixed", nargs="*", default=list(FIXED_MODALITIES), choices=FIXED_MODALITIES)
+    ap.add_argument("--classes", nargs="*", default=list(CLASSES), choices=list(CLASSES))
+    ap.add_argument("--model", help="TSPM model (name or .pt; default: the shipped one)")
     ap.add_argument("--write", action="store_true", help="update the section in BENCHMARKS.md")
     args = ap.parse_args(argv)
     out_dir = REPO / "Testing" / "Benchmarks" / "output"
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = run_all(args.cases_per_class, args.seed, set(args.skip), lambda s: print(s, flush=True))
+    if args.model:
+        global MODEL
+        MODEL = args.model
+    rows = run_all(args.cases_per_class, args.seed, set(args.skip), lambda s: print(s, flush=True),
+                   tuple(args.fixed), tuple(args.classes))
     (out_dir / "partial_prereg.json").write_text(json.dumps(rows, indent=1, default=str))
     body = summarise(rows, args)
     print(body)

@@ -1,0 +1,89 @@
+"""``registration-suite train-partial-prereg``: train a TSPM patch position model."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+HELP = "train a TSPM patch position model from images aligned with a template"
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "train-partial-prereg",
+        help=HELP,
+        description=(
+            "Train the TSPM patch position network (16³ patch → template position, L1 loss, Adam) with random "
+            "partial crops, rotations (±15° per axis) and intensity jitter. PAIRS.csv lists the training "
+            "images: column 'image' and optionally 'template_to_image' (ITK transform file, template points → "
+            "image points; empty = already aligned), 'split' (train/val), 'licence', 'name'. Resumes from "
+            "its checkpoint (OUTPUT.ckpt) when interrupted. Writes a model file (.pt) and its model card (.md)."
+        ),
+    )
+    p.add_argument("--pairs", required=True, help="PAIRS.csv (paths relative to the CSV)")
+    p.add_argument("--template", help="template canvas (NIfTI written by build_template); default: shipped ICBM 2009a")
+    p.add_argument("--output", required=True, help="model file to write (.pt)")
+    p.add_argument("--epochs", type=int, default=10, help="epochs (default 10)")
+    p.add_argument("--steps-per-epoch", type=int, default=100, help="optimiser steps per epoch (default 100)")
+    p.add_argument("--batch-size", type=int, default=64, help="patches per step (default 64, as in the paper)")
+    p.add_argument("--patches-per-crop", type=int, default=16, help="patches per simulated partial crop (default 16)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--rotation", type=float, default=15.0, help="max rotation per axis in degrees (default 15)")
+    p.add_argument("--modality", default="mr", choices=["mr", "ct"],
+                   help="intensity normalisation: mr = robust percentiles, ct = window [-500, 3000] HU")
+    p.add_argument("--init-weights", help="start from this TSPM model file (e.g. a second stage with a lower --lr)")
+    p.add_argument("--checkpoint", help="checkpoint file (default OUTPUT.ckpt)")
+    p.add_argument("--name", help="model name in the card (default: output file stem)")
+    p.add_argument("--notes", help="free text for the model card (how the data was prepared, hardware, caveats)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default="auto", help="compute device: auto, cpu, cuda or cuda:N")
+    p.set_defaults(run=run)
+    return p
+
+
+def run(args) -> int:
+    from ..errors import InputError
+    from ..methods.partial_prereg.patches import IntensityConfig
+    from ..methods.partial_prereg.template import load_template
+    from ..methods.partial_prereg.train import TSPMTrainConfig, train_partial_prereg_model
+    from ..models.training import TrainingConfig
+    from .common import StderrProgress
+
+    out = Path(args.output)
+    if out.suffix != ".pt":
+        raise InputError(f"--output: model file must end with .pt, got {out}")
+    if not out.resolve().parent.is_dir():
+        raise InputError(f"--output: folder does not exist: {out.parent}")
+    optim = TrainingConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
+                           learning_rate=args.lr, seed=args.seed, device=args.device)
+    config = TSPMTrainConfig(optim=optim, patches_per_crop=args.patches_per_crop, rotation_deg=args.rotation)
+    intensity = IntensityConfig(mode="window" if args.modality == "ct" else "percentile")
+    template = load_template(args.template) if args.template else load_template()
+    command = _command_line(args)
+    log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    model = train_partial_prereg_model(
+        args.pairs, out, template=template, config=config, intensity=intensity, checkpoint=args.checkpoint,
+        name=args.name, command=command, notes=args.notes, init_weights=args.init_weights,
+        progress=StderrProgress(not args.quiet), log=log,
+    )
+    metrics = model.card["metrics"]
+    print(f"model written to {out} (final train L1 {metrics['final_train_l1']:.4f})")
+    for name, val in metrics["validation"].items():
+        print(f"validation {name}: median patch error {val['median_mm']:.1f} mm, "
+              f"{val['within_15mm']:.0%} within 15 mm")
+    return 0
+
+
+_OPTIONS = ("pairs", "template", "output", "epochs", "steps_per_epoch", "batch_size", "patches_per_crop", "lr",
+            "rotation", "modality", "init_weights", "checkpoint", "name", "seed", "device", "notes")
+
+
+def _command_line(args) -> str:
+    """The equivalent full command line (every option explicit), recorded in the model card."""
+    parts = ["registration-suite", "train-partial-prereg"]
+    for key in _OPTIONS:
+        value = getattr(args, key, None)
+        if value is not None:
+            parts += [f"--{key.replace('_', '-')}", shlex.quote(str(value))]
+    return " ".join(parts)

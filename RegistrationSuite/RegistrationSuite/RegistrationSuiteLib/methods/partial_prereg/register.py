@@ -1,0 +1,284 @@
+"""Entry point of TSPM partial-volume preregistration: fixed and (partial) moving images in, rigid
+fixed → moving transform out (Xia et al., MICCAI 2022, Fig. 2).
+
+1. Moving → template: 16³ patches of the moving image at template scale → network → predicted template
+   positions → RANSAC rigid fit (``A_mov``: moving → template).
+2. Fixed → template: the global rigid search (template as the search's fixed image, restricted to the
+   template's brain region) then a local MI refinement (``T_tf``: template → fixed points).
+3. Composition. The paper's moving → fixed is ``A_fix⁻¹ · A_mov`` with ``A_fix = T_tf⁻¹`` (fixed → template);
+   our result maps fixed points to moving points, so ``fixed_to_moving = A_mov⁻¹ · T_tf⁻¹``.
+4. Local rigid refinement moving ↔ fixed with the metric measured only over the overlap (:mod:`.refine`).
+
+Our additions to the paper: with ``orientation_prior`` a second candidate keeps the moving image's physical
+orientation and takes only the translation from the patches (1-point RANSAC); both candidates are refined
+at the coarse levels and the better one (metric over the overlap) is finished. Without a RANSAC consensus
+the global rigid search moving ↔ fixed replaces TSPM (flagged). ``diagnostics["doubtful"]`` lists reasons to
+check a result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from typing import Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+from ...errors import InputError
+from ...geometry import Grid, apply_affine, fit_rigid
+from ...io import read_image, read_mask
+from ...progress import as_progress
+from ...result import RegistrationResult
+from .config import PartialPreregConfig
+from .network import load_tspm_model, predict_positions
+from .patches import sample_patches
+from .ransac import RansacResult, ransac_rigid, ransac_translation
+from .refine import LEVELS, _euler, refine_rigid
+
+# fixed → template results of recent fixed images (the step does not depend on the moving image; a session
+# that registers several moving images to one fixed image pays for it once). Keyed by content, not shape.
+_FIXED_CACHE: "OrderedDict[str, tuple]" = OrderedDict()
+_CACHE_SIZE = 4
+
+
+def register_partial_prereg(
+    fixed,
+    moving,
+    config: Optional[PartialPreregConfig] = None,
+    *,
+    model=None,
+    fixed_mask=None,
+    progress=None,
+    cancel=None,
+) -> RegistrationResult:
+    """Rigid registration of a partial moving volume to a fixed volume, initialised by TSPM.
+
+    Args:
+        fixed, moving: 3D ``sitk.Image`` or paths (any spacing/orientation; the moving image may cover a
+            small part of the fixed one).
+        config: :class:`PartialPreregConfig` (``None``: defaults).
+        model: model name, ``.pt`` path, loaded model file or :class:`~.network.TSPMModel`; ``None`` uses
+            ``config.model_path`` or the shipped T1 MR model.
+        fixed_mask: optional mask (path or image) of the fixed region the final refinement may use.
+        progress, cancel: see :mod:`RegistrationSuiteLib.progress`.
+
+    Returns:
+        :class:`RegistrationResult`; ``transform`` is an ``Euler3DTransform`` fixed → moving (LPS).
+        ``confidence`` = RANSAC inlier ratio; ``score`` = refinement metric after refinement (MI/NMI:
+        similarity, MSE: error; NaN without refinement). ``diagnostics``: ``ransac`` (inliers, residuals),
+        ``patches``, ``orientation_prior``, ``fixed_to_template``, ``initialisation`` (candidates and the
+        chosen one), ``refinement`` (metric before/after), ``fallback`` and ``doubtful`` (reasons to check).
+
+    Raises:
+        InputError: non-3D images, moving image too small or mostly background, bad/corrupt model or a
+            model/template mismatch.
+        RegistrationFailed: no RANSAC consensus and ``config.fallback_to_global`` is off.
+        RegistrationCancelled: ``cancel()`` returned True.
+    """
+    t_start = time.perf_counter()
+    cfg = PartialPreregConfig() if config is None else config
+    if not isinstance(cfg, PartialPreregConfig):
+        raise InputError(f"config: expected a PartialPreregConfig or None, got {type(cfg).__name__}")
+    prog = as_progress(progress, cancel)
+    fixed_in, moving_in = read_image(fixed, "fixed"), read_image(moving, "moving")
+    for name, img in (("fixed", fixed_in.image), ("moving", moving_in.image)):
+        if img.GetDimension() != 3:
+            raise InputError(f"{name}: expected a 3D image, got a {img.GetDimension()}D image of size {img.GetSize()}")
+    fmask = read_mask(fixed_mask, fixed_in.image, "fixed_mask")
+    tspm = load_tspm_model(model if model is not None else cfg.model_path, template_path=cfg.template_path)
+    timings, diag, warnings = {"read": time.perf_counter() - t_start}, {"model": tspm.name}, []
+    prog.report(0.0, "sampling patches")
+
+    a_mov, ransac = _moving_to_template(moving_in.image, tspm, cfg, timings, diag, prog)
+    t0 = time.perf_counter()
+    if ransac.consensus:
+        t_tf = _fixed_to_template(fixed_in.image, tspm.template, cfg, diag, prog.sub(0.25, 0.7))
+        inits = {name: np.linalg.inv(a) @ np.linalg.inv(t_tf) for name, a in a_mov.items()}
+    else:
+        inits = {"global_search": _fallback(fixed_in.image, moving_in.image, cfg, diag, warnings, prog.sub(0.25, 0.7))}
+    timings["fixed_to_template" if ransac.consensus else "fallback_global_search"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    final, score = _refine(fixed_in.image, moving_in.image, inits, fmask, cfg, diag, prog.sub(0.7, 1.0))
+    timings["refine"] = time.perf_counter() - t0
+    _flag_doubtful(diag, warnings, cfg)
+    timings["total"] = time.perf_counter() - t_start
+    prog.report(1.0, "done")
+    return RegistrationResult(
+        method="partial_prereg",
+        transform=_euler(final, Grid.from_image(fixed_in.image).center()),
+        fixed_grid=Grid.from_image(fixed_in.image),
+        moving_grid=Grid.from_image(moving_in.image),
+        score=score,
+        confidence=ransac.inlier_ratio if ransac.consensus else 0.0,
+        timings=timings,
+        diagnostics=diag,
+        warnings=fixed_in.warnings + moving_in.warnings + warnings,
+    )
+
+
+def _moving_to_template(moving, tspm, cfg, timings, diag, prog):
+    """Patches → network → RANSAC; returns (moving → template matrix, RansacResult)."""
+    rng = np.random.default_rng(cfg.seed)
+    t0 = time.perf_counter()
+    ps = sample_patches(moving, tspm.template, tspm.intensity, num_patches=cfg.num_patches,
+                        min_foreground_fraction=cfg.min_foreground_fraction, min_patches=cfg.min_patches, rng=rng)
+    timings["patches"] = time.perf_counter() - t0
+    prog.report(0.1, f"predicting {len(ps.patches)} patch positions")
+    t0 = time.perf_counter()
+    from ...device import resolve_device
+
+    device = resolve_device(cfg.device)
+    tspm.net.to(device)
+    normalised = predict_positions(tspm.net, ps.patches, device=device, batch_size=cfg.batch_size)
+    canvas = normalised * (tspm.template.canvas_size - 1)
+    targets = apply_affine(tspm.template.canvas_to_physical(), canvas)
+    timings["network"] = time.perf_counter() - t0
+    prog.report(0.2, "RANSAC")
+    t0 = time.perf_counter()
+    if cfg.use_ransac:
+        res = ransac_rigid(ps.centers_mm, targets, threshold_mm=cfg.ransac_threshold_mm,
+                           iterations=cfg.ransac_iterations, min_inliers=cfg.ransac_min_inliers,
+                           min_inlier_ratio=cfg.ransac_min_inlier_ratio, rng=rng)
+    else:  # ablation: least squares on every prediction
+        m = fit_rigid(ps.centers_mm, targets)
+        residuals = np.linalg.norm(apply_affine(m, ps.centers_mm) - targets, axis=1)
+        res = RansacResult(m, np.ones(len(targets), bool), residuals, True, float("inf"), 0)
+    timings["ransac"] = time.perf_counter() - t0
+    diag["patches"] = {"used": int(len(ps.patches)), "candidates": ps.num_candidates,
+                       "foreground_fraction_mean": float(ps.foreground_fraction.mean()),
+                       "intensity_range": list(ps.value_range), "centers_mm": np.round(ps.centers_mm, 2)}
+    diag["ransac"] = res.to_dict()
+    candidates = {"ransac": res.matrix}
+    if cfg.orientation_prior and res.consensus:
+        prior = ransac_translation(ps.centers_mm, targets, np.eye(3), threshold_mm=res.threshold_mm)
+        candidates["orientation_prior"] = prior.matrix
+        diag["orientation_prior"] = {"num_inliers": prior.num_inliers, "inlier_ratio": prior.inlier_ratio}
+    diag["moving_to_template"] = {k: v for k, v in candidates.items()}
+    return candidates, res
+
+
+def _image_key(image: sitk.Image, *parts) -> str:
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(sitk.GetArrayViewFromImage(image)).tobytes())
+    h.update(repr((image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection(), parts)).encode())
+    return h.hexdigest()
+
+
+def _global_config(cfg: PartialPreregConfig, fine: bool = False):
+    from ..global_rigid import GlobalRigidConfig
+
+    # Whole brain against whole brain (or the fallback): a coarse search is enough, the local refinement
+    # that follows polishes it. Coarse levels keep this step to seconds on a CPU.
+    n = cfg.global_search_rotations
+    return GlobalRigidConfig(level_spacing_mm=(10.0, 5.0), blur_mm=(7.0, 3.5), num_rotations=(n, max(40, n // 5)),
+                             perturbation_deg=(180.0, 15.0), keep=(4, 1), refine=fine, seed=cfg.seed,
+                             device=cfg.device)
+
+
+def _fixed_to_template(fixed, template, cfg, diag, prog) -> np.ndarray:
+    """Template → fixed matrix (global rigid search + overlap-restricted refinement), cached per fixed image."""
+    from ..global_rigid import register_global_rigid
+
+    key = _image_key(fixed, template.sha256, cfg.seed, cfg.global_search_rotations, cfg.fixed_to_template_refine)
+    if cfg.cache_fixed_to_template and key in _FIXED_CACHE:
+        _FIXED_CACHE.move_to_end(key)
+        matrix, info = _FIXED_CACHE[key]
+        diag["fixed_to_template"] = dict(info, cached=True)
+        return matrix
+    mask = template.foreground_mask(dilate_mm=5.0)
+    res = register_global_rigid(template.image, fixed, _global_config(cfg), fixed_mask=mask, progress=prog.sub(0, 0.6))
+    matrix = res.fixed_to_moving_matrix
+    info = {"search_score": res.score, "search_confidence": res.confidence}
+    if cfg.fixed_to_template_refine != "none":
+        # Two coarse levels: a rigid fit of another brain to the template is only accurate to a few mm anyway.
+        out = refine_rigid(template.image, fixed, matrix, metric=cfg.fixed_to_template_refine, fixed_mask=mask,
+                           iterations=cfg.refine_iterations, levels=LEVELS[:2], seed=cfg.seed,
+                           progress=prog.sub(0.6, 1.0))
+        matrix = out.fixed_to_moving
+        info["refinement"] = out.to_dict()
+    info["template_to_fixed"] = matrix
+    _FIXED_CACHE[key] = (matrix, info)
+    while len(_FIXED_CACHE) > _CACHE_SIZE:
+        _FIXED_CACHE.popitem(last=False)
+    diag["fixed_to_template"] = dict(info, cached=False)
+    return matrix
+
+
+def _fallback(fixed, moving, cfg, diag, warnings, prog) -> np.ndarray:
+    """No RANSAC consensus: say so and start from the global rigid search moving ↔ fixed instead."""
+    from ...errors import RegistrationFailed
+    from ..global_rigid import register_global_rigid
+
+    n, ratio = diag["ransac"]["num_inliers"], diag["ransac"]["inlier_ratio"]
+    message = (f"RANSAC found no consensus among the patch predictions ({n} inliers, {ratio:.0%}); "
+               "TSPM cannot place the moving image in the template")
+    if not cfg.fallback_to_global:
+        raise RegistrationFailed(message)
+    warnings.append(message + "; fell back to the global rigid search (check the result)")
+    res = register_global_rigid(fixed, moving, _global_config(cfg, fine=True), progress=prog)
+    diag["fallback"] = {"used": True, "reason": "no RANSAC consensus", "search_score": res.score,
+                        "search_confidence": res.confidence}
+    return res.fixed_to_moving_matrix
+
+
+def _refine(fixed, moving, inits: dict, fmask, cfg, diag, prog):
+    """Refine every candidate initialisation at the coarse levels, keep the best by the metric over the
+    overlap, and finish it at full resolution. Without refinement, the candidates are compared by Mattes MI
+    at their starting points."""
+    from .refine import evaluate_metric
+
+    metric = cfg.refine if cfg.refine != "none" else "mi"
+    better = (lambda a, b: a < b) if metric == "mse" else (lambda a, b: a > b)
+    results = {}
+    for k, (name, init) in enumerate(inits.items()):
+        sub = prog.sub(k / (len(inits) + 1), (k + 1) / (len(inits) + 1))
+        if cfg.refine == "none":
+            results[name] = (init, evaluate_metric(fixed, moving, init, "mi", fixed_mask=fmask, seed=cfg.seed), None)
+            continue
+        out = refine_rigid(fixed, moving, init, metric=metric, fixed_mask=fmask, levels=LEVELS[:2],
+                           iterations=cfg.refine_iterations, seed=cfg.seed, progress=sub)
+        results[name] = (out.fixed_to_moving, out.after, out)
+    finite = {n: r for n, r in results.items() if np.isfinite(r[1])} or results
+    best = next(iter(finite))
+    for name in finite:
+        if better(finite[name][1], finite[best][1]):
+            best = name
+    diag["initialisation"] = {"chosen": best, "candidates": {n: {"metric": metric, "value": r[1]}
+                                                            for n, r in results.items()}}
+    diag["initial_fixed_to_moving"] = inits[best]
+    if cfg.refine == "none":
+        diag["refinement"] = {"metric": "none"}
+        return inits[best], float("nan")
+    out = refine_rigid(fixed, moving, results[best][0], metric=metric, fixed_mask=fmask, levels=LEVELS[2:],
+                       iterations=cfg.refine_iterations, seed=cfg.seed,
+                       progress=prog.sub(len(inits) / (len(inits) + 1), 1.0))
+    before = results[best][2].before  # metric at the chosen initialisation, before any refinement
+    diag["refinement"] = dict(out.to_dict(), before=before, improved=bool(better(out.after, before)))
+    corners = Grid.from_image(moving).corners()
+    moved = np.linalg.norm(apply_affine(np.linalg.inv(out.fixed_to_moving), corners)
+                           - apply_affine(np.linalg.inv(inits[best]), corners), axis=1).mean()
+    diag["refinement"]["mean_corner_shift_mm"] = float(moved)
+    return out.fixed_to_moving, float(out.after)
+
+
+def _flag_doubtful(diag: dict, warnings: list, cfg: PartialPreregConfig) -> None:
+    """Reasons a user should inspect the result (shown by the module / CLI)."""
+    reasons = []
+    ransac = diag["ransac"]
+    if diag.get("fallback", {}).get("used"):
+        reasons.append("TSPM had no RANSAC consensus; the global rigid search was used instead")
+    elif ransac["inlier_ratio"] < 0.35:
+        reasons.append(f"only {ransac['inlier_ratio']:.0%} of the patch predictions agree (RANSAC inliers)")
+    ref = diag.get("refinement", {})
+    if ref.get("metric") not in (None, "none") and not ref.get("improved", True):
+        reasons.append(f"the refinement did not improve {ref['metric']} (kept the initial alignment)")
+    if ref.get("overlap_after", 1.0) < 0.05:
+        reasons.append("the images barely overlap after registration")
+    if ref.get("mean_corner_shift_mm", 0.0) > 2 * cfg.ransac_threshold_mm:
+        reasons.append(f"the refinement moved the moving image by {ref['mean_corner_shift_mm']:.0f} mm from "
+                       "the TSPM initialisation")
+    diag["doubtful"] = reasons
+    warnings.extend(f"doubtful result: {r}" for r in reasons)

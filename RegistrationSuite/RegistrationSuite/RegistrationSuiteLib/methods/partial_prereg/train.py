@@ -1,0 +1,377 @@
+"""Training the TSPM patch position network (paper §3 "Implementation", with the augmentations it proposes).
+
+Training data: volumes aligned with the template (a PAIRS.csv, see :func:`read_pairs_csv`), resampled onto
+the template canvas. Each batch simulates partial acquisitions: ``batch_size / patches_per_crop`` random crops
+(largest extent uniform in ``crop_extent_mm``), each with one random rotation (±``rotation_deg`` per axis:
+a tilted head), intensity normalisation computed on the crop alone (as at inference) and random gamma /
+contrast / noise; optionally the volume is brain-masked with the template's (randomly dilated) foreground
+mask, so that skull-stripped and whole-head images are both seen. Patches follow the foreground rule of
+:mod:`.patches`. Target = patch centre (canvas index) / (N − 1); L1 loss (sum over x, y, z, batch mean).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from ...errors import InputError
+from ...models.training import TrainingConfig, intensity_jitter, random_rotations
+from .network import MODEL_KIND
+from .patches import PATCH_SIZE, IntensityConfig, box_sums, normalize, rotated_patch_grid
+from .template import Template
+
+
+
+@dataclass
+class TrainingCase:
+    """One row of PAIRS.csv: an image, its template→image transform (``None``: already aligned), and notes."""
+
+    image: Path
+    template_to_image: Optional[np.ndarray]
+    split: str = "train"
+    licence: str = ""
+    name: str = ""
+
+
+@dataclass
+class TSPMTrainConfig:
+    """Augmentation and sampling settings of TSPM training (optimisation settings in ``optim``)."""
+
+    optim: TrainingConfig = field(default_factory=TrainingConfig)
+    patches_per_crop: int = 16
+    rotation_deg: float = 15.0
+    crop_extent_mm: Tuple[float, float] = (45.0, 200.0)
+    skull_strip_prob: float = 0.5
+    min_foreground_fraction: float = 0.6
+    gamma: Tuple[float, float] = (0.7, 1.4)
+    contrast: Tuple[float, float] = (0.85, 1.15)
+    noise_std: float = 0.02
+
+    def __post_init__(self):
+        if isinstance(self.optim, dict):
+            self.optim = TrainingConfig(**self.optim)
+        if self.optim.batch_size % self.patches_per_crop:
+            raise InputError(f"patches_per_crop: expected a divisor of batch_size ({self.optim.batch_size}), "
+                             f"got {self.patches_per_crop}")
+        if not 0 <= self.rotation_deg <= 180:
+            raise InputError(f"rotation_deg: expected 0..180, got {self.rotation_deg}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+def read_pairs_csv(path) -> List[TrainingCase]:
+    """Read PAIRS.csv: columns ``image`` (required; relative paths are relative to the CSV) and optionally
+    ``template_to_image`` (an ITK transform file mapping template points to image points, LPS — what
+    ``register_global_rigid(template, image)`` returns; empty: the image is already aligned with the
+    template), ``split`` (``train``/``val``), ``licence``, ``name``."""
+    from ...geometry import affine_matrix_from_sitk
+    from ...io import read_transform
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"pairs: file not found: {path}")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "image" not in rows[0]:
+        raise InputError(f"pairs: {path} needs a header with an 'image' column and at least one row")
+    cases = []
+    for i, row in enumerate(rows, start=2):
+        image = (path.parent / row["image"]).resolve()
+        if not image.is_file():
+            raise InputError(f"pairs: line {i}: image not found: {image}")
+        tx = (row.get("template_to_image") or "").strip()
+        matrix = affine_matrix_from_sitk(read_transform(path.parent / tx)) if tx else None
+        split = (row.get("split") or "train").strip() or "train"
+        if split not in ("train", "val"):
+            raise InputError(f"pairs: line {i}: split must be 'train' or 'val', got {split!r}")
+        name = row.get("name") or image.name.split(".")[0]
+        cases.append(TrainingCase(image, matrix, split, row.get("licence", ""), name))
+    return cases
+
+
+@dataclass
+class CanvasVolume:
+    """A training volume on the template canvas: raw intensities, its domain, and patch candidates."""
+
+    name: str
+    values: np.ndarray  # (N, N, N) float32, array order
+    valid: np.ndarray  # (N, N, N) bool
+    candidates: np.ndarray  # (k, 3) patch corners (z, y, x) passing the foreground rule
+    candidates_stripped: np.ndarray  # same, with the template brain mask applied
+
+
+def volume_on_canvas(case: TrainingCase, template: Template, brain: np.ndarray, min_fg: float,
+                     intensity: IntensityConfig) -> CanvasVolume:
+    """Resample ``case`` onto the canvas (anti-aliased like inference) and list its patch candidates."""
+    from ...geometry import sitk_affine_from_matrix
+
+    image = sitk.Cast(sitk.ReadImage(str(case.image)), sitk.sitkFloat32)
+    if image.GetDimension() != 3:
+        raise InputError(f"pairs: {case.image}: expected a 3D image, got {image.GetDimension()}D")
+    tx = sitk.Transform() if case.template_to_image is None else sitk_affine_from_matrix(case.template_to_image)
+    if min(image.GetSpacing()) < template.spacing_mm:
+        image = sitk.SmoothingRecursiveGaussian(image, 0.5 * template.spacing_mm)
+    values = sitk.GetArrayFromImage(sitk.Resample(image, template.image, tx, sitk.sitkLinear, 0.0))
+    ones = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(image)
+    valid = sitk.GetArrayFromImage(sitk.Resample(ones, template.image, tx, sitk.sitkNearestNeighbor, 0)) > 0
+    lo, hi = intensity.value_range(values[valid])
+    fg = (normalize(values, lo, hi) > -0.5 + intensity.foreground_level) & valid
+    return CanvasVolume(case.name, values.astype(np.float32), valid, _candidates(fg, valid, min_fg),
+                        _candidates(fg & brain, valid, min_fg))
+
+
+def _candidates(fg: np.ndarray, valid: np.ndarray, min_fg: float) -> np.ndarray:
+    n = PATCH_SIZE**3
+    ok = (box_sums(valid, PATCH_SIZE) == n) & (box_sums(fg, PATCH_SIZE) >= min_fg * n)
+    return np.argwhere(ok).astype(np.int16)
+
+
+class PatchSampler:
+    """``(rng, step) -> (patches (B, 1, P, P, P), targets (B, 3))`` for :func:`models.training.train`."""
+
+    def __init__(self, volumes: List[CanvasVolume], template: Template, intensity: IntensityConfig,
+                 config: TSPMTrainConfig):
+        import torch
+
+        from scipy import ndimage
+
+        if not volumes:
+            raise InputError("pairs: no training volumes")
+        self.volumes, self.template, self.intensity, self.config = volumes, template, intensity, config
+        self.tensors = [torch.from_numpy(v.values)[None, None] for v in volumes]
+        brain = sitk.GetArrayFromImage(template.foreground_mask()).astype(bool)
+        # Masks dilated by 0..3 voxels (0 to ~4.5 mm): skull-stripping tools differ in how much they keep.
+        self.masks = [torch.from_numpy(ndimage.binary_dilation(brain, iterations=k) if k else brain)
+                      .float()[None, None] for k in range(4)]
+        self.n = template.canvas_size
+
+    def __call__(self, rng: np.random.Generator, step: int):
+        import torch
+
+        per = self.config.patches_per_crop
+        crops = [self._crop(rng) for _ in range(self.config.optim.batch_size // per)]
+        x = torch.cat([c[0] for c in crops])
+        y = torch.cat([c[1] for c in crops])
+        return x, y
+
+    def _crop(self, rng: np.random.Generator):
+        import torch
+        import torch.nn.functional as F
+
+        cfg, per = self.config, self.config.patches_per_crop
+        vi = int(rng.integers(len(self.volumes)))
+        vol = self.volumes[vi]
+        strip = rng.random() < cfg.skull_strip_prob
+        cand = vol.candidates_stripped if strip and len(vol.candidates_stripped) else vol.candidates
+        corners = self._crop_candidates(cand, rng)
+        pick = corners[rng.choice(len(corners), size=per, replace=len(corners) < per)]
+        centers = pick[:, ::-1].astype(np.float64) + (PATCH_SIZE - 1) / 2.0  # ITK order
+        rot = random_rotations(1, cfg.rotation_deg, rng).repeat(per, axis=0)
+        grid = rotated_patch_grid(torch.from_numpy(centers).float(), torch.from_numpy(rot).float(),
+                                  vol.values.shape)
+        vals = F.grid_sample(self.tensors[vi].expand(per, -1, -1, -1, -1), grid, align_corners=True)
+        mask = None
+        if strip:
+            m = self.masks[int(rng.integers(len(self.masks)))]
+            mask = F.grid_sample(m.expand(per, -1, -1, -1, -1), grid, align_corners=True)
+            vals = vals * mask
+        lo, hi = self._crop_range(vol, strip, rng)
+        x = normalize(vals.numpy(), lo, hi) + 0.5
+        x = intensity_jitter(x, rng, gamma=cfg.gamma, scale=cfg.contrast, noise_std=cfg.noise_std) - 0.5
+        y = torch.from_numpy(centers / (self.n - 1)).float()
+        return torch.from_numpy(x), y
+
+    def _crop_candidates(self, cand: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Candidates whose patch lies inside a random crop box around a random candidate."""
+        cfg = self.config
+        voxel = self.template.spacing_mm
+        largest = rng.uniform(*cfg.crop_extent_mm)
+        extent = np.maximum(largest * rng.uniform(0.5, 1.0, size=3), PATCH_SIZE * voxel + 2 * voxel)
+        extent[int(rng.integers(3))] = largest
+        size = np.ceil(extent / voxel).astype(int)
+        seed = cand[int(rng.integers(len(cand)))].astype(int) + PATCH_SIZE // 2
+        lo = seed - (rng.uniform(0.0, 1.0, size=3) * size).astype(int)
+        inside = np.all((cand >= lo) & (cand + PATCH_SIZE <= lo + size), axis=1)
+        self._last_box = (lo, lo + size)
+        return cand[inside] if inside.any() else cand[[int(rng.integers(len(cand)))]]
+
+    def _crop_range(self, vol: CanvasVolume, strip: bool, rng: np.random.Generator) -> Tuple[float, float]:
+        """Normalisation range from the crop's voxels alone (what inference sees of a partial image)."""
+        lo, hi = (np.clip(b, 0, self.n) for b in self._last_box)
+        sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        values = vol.values[sl]
+        if strip:
+            values = values * self.masks[0][0, 0].numpy()[sl]
+        values = values[vol.valid[sl]]
+        if values.size > 20000:
+            values = values[rng.integers(0, values.size, 20000)]
+        return self.intensity.value_range(values if values.size else np.array([0.0, 1.0]))
+
+
+def evaluate_patch_error(net, volume: CanvasVolume, template: Template, intensity: IntensityConfig, *,
+                         num_patches: int = 256, seed: int = 0, device="cpu") -> dict:
+    """Position error (mm) of axis-aligned patches of a canvas volume (its own normalisation range)."""
+    from .network import predict_positions
+
+    rng = np.random.default_rng(seed)
+    cand = volume.candidates
+    pick = cand[rng.choice(len(cand), size=min(num_patches, len(cand)), replace=False)].astype(int)
+    lo, hi = intensity.value_range(volume.values[volume.valid])
+    norm = normalize(volume.values, lo, hi)
+    p = PATCH_SIZE
+    patches = np.stack([norm[z:z + p, y:y + p, x:x + p] for z, y, x in pick])
+    pred = predict_positions(net, patches, device=device) * (template.canvas_size - 1)
+    truth = pick[:, ::-1] + (p - 1) / 2.0
+    err = np.linalg.norm(pred - truth, axis=1) * template.spacing_mm
+    return {"median_mm": float(np.median(err)), "mean_mm": float(err.mean()),
+            "within_15mm": float(np.mean(err < 15.0)), "patches": int(len(err))}
+
+
+def train_partial_prereg_model(
+    pairs_csv,
+    output,
+    *,
+    template: Optional[Template] = None,
+    config: Optional[TSPMTrainConfig] = None,
+    intensity: Optional[IntensityConfig] = None,
+    checkpoint=None,
+    name: Optional[str] = None,
+    command: str = "",
+    notes: Optional[str] = None,
+    init_weights=None,
+    progress=None,
+    cancel=None,
+    log=None,
+):
+    """Train a TSPM patch position model and write it as a model file (weights + config + template +
+    intensity + model card).
+
+    Args:
+        pairs_csv: PAIRS.csv (:func:`read_pairs_csv`); rows with ``split = val`` are only evaluated.
+        output: the ``.pt`` file to write (a ``.md`` model card is written beside it).
+        template: the template space (default: the shipped ICBM 2009a canvas).
+        config: :class:`TSPMTrainConfig`; intensity: :class:`IntensityConfig` (default MR percentiles).
+        checkpoint: resumable checkpoint path (default ``<output>.ckpt``).
+        command: the command line, recorded in the model card.
+        notes: free text recorded in the model card (data preparation, hardware, caveats).
+        init_weights: optional TSPM model file to start from (a second training stage, e.g. with a lower
+            learning rate); it must use the same template. Its card is nested in the new card.
+
+    Returns:
+        The written :class:`~RegistrationSuiteLib.models.model_file.ModelFile`.
+    """
+    import time
+
+    from ...models.training import train
+    from .network import PatchNetConfig, PatchPositionNet, l1_position_loss
+    from .template import load_template
+
+    config = config or TSPMTrainConfig()
+    intensity = intensity or IntensityConfig()
+    template = template or load_template()
+    cases = read_pairs_csv(pairs_csv)
+    brain = sitk.GetArrayFromImage(template.foreground_mask()).astype(bool)
+    vols = [volume_on_canvas(c, template, brain, config.min_foreground_fraction, intensity) for c in cases]
+    train_vols = [v for v, c in zip(vols, cases) if c.split == "train"]
+    val_vols = [v for v, c in zip(vols, cases) if c.split == "val"]
+    sampler = PatchSampler(train_vols, template, intensity, config)
+    net = PatchPositionNet(PatchNetConfig())
+    init = _initialise(net, init_weights, template)
+    run_config = {"tspm": config.to_dict(), "intensity": intensity.to_dict(), "template": template.sha256,
+                  "pairs": [str(c.image.name) for c in cases]}
+    if init:
+        run_config["init_weights"] = init["sha256"]
+
+    def validate(model) -> dict:
+        out = {}
+        for v in val_vols:
+            metrics = evaluate_patch_error(model, v, template, intensity, device=next(model.parameters()).device)
+            out.update({f"val_{v.name}_{k}": val for k, val in metrics.items() if k != "patches"})
+        return out
+
+    t0 = time.perf_counter()
+    ckpt = Path(checkpoint) if checkpoint else Path(str(output) + ".ckpt")
+    outcome = train(net, sampler, l1_position_loss, config.optim, checkpoint_path=ckpt, run_config=run_config,
+                    validate=validate if val_vols else None, progress=progress, cancel=cancel, log=log)
+    net.eval()
+    final_val = {v.name: evaluate_patch_error(net, v, template, intensity, num_patches=1000,
+                                              device=next(net.parameters()).device) for v in val_vols}
+    card = _model_card(name or Path(output).stem, cases, config, intensity, template, outcome, final_val,
+                       command, time.perf_counter() - t0)
+    if notes:
+        card["notes"] = notes
+    if init:
+        card["initialised_from"] = init
+    return _write_model(net, template, intensity, card, output)
+
+
+def _initialise(net, init_weights, template) -> Optional[dict]:
+    """Load the weights of a previous stage (strict) and describe it for the card."""
+    import hashlib
+
+    if init_weights is None:
+        return None
+    from .network import load_tspm_model
+
+    previous = load_tspm_model(str(init_weights))
+    if previous.template.sha256 != template.sha256:
+        raise InputError(f"init_weights: {init_weights} was trained in template '{previous.template.name}', "
+                         f"not in '{template.name}'")
+    net.load_state_dict(previous.net.state_dict(), strict=True)
+    card = previous.card
+    return {"file": Path(init_weights).name, "sha256": hashlib.sha256(Path(init_weights).read_bytes()).hexdigest(),
+            "command": card.get("command"), "seed": card.get("seed"), "schedule": card.get("schedule"),
+            "training_time_s": card.get("training_time_s"), "metrics": card.get("metrics")}
+
+
+def _model_card(name, cases, config, intensity, template, outcome, final_val, command, seconds) -> dict:
+    import platform
+
+    import torch
+
+    last = outcome.history[-1] if outcome.history else {}
+    return {
+        "name": name,
+        "summary": f"TSPM patch position network (16³ patches → template position), template {template.name}",
+        "training_data": [{"name": c.name, "file": c.image.name, "split": c.split, "licence": c.licence}
+                          for c in cases],
+        "data_licence": "; ".join(sorted({c.licence for c in cases if c.licence})) or "see training_data",
+        "command": command,
+        "seed": config.optim.seed,
+        "metrics": {"final_train_l1": last.get("loss"), "validation": final_val,
+                    "history": [{k: v for k, v in h.items()} for h in outcome.history]},
+        "schedule": config.to_dict(),
+        "intensity": intensity.to_dict(),
+        "template": {"name": template.name, "sha256": template.sha256, "spacing_mm": template.spacing_mm},
+        "training_time_s": round(sum(h.get("seconds", 0.0) for h in outcome.history), 1),
+        "this_invocation_s": round(seconds, 1),
+        "resumed_from_epoch": outcome.resumed_from_epoch,
+        "environment": {"torch": str(torch.__version__), "python": platform.python_version(),
+                        "device": config.optim.device, "machine": platform.machine(),
+                        "torch_threads": torch.get_num_threads()},
+    }
+
+
+def _write_model(net, template, intensity, card, output):
+    from ...models.model_file import ModelFile, card_markdown, save_model
+    from ...io import atomic_output
+    from .network import NETWORK_NAME
+
+    model = ModelFile(
+        kind=MODEL_KIND, network_name=NETWORK_NAME, network_config=net.config.to_dict(),
+        state_dict=net.state_dict(), intensity=intensity.to_dict(), card=card,
+        template={"name": template.name, "sha256": template.sha256, "geometry": template.geometry(),
+                  "nifti_gz": template.to_bytes()},
+    )
+    save_model(model, output)
+    with atomic_output(Path(output).with_suffix(".md")) as tmp:
+        Path(tmp).write_text(card_markdown(card))
+    return model

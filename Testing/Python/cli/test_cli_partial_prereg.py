@@ -1,0 +1,87 @@
+"""CLI of TSPM: partial-prereg end to end (JSON, outputs), one-line errors without partial outputs, and
+train-partial-prereg writing a loadable model with its card."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import SimpleITK as sitk
+
+from RegistrationSuiteLib.cli.main import main
+from RegistrationSuiteLib.models.registry import resolve_model
+from RegistrationSuiteLib.sample_data import sample_path
+
+CLI = [sys.executable, "-m", "RegistrationSuiteLib"]
+
+
+def _run(args, cwd):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(CLI + args, capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
+    lines = [l for l in proc.stderr.splitlines() if l.strip() and not l.startswith("[")]
+    return proc, lines
+
+
+def test_partial_prereg_end_to_end(tmp_path):
+    moving = sitk.RegionOfInterest(sitk.ReadImage(str(sample_path("T1"))), [44, 48, 36], [8, 12, 20])
+    sitk.WriteImage(moving, str(tmp_path / "crop.nii.gz"))
+    proc, _ = _run(["partial-prereg", "--fixed", str(sample_path("T2")), "--moving", "crop.nii.gz",
+                    "--output", "t.tfm", "--output-resampled", "r.nii.gz", "--json", "--device", "cpu"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["method"] == "partial_prereg" and summary["diagnostics"]["ransac"]["consensus"]
+    m = np.array(summary["fixed_to_moving_lps"])
+    assert np.abs(m[:3, 3]).max() < 4.0 and np.abs(m[:3, :3] - np.eye(3)).max() < 0.05  # identity is the truth
+    assert (tmp_path / "t.tfm").exists() and (tmp_path / "r.nii.gz").exists()
+
+
+def test_corrupt_model_one_line_error_and_no_output(tmp_path):
+    (tmp_path / "bad.pt").write_bytes(resolve_model("tspm_t1_mr_icbm152").read_bytes()[:5000])
+    proc, lines = _run(["partial-prereg", "--fixed", str(sample_path("T2")), "--moving", str(sample_path("T1")),
+                        "--model", "bad.pt", "--output", "t.h5", "--output-resampled", "r.nii.gz"], tmp_path)
+    assert proc.returncode == 2 and len(lines) == 1 and "corrupt or truncated" in lines[0]
+    assert sorted(os.listdir(tmp_path)) == ["bad.pt"]
+
+
+def test_moving_too_small_one_line_error_and_no_output(tmp_path):
+    small = sitk.RegionOfInterest(sitk.ReadImage(str(sample_path("T1"))), [10, 30, 30], [25, 25, 25])
+    sitk.WriteImage(small, str(tmp_path / "small.nii.gz"))
+    proc, lines = _run(["partial-prereg", "--fixed", str(sample_path("T2")), "--moving", "small.nii.gz",
+                        "--output", "t.h5"], tmp_path)
+    assert proc.returncode == 2 and len(lines) == 1 and "too small for 16³ patches" in lines[0]
+    assert sorted(os.listdir(tmp_path)) == ["small.nii.gz"]
+
+
+def test_help(capsys):
+    for command in ("partial-prereg", "train-partial-prereg"):
+        try:
+            main([command, "--help"])
+        except SystemExit as exc:
+            assert exc.code == 0
+        assert "usage: registration-suite" in capsys.readouterr().out
+
+
+def test_train_partial_prereg_writes_loadable_model(tmp_path):
+    """One tiny step on the shipped sample (aligned with the template by identity, good enough here)."""
+    import shutil
+
+    from RegistrationSuiteLib.methods.partial_prereg import load_tspm_model
+
+    shutil.copyfile(sample_path("T1"), tmp_path / "t1.nii.gz")
+    (tmp_path / "PAIRS.csv").write_text("image,template_to_image,split,licence,name\nt1.nii.gz,,train,MIT,t1\n")
+    code = main(["train-partial-prereg", "--pairs", str(tmp_path / "PAIRS.csv"), "--output", str(tmp_path / "m.pt"),
+                 "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "16", "--device", "cpu", "--quiet"])
+    assert code == 0
+    model = load_tspm_model(str(tmp_path / "m.pt"))
+    assert model.card["seed"] == 0 and "--epochs 1" in model.card["command"]
+    assert (tmp_path / "m.md").read_text().startswith("# Model card: m")
+    assert (tmp_path / "m.pt.ckpt").exists()
+    code = main(["train-partial-prereg", "--pairs", str(tmp_path / "PAIRS.csv"), "--output", str(tmp_path / "m2.pt"),
+                 "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "16", "--device", "cpu", "--quiet",
+                 "--init-weights", str(tmp_path / "m.pt"), "--lr", "1e-4", "--seed", "1"])
+    assert code == 0
+    card = load_tspm_model(str(tmp_path / "m2.pt")).card
+    assert card["initialised_from"]["file"] == "m.pt" and "--epochs 1" in card["initialised_from"]["command"]
+    code = main(["train-partial-prereg", "--pairs", str(tmp_path / "PAIRS.csv"), "--output", str(tmp_path / "x.txt")])
+    assert code == 2

@@ -1,0 +1,72 @@
+"""TSPM training data: PAIRS.csv parsing, canvas volumes, the seeded patch sampler."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from RegistrationSuiteLib.errors import InputError
+from RegistrationSuiteLib.geometry import rigid_about_center, sitk_affine_from_matrix
+from RegistrationSuiteLib.io import write_transform
+from RegistrationSuiteLib.methods.partial_prereg.patches import IntensityConfig
+from RegistrationSuiteLib.methods.partial_prereg.template import load_template
+from RegistrationSuiteLib.methods.partial_prereg.train import (
+    PatchSampler,
+    TSPMTrainConfig,
+    read_pairs_csv,
+    volume_on_canvas,
+)
+from RegistrationSuiteLib.models.training import TrainingConfig
+from RegistrationSuiteLib.sample_data import sample_path
+
+
+@pytest.fixture(scope="module")
+def template():
+    return load_template()
+
+
+def _pairs(tmp_path, rows, header="image,template_to_image,split,licence,name"):
+    (tmp_path / "PAIRS.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
+    return tmp_path / "PAIRS.csv"
+
+
+def test_read_pairs_with_transform(tmp_path):
+    sitk.WriteImage(sitk.ReadImage(str(sample_path("T1"))), str(tmp_path / "t1.nii.gz"))
+    m = rigid_about_center(np.eye(3), [0, 0, 0], [5.0, 0.0, 0.0])
+    write_transform(sitk_affine_from_matrix(m), tmp_path / "t.tfm")
+    cases = read_pairs_csv(_pairs(tmp_path, ["t1.nii.gz,t.tfm,train,MIT,a", "t1.nii.gz,,val,MIT,"]))
+    assert [c.split for c in cases] == ["train", "val"] and cases[1].name == "t1" and cases[1].template_to_image is None
+    np.testing.assert_allclose(cases[0].template_to_image, m, atol=1e-9)
+
+
+@pytest.mark.parametrize("rows,header,message", [
+    ([], "image,split", "at least one row"),
+    (["x.nii.gz"], "file", "'image' column"),
+    (["missing.nii.gz,,train,,"], "image,template_to_image,split,licence,name", "image not found"),
+])
+def test_bad_pairs(tmp_path, rows, header, message):
+    with pytest.raises(InputError, match=message):
+        read_pairs_csv(_pairs(tmp_path, rows, header))
+
+
+def test_bad_split(tmp_path):
+    sitk.WriteImage(sitk.ReadImage(str(sample_path("T1"))), str(tmp_path / "t1.nii.gz"))
+    with pytest.raises(InputError, match="split must be 'train' or 'val', got 'test'"):
+        read_pairs_csv(_pairs(tmp_path, ["t1.nii.gz,,test,,"]))
+
+
+def test_sampler_is_seeded_and_labels_are_canvas_positions(tmp_path, template):
+    sitk.WriteImage(sitk.ReadImage(str(sample_path("T1"))), str(tmp_path / "t1.nii.gz"))
+    case = read_pairs_csv(_pairs(tmp_path, ["t1.nii.gz,,train,MIT,t1"]))[0]
+    brain = sitk.GetArrayFromImage(template.foreground_mask()).astype(bool)
+    vol = volume_on_canvas(case, template, brain, 0.6, IntensityConfig())
+    assert vol.values.shape == (128, 128, 128) and len(vol.candidates) > 1000
+    cfg = TSPMTrainConfig(optim=TrainingConfig(batch_size=16), patches_per_crop=8)
+    sampler = PatchSampler([vol], template, IntensityConfig(), cfg)
+    x1, y1 = sampler(np.random.default_rng(3), 0)
+    x2, y2 = sampler(np.random.default_rng(3), 0)
+    assert x1.shape == (16, 1, 16, 16, 16) and y1.shape == (16, 3)
+    assert np.array_equal(x1.numpy(), x2.numpy()) and np.array_equal(y1.numpy(), y2.numpy())
+    assert float(x1.min()) >= -0.5 and float(x1.max()) <= 0.5
+    assert float(y1.min()) > 0 and float(y1.max()) < 1
+    with pytest.raises(InputError, match="patches_per_crop"):
+        TSPMTrainConfig(optim=TrainingConfig(batch_size=16), patches_per_crop=5)
