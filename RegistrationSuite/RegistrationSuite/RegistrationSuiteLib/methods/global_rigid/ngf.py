@@ -377,7 +377,7 @@ def cross_similarity_direct(
     Same arguments and result as :func:`prepare_fixed_spectra` + :func:`cross_similarity_fft`; cost
     ``O(|shifts| * |B|)`` instead of ``O(L log L)``.
     """
-    dim = _check_batched(moving_ngf, "moving_ngf")
+    _check_batched(moving_ngf, "moving_ngf")
     counts = [b - a + 1 for a, b in zip(shift_min, shift_max)]
     numerator = moving_ngf.new_zeros((moving_ngf.shape[0], *counts))
     overlap = torch.zeros_like(numerator)
