@@ -143,6 +143,10 @@ def run_tspm(fixed, moving):
     return _tspm(fixed, moving)
 
 
+def run_tspm_nolocal(fixed, moving):
+    return _tspm(fixed, moving, local_search=False)
+
+
 def run_tspm_noref(fixed, moving):
     return _tspm(fixed, moving, refine="none")
 
@@ -212,6 +216,7 @@ METHODS = {
     "moments init + refine": ("moments", run_moments),
     "global rigid search + refine": ("global", run_global),
     "TSPM (+ refine, MI)": ("tspm", run_tspm),
+    "TSPM w/o local search (+ refine)": ("tspm_nolocal", run_tspm_nolocal),
     "TSPM w/o refinement": ("tspm_noref", run_tspm_noref),
     "TSPM w/o RANSAC (+ refine)": ("tspm_noransac", run_tspm_noransac),
     "TSPM as in the paper (no orientation prior, + refine)": ("tspm_noprior", run_tspm_noprior),
@@ -250,7 +255,11 @@ def _one(name, fn, fixed, moving, truth, info) -> dict:
             extra = {"inlier_ratio": res.diagnostics["ransac"]["inlier_ratio"],
                      "fixed_to_template_cached": res.diagnostics.get("fixed_to_template", {}).get("cached"),
                      "fallback": bool(res.diagnostics.get("fallback", {}).get("used")),
-                     "doubtful": res.diagnostics.get("doubtful", []), "timings": res.timings}
+                     "doubtful": res.diagnostics.get("doubtful", []), "timings": res.timings,
+                     "moving_inside_fixed": res.diagnostics.get("moving_inside_fixed"),
+                     "refine_shift_mm": res.diagnostics.get("refinement", {}).get("mean_corner_shift_mm"),
+                     "ngf_similarity": [c.get("ngf_similarity") for c in
+                                        res.diagnostics.get("local_search", {}).get("candidates", {}).values()]}
         err = anchor_error(moving, out, truth)
     except Exception as exc:  # noqa: BLE001 - a crashing peer is a failed case, not a failed benchmark
         err, extra = float("inf"), {"error": f"{type(exc).__name__}: {exc}"[:200]}

@@ -157,10 +157,11 @@ FAR = {**GOOD["ransac"], "residuals_mm": [9.0, 10.0, 11.0, 30.0]}
     [
         (GOOD, None),
         ({**GOOD, "doubtful": ["TSPM had no RANSAC consensus"]}, "TSPM had no RANSAC consensus"),
-        ({**GOOD, "ransac": FAR}, "median residual is 10.0 mm"),
-        ({**GOOD, "ransac": FAR, "fallback": {"used": True}, "doubtful": ["x"]}, "x"),  # residuals moot then
-        # Results without the core's own list get the same rules from the logic.
+        ({**GOOD, "ransac": FAR}, None),  # the core's (empty) list is authoritative: residuals are not re-judged
+        ({**GOOD, "ransac": FAR, "fallback": {"used": True}, "doubtful": ["x"]}, "x"),
+        # Results without the core's own list get rules from the logic.
         (WITHOUT_CORE_VERDICT, None),
+        ({**WITHOUT_CORE_VERDICT, "ransac": FAR}, "median residual is 10.0 mm"),
         ({**WITHOUT_CORE_VERDICT, "fallback": {"used": True}}, "no consensus"),
         ({**WITHOUT_CORE_VERDICT, "ransac": {"num_inliers": 20, "num_points": 100, "inlier_ratio": 0.2}},
          "only 20% of the patch predictions agree"),
@@ -188,8 +189,12 @@ def test_doubtful_reasons_are_warned_once(volumes):
     with mock.patch(CORE, create=True, return_value=result):
         PartialPreregLogic().register(fixed, moving)
     assert result.diagnostics["verdict"]["doubtful"]
-    assert result.warnings == ["doubtful result: only 4% agree",
-                               "doubtful result: the RANSAC inliers' median residual is 10.0 mm (above 8 mm)"]
+    assert result.warnings == ["doubtful result: only 4% agree"]
+    # Without the core's list the logic's own reason is warned, once.
+    result = known_result(fixed_image, {**WITHOUT_CORE_VERDICT, "ransac": FAR})
+    with mock.patch(CORE, create=True, return_value=result):
+        PartialPreregLogic().register(fixed, moving)
+    assert result.warnings == ["doubtful result: the RANSAC inliers' median residual is 10.0 mm (above 8 mm)"]
 
 
 def test_invalid_inputs_fail_before_the_core_runs(volumes, tmp_path, monkeypatch):

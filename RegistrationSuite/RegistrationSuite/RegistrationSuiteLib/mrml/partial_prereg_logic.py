@@ -124,10 +124,11 @@ def summarize_diagnostics(
     ``refinement`` (``metric``, ``before``, ``after``, ``improved``), ``fallback`` (``{"used": True, ...}`` when
     RANSAC had no consensus) and ``doubtful`` (the core's list of reasons to check the result).
 
-    The verdict is *doubtful* when the core listed reasons, or when the inliers' median residual exceeds
-    ``max_median_residual_mm`` (the RANSAC threshold alone lets every inlier be far off). Results without the
-    core's list get the same rules here: no consensus (fallback), fewer than ``min_inlier_ratio`` of the patches
-    agreeing, a refinement that did not improve its metric.
+    The verdict is *doubtful* when the core listed reasons (the core's list is authoritative: since its local
+    search, RANSAC residuals say little about the final result). Results without the core's list get rules
+    of their own here: no consensus (fallback), fewer than ``min_inlier_ratio`` of the patches agreeing, a
+    refinement that did not improve its metric, or an inliers' median residual above
+    ``max_median_residual_mm`` (the RANSAC threshold alone lets every inlier be far off).
     """
     d = result.diagnostics if isinstance(result.diagnostics, dict) else {}
     ransac = d.get("ransac") if isinstance(d.get("ransac"), dict) else {}
@@ -148,7 +149,8 @@ def summarize_diagnostics(
         s.reasons = [str(r) for r in core_reasons]
     else:
         s.reasons = _own_reasons(s, refinement.get("improved"), min_inlier_ratio)
-    if not s.fallback and s.median_residual_mm is not None and s.median_residual_mm > max_median_residual_mm:
+    if (not isinstance(core_reasons, (list, tuple)) and not s.fallback and s.median_residual_mm is not None
+            and s.median_residual_mm > max_median_residual_mm):
         s.reasons.append(f"the RANSAC inliers' median residual is {s.median_residual_mm:.1f} mm (above "
                          f"{max_median_residual_mm:g} mm)")
     s.doubtful = bool(s.reasons)

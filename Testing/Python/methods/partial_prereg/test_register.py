@@ -1,5 +1,6 @@
 """register_partial_prereg end to end with the shipped model and sample, and every bad input of the issue."""
 
+import dataclasses
 import time
 
 import numpy as np
@@ -57,8 +58,20 @@ def test_end_to_end_shipped_model_on_shipped_sample():
     assert d["ransac"]["consensus"] and d["ransac"]["num_inliers"] >= 12 and len(d["ransac"]["residuals_mm"]) > 20
     assert d["refinement"]["metric"] == "mi" and d["refinement"]["after"] >= d["refinement"]["before"]
     assert d["fixed_to_template"]["cached"] is False and result.confidence == d["ransac"]["inlier_ratio"]
-    assert d["initialisation"]["chosen"] in ("ransac", "orientation_prior")
+    assert d["initialisation"]["chosen"] in ("local_search_from_ransac", "local_search_from_orientation_prior")
+    assert set(d["local_search"]["seeds"]) == {"ransac", "orientation_prior"}
+    assert d["moving_inside_fixed"] == 1.0 and d["doubtful"] == [], d["doubtful"]
     assert result.summary()["method"] == "partial_prereg"  # JSON-serialisable diagnostics
+
+
+def test_without_local_search_the_tspm_candidates_are_refined_directly():
+    fixed = load_sample("T2")
+    moving, truth = _moved_crop(load_sample("T1"), [8, 12, 20], [44, 48, 36], (8.0, -6.0, 10.0), (30.0, -25.0, 20.0))
+    result = register_partial_prereg(fixed, moving, dataclasses.replace(CPU, local_search=False))
+    d = result.diagnostics
+    assert "local_search" not in d
+    assert d["initialisation"]["chosen"] in ("ransac", "orientation_prior")
+    assert set(d["initialisation"]["candidates"]) == {"ransac", "orientation_prior"}
 
 
 def test_non_3d_images_rejected():

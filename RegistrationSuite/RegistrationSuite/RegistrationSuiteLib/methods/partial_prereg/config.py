@@ -42,6 +42,14 @@ class PartialPreregConfig:
             (1-point RANSAC). Both candidates are refined at the coarse levels and the one with the better
             metric over the overlap is finished. Our addition to the paper: with an imperfect network, the
             rotation fitted to the patches of a small image is its weakest part.
+        local_search: search the neighbourhood of the TSPM candidates with the CSNGF search (FFT over all
+            shifts in a window, rotations near the candidate) before the refinement; the best candidate by
+            normalised NGF similarity is refined. Our addition: it brings a rough TSPM estimate (a few cm off)
+            into the refinement's capture range. ``False`` is the ablation "TSPM without local search".
+        local_search_window_mm: half-width (mm) of the translation window around each TSPM candidate.
+        local_search_deg: half-width (degrees) of the rotation neighbourhood of each TSPM candidate.
+        local_search_rotations: rotations scored per TSPM candidate on the search's first (5 mm) level.
+        local_search_keep: candidates kept after the first level and refined with NGF.
         use_ransac: ablation switch: ``False`` fits the rigid transform to *all* patch predictions by least
             squares (the paper's "w/o RANSAC" variant; every prediction then counts as an inlier).
         fallback_to_global: when RANSAC finds no consensus, align moving → fixed by the global rigid search
@@ -68,6 +76,11 @@ class PartialPreregConfig:
     fixed_to_template_refine: str = "mi"
     global_search_rotations: int = 500
     orientation_prior: bool = True
+    local_search: bool = True
+    local_search_window_mm: float = 40.0
+    local_search_deg: float = 20.0
+    local_search_rotations: int = 100
+    local_search_keep: int = 2
     use_ransac: bool = True
     fallback_to_global: bool = True
     batch_size: int = 128
@@ -84,6 +97,9 @@ class PartialPreregConfig:
             value = getattr(self, name)
             if value not in REFINE_METRICS:
                 raise InputError(f"{name}: expected one of {', '.join(REFINE_METRICS)}, got {value!r}")
+        for name in ("local_search_window_mm", "local_search_deg"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"{name}: expected a positive number, got {getattr(self, name)}")
         if not self.ransac_threshold_mm > 0:
             raise InputError(f"ransac_threshold_mm: expected a positive distance in mm, got {self.ransac_threshold_mm}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
@@ -93,7 +109,8 @@ class PartialPreregConfig:
 
     def _check_counts(self) -> None:
         minimum = {"num_patches": 6, "min_patches": 6, "ransac_iterations": 1, "ransac_min_inliers": 6,
-                   "refine_iterations": 0, "global_search_rotations": 1, "batch_size": 1}
+                   "refine_iterations": 0, "global_search_rotations": 1, "batch_size": 1,
+                   "local_search_rotations": 1, "local_search_keep": 1}
         for name, low in minimum.items():
             value = getattr(self, name)
             if isinstance(value, bool) or int(value) != value or value < low:
