@@ -12,8 +12,9 @@ Success: anchor error < 4 mm.
 
 Methods (all but "TSPM w/o refinement" and the external peers end with the same overlap-restricted Mattes-MI
 rigid refinement, ``methods.partial_prereg.refine.refine_rigid``): centre initialisation, moments
-initialisation, the global rigid search (CSNGF), TSPM (default: with the orientation-prior candidate), TSPM
-without refinement, TSPM without RANSAC, TSPM as in the paper (RANSAC candidate only); elastix (itk-elastix
+initialisation, the global rigid search (CSNGF), TSPM (default: orientation-prior candidate and local CSNGF
+search), TSPM without the local search, TSPM alone (network + RANSAC, no search, no refinement), TSPM without
+RANSAC, TSPM as in the paper (RANSAC candidate + refinement only); elastix (itk-elastix
 default rigid map, geometric-centre initialisation) and SimpleITK (Mattes MI, geometric-centre
 initialisation) as peers. The TSPM model is never trained on the stroke subject.
 
@@ -148,7 +149,7 @@ def run_tspm_nolocal(fixed, moving):
 
 
 def run_tspm_noref(fixed, moving):
-    return _tspm(fixed, moving, refine="none")
+    return _tspm(fixed, moving, refine="none", local_search=False)
 
 
 def run_tspm_noransac(fixed, moving):
@@ -156,7 +157,7 @@ def run_tspm_noransac(fixed, moving):
 
 
 def run_tspm_noprior(fixed, moving):
-    return _tspm(fixed, moving, orientation_prior=False)
+    return _tspm(fixed, moving, orientation_prior=False, local_search=False)
 
 
 def run_sitk(fixed, moving):
@@ -217,9 +218,9 @@ METHODS = {
     "global rigid search + refine": ("global", run_global),
     "TSPM (+ refine, MI)": ("tspm", run_tspm),
     "TSPM w/o local search (+ refine)": ("tspm_nolocal", run_tspm_nolocal),
-    "TSPM w/o refinement": ("tspm_noref", run_tspm_noref),
+    "TSPM alone (w/o local search and refinement)": ("tspm_noref", run_tspm_noref),
     "TSPM w/o RANSAC (+ refine)": ("tspm_noransac", run_tspm_noransac),
-    "TSPM as in the paper (no orientation prior, + refine)": ("tspm_noprior", run_tspm_noprior),
+    "TSPM as in the paper (RANSAC + refine; no orientation prior, no local search)": ("tspm_noprior", run_tspm_noprior),
     "elastix rigid (centred)": ("elastix", run_elastix),
     "SimpleITK Mattes MI (centred)": ("sitk", run_sitk),
 }
@@ -310,6 +311,15 @@ def _report(rows, args, table) -> str:
         f"--seed {args.seed}{' --skip ' + ' '.join(args.skip) if args.skip else ''}"
         f"{' --fixed ' + ' '.join(args.fixed) if tuple(args.fixed) != FIXED_MODALITIES else ''}"
         f"{' --classes ' + ' '.join(args.classes) if tuple(args.classes) != tuple(CLASSES) else ''} --write`",
+        "",
+        "Notes. The shipped model is CPU-trained (under 1 % of the paper's schedule; median patch error ~30 mm on the "
+        "held-out subject, see its model card), so \"TSPM alone\" places no case within 4 mm; the pipeline's "
+        "accuracy comes from TSPM's rough position + the local CSNGF search of its neighbourhood (our addition, "
+        "compare \"w/o local search\") + the overlap-restricted refinement. With the local search, RANSAC is not "
+        "what carries the result (\"w/o RANSAC\", a least-squares fit to all predictions, scores the same or "
+        "better here). The thresholds of the \"doubtful\" flags were chosen on 20 tiny crops drawn with seed 7, "
+        "not on these cases. Cases are seeded and identical across methods; SimpleITK's multi-threaded MI is "
+        "not bit-reproducible, so a borderline case can flip between runs.",
     ]
     return "\n".join(lines)
 

@@ -34,6 +34,18 @@ def test_partial_prereg_end_to_end(tmp_path):
     m = np.array(summary["fixed_to_moving_lps"])
     assert np.abs(m[:3, 3]).max() < 4.0 and np.abs(m[:3, :3] - np.eye(3)).max() < 0.05  # identity is the truth
     assert (tmp_path / "t.tfm").exists() and (tmp_path / "r.nii.gz").exists()
+    assert summary["diagnostics"]["initialisation"]["chosen"].startswith("local_search_from_")
+
+
+def test_partial_prereg_without_local_search(tmp_path):
+    moving = sitk.RegionOfInterest(sitk.ReadImage(str(sample_path("T1"))), [44, 48, 36], [8, 12, 20])
+    sitk.WriteImage(moving, str(tmp_path / "crop.nii.gz"))
+    proc, _ = _run(["partial-prereg", "--fixed", str(sample_path("T2")), "--moving", "crop.nii.gz",
+                    "--output", "t.tfm", "--no-local-search", "--json", "--device", "cpu"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    diagnostics = json.loads(proc.stdout.strip().splitlines()[-1])["diagnostics"]
+    assert "local_search" not in diagnostics
+    assert diagnostics["initialisation"]["chosen"] in ("ransac", "orientation_prior")
 
 
 def test_corrupt_model_one_line_error_and_no_output(tmp_path):

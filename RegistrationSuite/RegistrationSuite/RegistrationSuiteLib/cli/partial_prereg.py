@@ -16,7 +16,8 @@ def add_parser(sub):
         description=(
             "Template-Space Patch Mapping (Xia et al., MICCAI 2022): a network maps 16³ patches of the partial "
             "moving image to template positions, RANSAC fits a rigid transform, the fixed image is aligned to "
-            "the template by the global rigid search, and a local rigid refinement measured only where the "
+            "the template by the global rigid search, a CSNGF search of the neighbourhood of the TSPM estimate "
+            "(±40 mm, ±20°) finds the refinement's basin, and a local rigid refinement measured only where the "
             "images overlap finishes. Writes an ITK transform (LPS) mapping fixed points to moving points."
         ),
     )
@@ -27,6 +28,8 @@ def add_parser(sub):
     p.add_argument("--refine", default="mi", choices=["mse", "nmi", "mi", "none"],
                    help="metric of the final overlap-restricted rigid refinement (default mi)")
     p.add_argument("--patches", type=int, default=100, help="patches drawn from the moving image (default 100)")
+    p.add_argument("--no-local-search", action="store_true",
+                   help="refine the TSPM estimate directly, without the CSNGF search of its neighbourhood (ablation)")
     p.add_argument("--fixed-mask", help="optional fixed mask for the refinement (non-zero = use)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="compute device: auto, cpu, cuda or cuda:N")
@@ -43,7 +46,8 @@ def run(args) -> int:
 
     check_output_paths(args)
     config = PartialPreregConfig(num_patches=args.patches, min_patches=min(20, max(6, args.patches)),
-                                 refine=args.refine, seed=args.seed, device=args.device)
+                                 refine=args.refine, seed=args.seed, device=args.device,
+                                 local_search=not args.no_local_search)
     model = load_tspm_model(args.model)  # before reading images: a bad model fails fast
     fixed = read_image(args.fixed, "fixed")
     moving = read_image(args.moving, "moving")
