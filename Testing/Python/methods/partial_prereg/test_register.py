@@ -163,5 +163,11 @@ def test_config_validation():
         PartialPreregConfig(num_patches=10, min_patches=20)
     with pytest.raises(InputError, match="ransac_threshold_mm"):
         PartialPreregConfig(ransac_threshold_mm=0)
+    with pytest.raises(InputError, match="local_search_window_mm: expected a positive number"):
+        PartialPreregConfig(local_search_window_mm=0)
+    with pytest.raises(InputError, match="local_search_deg"):
+        PartialPreregConfig(local_search_deg=-5)
+    with pytest.raises(InputError, match="local_search_rotations: expected an integer >= 1"):
+        PartialPreregConfig(local_search_rotations=0)
     with pytest.raises(InputError, match="config: expected a PartialPreregConfig"):
         register_partial_prereg(load_sample("T2"), load_sample("T1"), {"refine": "mi"})
