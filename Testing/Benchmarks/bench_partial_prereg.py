@@ -292,6 +292,12 @@ def _report(rows, args, table) -> str:
     doubtful = sum(1 for r in tspm if r.get("doubtful"))
     failed_flagged = sum(1 for r in tspm if r.get("doubtful") and r["error_mm"] >= SUCCESS_MM)
     failed = sum(1 for r in tspm if r["error_mm"] >= SUCCESS_MM)
+    crashed = {}
+    for r in rows:
+        if r.get("error"):
+            crashed[r["method"]] = crashed.get(r["method"], 0) + 1
+    crash_text = "".join(f" {name} stopped with an error on {n} of {sum(1 for r in rows if r['method'] == name)} "
+                         "cases (counted as failures; see output/partial_prereg.json)." for name, n in crashed.items())
     lines = [
         "## TSPM partial-volume preregistration (`bench_partial_prereg.py`)",
         "",
@@ -305,7 +311,8 @@ def _report(rows, args, table) -> str:
         f"TSPM time per case with the fixed → template alignment cached (same fixed image): "
         f"{np.mean(cached) if cached else float('nan'):.1f} s mean; the uncached fixed → template step "
         f"(once per fixed image) took {np.mean(first) if first else float('nan'):.1f} s. "
-        f"TSPM flagged {doubtful} result(s) as doubtful; {failed_flagged} of its {failed} failure(s) were flagged.",
+        f"TSPM flagged {doubtful} result(s) as doubtful; {failed_flagged} of its {failed} failure(s) were flagged."
+        + crash_text,
         "",
         f"Command: `python Testing/Benchmarks/bench_partial_prereg.py --cases-per-class {args.cases_per_class} "
         f"--seed {args.seed}{' --skip ' + ' '.join(args.skip) if args.skip else ''}"
