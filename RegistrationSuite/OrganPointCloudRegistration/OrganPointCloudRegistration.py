@@ -6,7 +6,6 @@ imported lazily (through the PyTorch extension), so the module loads even when t
 """
 
 import json
-import logging
 from dataclasses import dataclass
 from typing import Annotated, Optional, Union
 
@@ -25,10 +24,10 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from RegistrationSuiteLib.errors import InputError, RegistrationCancelled
+from RegistrationSuiteLib.errors import InputError
 from RegistrationSuiteLib.mrml.organ_logic import OrganPointCloudLogic as OrganPointCloudNodeLogic
 from RegistrationSuiteLib.mrml.organ_logic import organ_rows_from_table, organ_table_rows, parse_matrix
-from RegistrationSuiteWidgets import BackgroundTask, ensureTorch, formatResultSummary, setApplyButtonRunning
+from RegistrationSuiteWidgets import BackgroundRunMixin, ensureTorch, formatResultSummary
 
 #: Columns of the organ table.
 USE_COLUMN, LABEL_COLUMN, NAME_COLUMN, LAMBDA_COLUMN, BETA_COLUMN = 0, 1, 2, 3, 4
@@ -102,7 +101,9 @@ class OrganPointCloudRegistrationParameterNode:
 #
 
 
-class OrganPointCloudRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class OrganPointCloudRegistrationWidget(BackgroundRunMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+    runName = "OrganPointCloudRegistration"
+
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
@@ -211,67 +212,11 @@ class OrganPointCloudRegistrationWidget(ScriptedLoadableModuleWidget, VTKObserva
         if self._parameterNode is not None and self._parameterNode.organTable != text:
             self._parameterNode.organTable = text
 
-    def onApplyButton(self) -> None:
-        """Start a registration from the parameter node, or cancel the running one."""
-        if self._task is not None:
-            self._task.requestCancel()
-            self.ui.resultsLabel.text = _("Cancelling...")
-            return
-        with slicer.util.tryWithErrorDisplay(_("Failed to start the registration."), waitCursor=True):
-            self._startRun()
-
-    def _startRun(self) -> None:
-        if ensureTorch(askConfirmation=True) is None:
-            return
-        # Reads the parameter node (not the widgets) and samples the surfaces: main thread, before the worker.
-        run = self.logic.prepareRun(self._parameterNode)
-        computeRun = self.logic.computeRun
-        self._task = BackgroundTask(
-            lambda progress, cancel: computeRun(run, progress=progress, cancel=cancel),
-            onProgress=self._onProgress,
-            onFinished=self._onFinished,
-            name="OrganPointCloudRegistration",
-        )
-        self._run = run
-        self.ui.resultsLabel.text = ""
-        self.ui.progressBar.value = 0
-        self.ui.progressBar.visible = True
-        setApplyButtonRunning(self.ui.applyButton, True)
-        self._task.start()
-
-    def _onProgress(self, fraction, message) -> None:
-        self.ui.progressBar.value = int(round(100 * fraction))
-        self.ui.progressBar.format = "%p%  " + message.replace("%", "")
-
-    def _onFinished(self, task) -> None:
-        """Main thread: write the result into the scene, or report why there is none."""
-        self._task = None
-        run, self._run = self._run, None
-        self.ui.progressBar.visible = False
-        setApplyButtonRunning(self.ui.applyButton, False)
-        self._checkCanApply()
-        if isinstance(task.error, RegistrationCancelled):
-            self.ui.resultsLabel.text = _("Cancelled: nothing was written to the scene.")
-            return
-        if task.error is not None:
-            logging.error("OrganPointCloudRegistration failed:\n%s", task.errorTraceback)
-            self.ui.resultsLabel.text = _("Failed: {error}").format(error=task.error)
-        with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=True):
-            if task.error is not None:
-                raise task.error
-            transformNode = self.logic.finishRun(run, task.result)
-            if self._parameterNode is not None:
-                self._parameterNode.outputTransform = transformNode
-            self.ui.resultsLabel.text = formatResultSummary(task.result, task.elapsedSeconds())
-
-    def _abandonRun(self) -> None:
-        """Stop following a running registration (scene closed, module destroyed); its result is dropped."""
-        if self._task is not None:
-            self._task.stopPolling()
-            self._task = None
-            self._run = None
-            self.ui.progressBar.visible = False
-            setApplyButtonRunning(self.ui.applyButton, False)
+    def _showResult(self, run, result, elapsedSeconds) -> str:
+        transformNode = self.logic.finishRun(run, result)
+        if self._parameterNode is not None:
+            self._parameterNode.outputTransform = transformNode
+        return formatResultSummary(result, elapsedSeconds)
 
 
 def setupOrganTable(table, onEdited) -> None:

@@ -13,11 +13,18 @@ Cancellation is cooperative: the worker receives ``cancel()``, which the core's 
 turns into ``RegistrationCancelled``.
 """
 
+import logging
 import threading
 import time
 import traceback
 
 import qt
+import slicer
+from slicer.i18n import tr as _
+
+from RegistrationSuiteLib.errors import RegistrationCancelled
+
+from .torchsupport import ensureTorch
 
 
 class BackgroundTask:
@@ -131,3 +138,77 @@ def setApplyButtonRunning(button, running, applyText="Apply", cancelText="Cancel
     if running:
         button.enabled = True
         button.toolTip = "Stop the running registration (nothing is written to the scene)."
+
+
+class BackgroundRunMixin:
+    """Apply ↔ Cancel, progress and result handling shared by the modules' widgets.
+
+    The widget provides ``self.logic`` (``prepareRun(parameterNode)`` on the main thread, ``computeRun(run,
+    progress, cancel)`` in the worker), ``self.ui.applyButton`` / ``progressBar`` / ``resultsLabel``,
+    ``self._parameterNode``, ``_checkCanApply()``, the class attribute ``runName`` (thread and log name) and
+    ``_showResult(run, result, elapsedSeconds)``: main thread, writes the result into the scene and returns the
+    results label's text.
+    """
+
+    runName = "RegistrationSuite"
+    _task = None  # BackgroundTask while a registration runs
+    _run = None  # the logic's prepared run of the running registration
+
+    def onApplyButton(self) -> None:
+        """Start a registration from the parameter node, or cancel the running one."""
+        if self._task is not None:
+            self._task.requestCancel()
+            self.ui.resultsLabel.text = _("Cancelling...")
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the registration."), waitCursor=True):
+            self._startRun()
+
+    def _startRun(self) -> None:
+        if ensureTorch(askConfirmation=True) is None:
+            return
+        # Reads the parameter node (not the widgets) and copies the inputs: main thread, before the worker.
+        run = self.logic.prepareRun(self._parameterNode)
+        computeRun = self.logic.computeRun
+        self._task = BackgroundTask(
+            lambda progress, cancel: computeRun(run, progress=progress, cancel=cancel),
+            onProgress=self._onProgress,
+            onFinished=self._onFinished,
+            name=self.runName,
+        )
+        self._run = run
+        self.ui.resultsLabel.text = ""
+        self.ui.progressBar.value = 0
+        self.ui.progressBar.visible = True
+        setApplyButtonRunning(self.ui.applyButton, True)
+        self._task.start()
+
+    def _onProgress(self, fraction, message) -> None:
+        self.ui.progressBar.value = int(round(100 * fraction))
+        self.ui.progressBar.format = "%p%  " + message.replace("%", "")
+
+    def _onFinished(self, task) -> None:
+        """Main thread: write the result into the scene, or report why there is none."""
+        self._task = None
+        run, self._run = self._run, None
+        self.ui.progressBar.visible = False
+        setApplyButtonRunning(self.ui.applyButton, False)
+        self._checkCanApply()
+        if isinstance(task.error, RegistrationCancelled):
+            self.ui.resultsLabel.text = _("Cancelled: nothing was written to the scene.")
+            return
+        if task.error is not None:
+            logging.error("%s failed:\n%s", self.runName, task.errorTraceback)
+            self.ui.resultsLabel.text = _("Failed: {error}").format(error=task.error)
+        with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=True):
+            if task.error is not None:
+                raise task.error
+            self.ui.resultsLabel.text = self._showResult(run, task.result, task.elapsedSeconds())
+
+    def _abandonRun(self) -> None:
+        """Stop following a running registration (scene closed, module destroyed); its result is dropped."""
+        if self._task is not None:
+            self._task.stopPolling()
+            self._task = None
+            self._run = None
+            self.ui.progressBar.visible = False
+            setApplyButtonRunning(self.ui.applyButton, False)
