@@ -25,6 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers import elastix_rigid, sitk_mattes_rigid  # noqa: E402
 from common import markdown_table, peak_rss_mb, require_shared_data, update_benchmarks_md  # noqa: E402
 
 MODALITIES = ("T1", "T2", "FLAIR")
@@ -71,53 +72,12 @@ def run_csngf(fixed, moving):
 
 def run_sitk_mattes(fixed, moving):
     """SimpleITK Mattes-MI rigid registration initialised at the geometric centres (a typical local peer)."""
-    from RegistrationSuiteLib.geometry import affine_matrix_from_sitk
-
-    init = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
-                                             sitk.CenteredTransformInitializerFilter.GEOMETRY)
-    reg = sitk.ImageRegistrationMethod()
-    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
-    reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(0.1, seed=0)
-    reg.SetInterpolator(sitk.sitkLinear)
-    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=300,
-                                                 gradientMagnitudeTolerance=1e-6)
-    reg.SetOptimizerScalesFromPhysicalShift()
-    reg.SetShrinkFactorsPerLevel([4, 2, 1])
-    reg.SetSmoothingSigmasPerLevel([2, 1, 0])
-    reg.SetInitialTransform(init, inPlace=False)
-    tx = reg.Execute(fixed, moving)
-    return affine_matrix_from_sitk(tx)
+    return sitk_mattes_rigid(fixed, moving, sampling=0.1)
 
 
 def run_elastix(fixed, moving):
     """elastix's default rigid parameter map (itk-elastix), from the images as they are."""
-    import itk
-
-    from RegistrationSuiteLib.geometry import affine_matrix_from_sitk
-
-    f = _to_itk(fixed)
-    m = _to_itk(moving)
-    params = itk.ParameterObject.New()
-    params.AddParameterMap(params.GetDefaultParameterMap("rigid"))
-    _, result_params = itk.elastix_registration_method(f, m, parameter_object=params, log_to_console=False)
-    pm = result_params.GetParameterMap(0)
-    p = [float(v) for v in pm["TransformParameters"]]
-    c = [float(v) for v in pm["CenterOfRotationPoint"]]
-    tx = sitk.Euler3DTransform(c, p[0], p[1], p[2], p[3:6])
-    if pm.get("ComputeZYX", ("false",))[0] == "true":
-        tx.SetComputeZYX(True)
-    return affine_matrix_from_sitk(tx)
-
-
-def _to_itk(image: sitk.Image):
-    import itk
-
-    out = itk.GetImageFromArray(sitk.GetArrayFromImage(image).astype(np.float32))
-    out.SetSpacing(image.GetSpacing())
-    out.SetOrigin(image.GetOrigin())
-    out.SetDirection(itk.matrix_from_array(np.asarray(image.GetDirection()).reshape(3, 3)))
-    return out
+    return elastix_rigid(fixed, moving)
 
 
 def run_ants(fixed, moving):

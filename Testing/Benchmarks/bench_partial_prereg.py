@@ -35,6 +35,7 @@ import numpy as np
 import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers import elastix_rigid, sitk_mattes_rigid  # noqa: E402
 from common import REPO, markdown_table, require_shared_data, update_benchmarks_md  # noqa: E402
 
 CLASSES = {"tiny": (45.0, 70.0), "small": (70.0, 110.0), "medium": (110.0, 135.0), "large": (135.0, 160.0)}
@@ -162,54 +163,12 @@ def run_tspm_noprior(fixed, moving):
 
 def run_sitk(fixed, moving):
     """SimpleITK Mattes-MI rigid registration from geometric-centre initialisation (no overlap handling)."""
-    from RegistrationSuiteLib.geometry import affine_matrix_from_sitk
-
-    init = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
-                                             sitk.CenteredTransformInitializerFilter.GEOMETRY)
-    reg = sitk.ImageRegistrationMethod()
-    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
-    reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(0.05, seed=0)
-    reg.SetInterpolator(sitk.sitkLinear)
-    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=300,
-                                                 gradientMagnitudeTolerance=1e-6)
-    reg.SetOptimizerScalesFromPhysicalShift()
-    reg.SetShrinkFactorsPerLevel([4, 2, 1])
-    reg.SetSmoothingSigmasPerLevel([2, 1, 0])
-    reg.SetInitialTransform(init, inPlace=False)
-    return affine_matrix_from_sitk(reg.Execute(fixed, moving))
+    return sitk_mattes_rigid(fixed, moving, sampling=0.05)
 
 
 def run_elastix(fixed, moving):
     """elastix default rigid map (itk-elastix) with geometric-centre initialisation."""
-    import itk
-
-    from RegistrationSuiteLib.geometry import affine_matrix_from_sitk
-
-    params = itk.ParameterObject.New()
-    pm = params.GetDefaultParameterMap("rigid")
-    pm["AutomaticTransformInitialization"] = ["true"]
-    pm["AutomaticTransformInitializationMethod"] = ["GeometricalCenter"]
-    params.AddParameterMap(pm)
-    _, result = itk.elastix_registration_method(_to_itk(fixed), _to_itk(moving), parameter_object=params,
-                                                log_to_console=False)
-    out = result.GetParameterMap(0)
-    p = [float(v) for v in out["TransformParameters"]]
-    c = [float(v) for v in out["CenterOfRotationPoint"]]
-    tx = sitk.Euler3DTransform(c, p[0], p[1], p[2], p[3:6])
-    if out.get("ComputeZYX", ("false",))[0] == "true":
-        tx.SetComputeZYX(True)
-    return affine_matrix_from_sitk(tx)
-
-
-def _to_itk(image: sitk.Image):
-    import itk
-
-    out = itk.GetImageFromArray(sitk.GetArrayFromImage(image).astype(np.float32))
-    out.SetSpacing(image.GetSpacing())
-    out.SetOrigin(image.GetOrigin())
-    out.SetDirection(itk.matrix_from_array(np.asarray(image.GetDirection()).reshape(3, 3)))
-    return out
+    return elastix_rigid(fixed, moving, centre_init=True)
 
 
 METHODS = {
