@@ -38,6 +38,14 @@ class StderrProgress:
         sys.stderr.flush()
 
 
+def add_image_output_arguments(p) -> None:
+    """``--output-resampled``, ``--output-scene`` and ``--json``: what :func:`write_outputs` and
+    :func:`print_result` honour for commands that register two images."""
+    p.add_argument("--output-resampled", help="write moving resampled onto the fixed grid")
+    p.add_argument("--output-scene", help="write a Slicer scene bundle (.mrb)")
+    p.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
+
+
 def check_output_paths(args, transform_attr: str = "output") -> None:
     """Validate output paths *before* the (long) registration so a typo does not waste the run."""
     out = Path(getattr(args, transform_attr))

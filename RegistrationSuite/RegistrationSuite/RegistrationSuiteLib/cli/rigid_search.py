@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import StderrProgress, check_output_paths, print_result, write_outputs
+from .common import StderrProgress, add_image_output_arguments, check_output_paths, print_result, write_outputs
 
 HELP = "global rigid alignment by FFT cross-similarity of squared normalized gradient fields"
 
@@ -27,9 +27,7 @@ def add_parser(sub):
     p.add_argument("--min-overlap", type=float, default=0.5, help="minimum overlap fraction γ (default 0.5)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="compute device")
-    p.add_argument("--output-resampled", help="write moving resampled onto the fixed grid")
-    p.add_argument("--output-scene", help="write a Slicer scene bundle (.mrb)")
-    p.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
+    add_image_output_arguments(p)
     p.set_defaults(run=run)
     return p
 
