@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import numpy as np
 
+from ...device import resolve_device
 from ...errors import InputError, RegistrationFailed
 from ...geometry import Grid
 from ...progress import as_progress
@@ -113,9 +114,6 @@ def local_rigid_search(
     seeds = [np.asarray(s, float) for s in seeds]
     if any(s.shape != (dim + 1, dim + 1) for s in seeds):
         raise InputError(f"seeds: expected ({dim + 1}, {dim + 1}) matrices, got {[s.shape for s in seeds]}")
-
-    from ...device import resolve_device
-
     dev = resolve_device(device)
     fixed_center = Grid.from_image(fixed_in.image).center()
     levels = _build_levels(_prepare(fixed_in.image, fmask, cfg, "fixed"), _prepare(moving_in.image, mmask, cfg, "moving"),
@@ -173,7 +171,3 @@ def _matrix(c: Candidate, moving_center: np.ndarray) -> list:
     m[:-1, -1] = np.asarray(moving_center, float) - c.rotation @ c.anchor
     return m.tolist()
 
-
-def seeds_from_results(results: Optional[Sequence]) -> List[np.ndarray]:
-    """Fixed → moving matrices of :class:`RegistrationResult` objects (convenience for chaining)."""
-    return [r.fixed_to_moving_matrix for r in (results or [])]
