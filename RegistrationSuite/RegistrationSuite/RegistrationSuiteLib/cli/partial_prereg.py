@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import StderrProgress, add_image_output_arguments, check_output_paths, print_result, write_outputs
+from .common import add_image_output_arguments, check_output_paths, print_result, write_outputs
+from .progress_lines import progress_for
 
 HELP = "partial-volume rigid registration initialised by template-space patch mapping (TSPM)"
 
@@ -52,7 +53,7 @@ def run(args) -> int:
     result = register_partial_prereg(
         fixed.image, moving.image, config, model=model,
         fixed_mask=read_mask(args.fixed_mask, fixed.image, "fixed mask") if args.fixed_mask else None,
-        progress=StderrProgress(not args.quiet),
+        progress=progress_for(args),
     )
     result.warnings[:0] = fixed.warnings + moving.warnings
     write_outputs(args, fixed.image, moving.image, result)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import StderrProgress, add_image_output_arguments, check_output_paths, print_result, write_outputs
+from ..errors import InputError
+from .common import add_image_output_arguments, check_output_paths, print_result, write_outputs
+from .progress_lines import progress_for
 
 HELP = "global rigid alignment by FFT cross-similarity of squared normalized gradient fields"
 
@@ -25,6 +27,7 @@ def add_parser(sub):
     p.add_argument("--fixed-mask", help="optional fixed mask (non-zero = use)")
     p.add_argument("--moving-mask", help="optional moving mask (non-zero = use)")
     p.add_argument("--min-overlap", type=float, default=0.5, help="minimum overlap fraction γ (default 0.5)")
+    p.add_argument("--rotations", help="rotations per pyramid level, coarse to fine, e.g. '1500,240,3' (default: the method's)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="compute device")
     add_image_output_arguments(p)
@@ -39,14 +42,21 @@ def run(args) -> int:
     check_output_paths(args)
     fixed = read_image(args.fixed, "fixed")
     moving = read_image(args.moving, "moving")
-    config = GlobalRigidConfig(min_overlap=args.min_overlap, seed=args.seed, device=args.device)
+    options = {"min_overlap": args.min_overlap, "seed": args.seed, "device": args.device}
+    if args.rotations:
+        try:
+            options["num_rotations"] = tuple(int(v) for v in args.rotations.split(",") if v.strip())
+        except ValueError:
+            raise InputError(f"--rotations: expected comma-separated integers such as '1500,240,3', "
+                             f"got {args.rotations!r}") from None
+    config = GlobalRigidConfig(**options)
     result = register_global_rigid(
         fixed.image,
         moving.image,
         config,
         fixed_mask=read_mask(args.fixed_mask, fixed.image, "fixed mask"),
         moving_mask=read_mask(args.moving_mask, moving.image, "moving mask"),
-        progress=StderrProgress(not args.quiet),
+        progress=progress_for(args),
     )
     result.warnings[:0] = fixed.warnings + moving.warnings
     write_outputs(args, fixed.image, moving.image, result)
