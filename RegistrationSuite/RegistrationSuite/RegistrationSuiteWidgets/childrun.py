@@ -97,7 +97,7 @@ class ChildRunMixin:
         if not torchReadyForRun():
             return
         spec = self.logic.runSpecFromParameterNode(self._parameterNode)  # reads the parameter node
-        run = ChildRun(spec)
+        run = ChildRun(spec, base_environment=slicer.util.startupEnvironment())
         slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
         try:
             run.start()  # exports the inputs, starts the child and returns at once

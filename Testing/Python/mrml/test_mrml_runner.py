@@ -345,3 +345,10 @@ def test_partial_prereg_child_run_writes_transform_and_table(headless_scene, tmp
                                atol=5.0)
     assert run.outcome.result.diagnostics["diagnostics_table_node_id"] == table.GetID()
     assert temp_folders(tmp_path / "tmp") == []
+
+
+def test_child_environment_from_a_base_environment():
+    """Inside Slicer the child starts from Slicer's startup environment, not the application's own."""
+    env = runner_module.child_environment({"PATH": "/bin", "PYTHONPATH": "/somewhere"})
+    parts = env["PYTHONPATH"].split(os.pathsep)
+    assert parts[1:] == ["/somewhere"] and env["PATH"] == "/bin" and "HOME" not in env

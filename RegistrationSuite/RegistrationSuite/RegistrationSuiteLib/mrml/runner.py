@@ -158,9 +158,11 @@ def python_executable() -> str:
     return shutil.which("PythonSlicer") or sys.executable
 
 
-def child_environment() -> dict:
-    """This process's environment with the folder holding ``RegistrationSuiteLib`` first on PYTHONPATH."""
-    env = dict(os.environ)
+def child_environment(base: Optional[dict] = None) -> dict:
+    """``base`` (default: this process's environment) with the folder holding ``RegistrationSuiteLib`` first
+    on PYTHONPATH. Inside Slicer pass ``slicer.util.startupEnvironment()`` (the environment Slicer was started
+    in, as ``slicer.util.launchConsoleProcess`` does), not the application's own modified one."""
+    env = dict(os.environ if base is None else base)
     package_parent = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join([package_parent] + [p for p in [env.get("PYTHONPATH")] if p])
     env.setdefault("PYTHONIOENCODING", "utf-8")
@@ -191,6 +193,7 @@ class ChildRun:
         python: interpreter for the child (default :func:`python_executable`).
         temp_parent: where the private temporary folder is made (default: the system's).
         cancel_grace_seconds: time between ``terminate()`` and ``kill()`` after :meth:`cancel`.
+        base_environment: the child's environment before PYTHONPATH is set (:func:`child_environment`).
 
     Attributes:
         state: one of ``NOT_STARTED``, ``RUNNING``, ``SUCCEEDED``, ``FAILED``, ``CANCELLED``.
@@ -201,8 +204,9 @@ class ChildRun:
     """
 
     def __init__(self, spec: RunSpec, python: Optional[str] = None, temp_parent=None,
-                 cancel_grace_seconds: float = CANCEL_GRACE_SECONDS):
+                 cancel_grace_seconds: float = CANCEL_GRACE_SECONDS, base_environment: Optional[dict] = None):
         self.spec = spec
+        self.base_environment = base_environment
         self.python = python or python_executable()
         self.temp_parent = temp_parent
         self.cancel_grace_seconds = cancel_grace_seconds
@@ -251,8 +255,12 @@ class ChildRun:
             self._stderr = open(self.folder / "stderr.txt", "wb")
             self._start_time = time.monotonic()
             # Output to files, not pipes: nothing can block when a pipe fills, and polling needs no thread.
+            extra = {}
+            if os.name == "nt":  # no console window for the child (as slicer.util.launchConsoleProcess)
+                extra["startupinfo"] = subprocess.STARTUPINFO(dwFlags=subprocess.STARTF_USESHOWWINDOW, wShowWindow=0)
             self._process = subprocess.Popen(self.command_line(), stdin=subprocess.DEVNULL, stdout=self._stdout,
-                                             stderr=self._stderr, env=child_environment(), cwd=str(self.folder))
+                                             stderr=self._stderr, env=child_environment(self.base_environment),
+                                             cwd=str(self.folder), **extra)
         except BaseException:
             self._cleanup()
             raise
