@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .common import StderrProgress, add_image_output_arguments, check_output_paths, print_result, write_outputs
+from .initial_transform import add_initial_transform_argument, compose_result, prewarp, read_initial_transform
 
 HELP = "global rigid alignment by FFT cross-similarity of squared normalized gradient fields"
 
@@ -27,6 +28,7 @@ def add_parser(sub):
     p.add_argument("--min-overlap", type=float, default=0.5, help="minimum overlap fraction γ (default 0.5)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="compute device")
+    add_initial_transform_argument(p)
     add_image_output_arguments(p)
     p.set_defaults(run=run)
     return p
@@ -39,15 +41,20 @@ def run(args) -> int:
     check_output_paths(args)
     fixed = read_image(args.fixed, "fixed")
     moving = read_image(args.moving, "moving")
+    initial = read_initial_transform(args)
+    moving_mask = read_mask(args.moving_mask, moving.image, "moving mask")
+    step_moving, how = prewarp(initial, moving.image, fixed.image)
+    step_mask, _ = prewarp(initial, moving_mask, fixed.image, labels=True)
     config = GlobalRigidConfig(min_overlap=args.min_overlap, seed=args.seed, device=args.device)
     result = register_global_rigid(
         fixed.image,
-        moving.image,
+        step_moving,
         config,
         fixed_mask=read_mask(args.fixed_mask, fixed.image, "fixed mask"),
-        moving_mask=read_mask(args.moving_mask, moving.image, "moving mask"),
+        moving_mask=step_mask,
         progress=StderrProgress(not args.quiet),
     )
+    result = compose_result(result, initial, moving.image, args.initial_transform, how)
     result.warnings[:0] = fixed.warnings + moving.warnings
     write_outputs(args, fixed.image, moving.image, result)
     m = result.fixed_to_moving_matrix
