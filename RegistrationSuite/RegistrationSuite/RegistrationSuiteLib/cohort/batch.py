@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -41,7 +41,7 @@ class BatchOptions:
     resume: bool = False
     previews: bool = True
     progress: bool = True
-    extra_env: dict = field(default_factory=dict)
+    use_dask: Optional[bool] = None  # None: Dask unless one worker without a scheduler (then in-process)
 
 
 def parse_memory(text) -> int:
@@ -158,7 +158,7 @@ def run_batch(pairs: list, options: BatchOptions, out_dir, *, log=print) -> dict
     shutil.rmtree(out_dir / ".tmp", ignore_errors=True)  # leftovers of a batch that was killed
     t0 = time.perf_counter()
     jobs, reused = plan(pairs, options, out_dir)
-    use_dask = options.scheduler is not None or options.workers != 1
+    use_dask = options.use_dask if options.use_dask is not None else (options.scheduler is not None or options.workers != 1)
     if use_dask and not dask_available():
         if options.scheduler or (options.workers or 0) > 1:
             raise InputError(f"--workers/--scheduler need Dask: {INSTALL_HINT}; or run with --workers 1")
