@@ -38,7 +38,8 @@ class RegistrationSuite(ScriptedLoadableModule):
 Overview of the RegistrationSuite extension: published image registration methods, one module each, sharing
 one Python library (also usable outside Slicer as the <code>registration-suite</code> command-line tool).
 <br><br>
-This panel lists the methods (click one to open it) and shows whether PyTorch is installed and can use a
+This panel lists the methods (click one to open it), a "Which method do I need?" table (points or images?
+partial scan? multimodal? deformation expected?), and shows whether PyTorch is installed and can use a
 GPU. PyTorch is installed through the PyTorch extension (SlicerPyTorch), which picks a build that matches
 your GPU driver; nothing is installed without asking you.
 <br><br>
@@ -230,6 +231,33 @@ class RegistrationSuiteLogic(ScriptedLoadableModuleLogic):
          "and non-rigid, WBIR 2022)."),
     )
 
+    #: "Which method do I need?": ``(your case, module names in the order to run them, note)``. Every module
+    #: named here is one of :attr:`METHODS`; the hub panel shows this table below the list of methods.
+    METHOD_GUIDE = (
+        ("Points, surfaces or organ label maps (not intensities)", ("OrganPointCloudRegistration",),
+         "each organ deforms with its own elasticity"),
+        ("Histology slides (2D, different stains)", ("HistologyRegistration",), "run alone"),
+        ("Partial scan (the moving image covers only part of the fixed one)", ("PartialVolumePreregistration",),
+         "then Deformable if soft tissue moved"),
+        ("Whole scans, same or different modality, unknown starting pose", ("GlobalRigidSearch",),
+         "multimodal, no initialisation needed"),
+        ("Deformation expected (soft tissue, follow-up, atlas)", ("GlobalRigidSearch", "DeformableRegistration"),
+         "rigid first; its transform is the deformable step's initial transform"),
+        ("Many pairs (a cohort)", (), "command line: registration-suite batch --pairs COHORT.csv"),
+    )
+
+    def methodGuideHtml(self) -> str:
+        """The "Which method do I need?" decision table, each module a link when it is loaded."""
+        rows = []
+        for case, modules, note in self.METHOD_GUIDE:
+            titles = dict((m, t) for m, t, _s in self.METHODS)
+            steps = " → ".join(
+                f'<a href="{m}">{html.escape(titles[m])}</a>' if self.isModuleAvailable(m)
+                else f"{html.escape(titles[m])} <i>({_('planned')})</i>" for m in modules)
+            rows.append(f"<tr><td>{html.escape(case)}</td><td>{steps}</td><td>{html.escape(note)}</td></tr>")
+        return (f"<p><b>{_('Which method do I need?')}</b></p><table border='1' cellpadding='3' cellspacing='0'>"
+                f"<tr><th>{_('Your case')}</th><th>{_('Use')}</th><th>{_('Note')}</th></tr>" + "".join(rows) + "</table>")
+
     @staticmethod
     def isModuleAvailable(moduleName) -> bool:
         """``True`` if the module is loaded in this Slicer session."""
@@ -244,7 +272,7 @@ class RegistrationSuiteLogic(ScriptedLoadableModuleLogic):
             else:
                 head = f"<b>{html.escape(title)}</b> <i>({_('planned')})</i>"
             lines.append(f"<li>{head}: {html.escape(summary)}</li>")
-        return "<ul>" + "".join(lines) + "</ul>"
+        return "<ul>" + "".join(lines) + "</ul>" + self.methodGuideHtml()
 
     @staticmethod
     def userModelsFolder(userDir=None, create=False) -> Path:

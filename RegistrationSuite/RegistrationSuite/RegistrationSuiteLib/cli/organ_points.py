@@ -39,6 +39,9 @@ def add_parser(sub):
                    help="motion-coherence bandwidth B in mm (default 30), or per organ 'LABEL:MM,...'")
     p.add_argument("--omega", type=float, default=0.0, help="outlier weight ω in [0, 1) (default 0)")
     p.add_argument("--label-transition", help="CSV file with the label transition matrix U (rows sum to 1)")
+    p.add_argument("--organ-prealign", default="auto", choices=["auto", "similarity", "rigid", "none"],
+                   help="per-organ pre-alignment before MO-BCPD (not in the paper; auto = similarity unless "
+                        "--coherence global; none = the paper's pipeline)")
     p.add_argument("--grid-spacing", type=float, default=3.0, help="spacing of the output field in mm (default 3)")
     p.add_argument("--seed", type=int, default=0, help="random seed for surface subsampling (default 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="compute device")
@@ -87,7 +90,7 @@ def build_config(args):
     return OrganPointCloudConfig(
         labels=labels, points_per_organ=args.points_per_organ, lambda_mm=args.lambda_mm, beta_mm=args.beta_mm,
         coherence=coherence, label_transition=transition, omega=args.omega, grid_spacing_mm=args.grid_spacing,
-        seed=args.seed, device=args.device,
+        seed=args.seed, device=args.device, organ_prealign=args.organ_prealign,
     )
 
 

@@ -6,6 +6,7 @@ import numpy as np
 
 from ..errors import InputError
 from .common import add_image_output_arguments, check_output_paths, print_result, write_outputs
+from .initial_transform import add_initial_transform_argument, compose_result, prewarp, read_initial_transform
 from .progress_lines import progress_for
 
 HELP = "global rigid alignment by FFT cross-similarity of squared normalized gradient fields"
@@ -30,6 +31,7 @@ def add_parser(sub):
     p.add_argument("--rotations", help="rotations per pyramid level, coarse to fine, e.g. '1500,240,3' (default: the method's)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="compute device")
+    add_initial_transform_argument(p)
     add_image_output_arguments(p)
     p.set_defaults(run=run)
     return p
@@ -42,6 +44,10 @@ def run(args) -> int:
     check_output_paths(args)
     fixed = read_image(args.fixed, "fixed")
     moving = read_image(args.moving, "moving")
+    initial = read_initial_transform(args)
+    moving_mask = read_mask(args.moving_mask, moving.image, "moving mask")
+    step_moving, how = prewarp(initial, moving.image, fixed.image)
+    step_mask, _ = prewarp(initial, moving_mask, fixed.image, labels=True)
     options = {"min_overlap": args.min_overlap, "seed": args.seed, "device": args.device}
     if args.rotations:
         try:
@@ -52,12 +58,13 @@ def run(args) -> int:
     config = GlobalRigidConfig(**options)
     result = register_global_rigid(
         fixed.image,
-        moving.image,
+        step_moving,
         config,
         fixed_mask=read_mask(args.fixed_mask, fixed.image, "fixed mask"),
-        moving_mask=read_mask(args.moving_mask, moving.image, "moving mask"),
+        moving_mask=step_mask,
         progress=progress_for(args),
     )
+    result = compose_result(result, initial, moving.image, args.initial_transform, how)
     result.warnings[:0] = fixed.warnings + moving.warnings
     write_outputs(args, fixed.image, moving.image, result)
     m = result.fixed_to_moving_matrix
