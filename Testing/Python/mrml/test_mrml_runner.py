@@ -352,3 +352,31 @@ def test_child_environment_from_a_base_environment():
     env = runner_module.child_environment({"PATH": "/bin", "PYTHONPATH": "/somewhere"})
     parts = env["PYTHONPATH"].split(os.pathsep)
     assert parts[1:] == ["/somewhere"] and env["PATH"] == "/bin" and "HOME" not in env
+
+
+def test_color_volume_export_keeps_components_and_geometry(headless_scene, tmp_path):
+    """RGB slides (histology) export as vector images with the node's LPS geometry; single slices as 2D."""
+    from vtk.util import numpy_support
+
+    from RegistrationSuiteLib.mrml.runner_io import EXPORTERS
+
+    rgb = np.random.default_rng(0).integers(0, 255, (1, 6, 8, 3)).astype(np.uint8)  # (k, j, i, c)
+    node = headless_scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "slide")
+    import vtk
+
+    data = vtk.vtkImageData()
+    data.SetDimensions(8, 6, 1)
+    scalars = numpy_support.numpy_to_vtk(rgb.reshape(-1, 3), deep=True)
+    scalars.SetNumberOfComponents(3)
+    data.GetPointData().SetScalars(scalars)
+    node.SetAndObserveImageData(data)
+    node.SetSpacing(0.5, 0.25, 1.0)
+    node.SetOrigin(-10.0, 20.0, 7.0)  # RAS
+    path, meta = EXPORTERS["color_volume"](NodeInput("--fixed", node, "color_volume"), tmp_path, {})
+    image = sitk.ReadImage(str(path))
+    assert image.GetDimension() == 2 and image.GetNumberOfComponentsPerPixel() == 3
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), rgb[0])
+    assert image.GetSpacing() == (0.5, 0.25) and image.GetOrigin() == (10.0, -20.0)  # LPS
+    assert meta["slice_z"] == 7.0
+    with pytest.raises(ValueError, match="one component"):
+        EXPORTERS["volume"](NodeInput("--fixed", node, "volume"), tmp_path, {})

@@ -28,6 +28,8 @@ Input kinds (:data:`EXPORTERS` in :mod:`.runner_io`, extensible with :func:`regi
 
 - ``"volume"``: scalar volume node → ``.nrrd`` (LPS; the node's own geometry, parent transforms ignored;
   single axial slices become 2D images and their LPS z is remembered for the outputs);
+- ``"color_volume"``: as ``"volume"``, but an RGB (multi-component) volume node becomes a vector ``.nrrd``
+  (e.g. 2D histology slides);
 - ``"mask"``: labelmap or segmentation node → binary ``.nrrd`` on the grid of input ``reference``;
 - ``"labels"``: organ segmentation / labelmap / model node(s) → label ``.nrrd`` or labelled points ``.csv``
   (``params``: ``labels``, ``points_per_organ``, ``seed`` of :func:`~.points.registration_input_from_node`);

@@ -30,6 +30,18 @@ def _export_volume(entry, folder, context):
     return path, {"image": image, "slice_z": z, "node": entry.value}
 
 
+def _export_color_volume(entry, folder, context):
+    """A scalar or multi-component (RGB) volume node → ``.nrrd`` (vector image for several components)."""
+    from ..io import write_image
+    from .volumes import slice_position_lps, vector_image_from_volume_node
+
+    image = vector_image_from_volume_node(entry.value, name=entry_key(entry))
+    path = folder / f"{entry_key(entry)}.nrrd"
+    write_image(image, path)
+    z = slice_position_lps(entry.value) if image.GetDimension() == 2 else 0.0
+    return path, {"image": image, "slice_z": z, "node": entry.value}
+
+
 def _export_mask(entry, folder, context):
     from ..io import write_image
     from .masks import mask_from_node
@@ -83,7 +95,8 @@ def _export_matrix(entry, folder, context):
     return path, {}
 
 
-EXPORTERS: Dict[str, Callable] = {"volume": _export_volume, "mask": _export_mask, "labels": _export_labels,
+EXPORTERS: Dict[str, Callable] = {"volume": _export_volume, "color_volume": _export_color_volume,
+                                  "mask": _export_mask, "labels": _export_labels,
                                   "transform": _export_transform, "points": _export_points,
                                   "matrix": _export_matrix}
 OUTPUT_SUFFIXES: Dict[str, str] = {"transform": ".h5", "volume": ".nrrd", "labelmap": ".nrrd", "points": ".csv"}
