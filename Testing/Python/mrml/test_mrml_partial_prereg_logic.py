@@ -6,7 +6,6 @@ core (shipped samples, a shipped model) runs when the core and a model are avail
 """
 
 import importlib
-import time
 from unittest import mock
 
 import numpy as np
@@ -266,17 +265,14 @@ def test_real_core_finds_a_rotated_slab(headless_scene, monkeypatch, tmp_path):
     moved.SetOrigin(apply_affine(slab_to_moved, np.array([slab.GetOrigin()]))[0].tolist())
     fixed = volume_node_from_image(t2, headless_scene, "T2")
     moving = volume_node_from_image(moved, headless_scene, "T1 slab")
-    start = time.perf_counter()
     logic = PartialPreregLogic()
     result = logic.register(fixed, moving, logic.make_config(seed=0, device="cpu"), model=model)
-    seconds = time.perf_counter() - start
     # The true fixed → moving: content at fixed point p (= slab point p) now lies at slab_to_moved(p).
     points = center + np.array([[0, 0, 0], [30, 0, 0], [0, 30, 0], [0, 0, 20]], dtype=float)
     error = apply_affine(result.fixed_to_moving_matrix, points) - apply_affine(slab_to_moved, points)
     assert np.linalg.norm(error, axis=1).max() < 6.0, result.diagnostics.get("doubtful")
     rows = table_dict(headless_scene.GetNodeByID(result.diagnostics["diagnostics_table_node_id"]))
     assert rows["Model"] == model and rows["Global search fallback"] == "no"
-    assert seconds < 60, f"{seconds:.0f} s"
 
 
 def test_failing_write_restores_passed_nodes(volumes):
