@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .common import StderrProgress, check_output_paths, print_result
+from .common import (StderrProgress, add_device_argument, add_summary_arguments, check_output_paths, print_result,
+                     write_diagnostics_and_commit)
 
 HELP = "multi-organ point cloud registration (MO-BCPD) of two segmentations or labelled point sets"
 _POINT_SUFFIXES = (".csv", ".vtk", ".vtp", ".ply")
@@ -38,10 +39,10 @@ def add_parser(sub):
     p.add_argument("--label-transition", help="CSV file with the label transition matrix U (rows sum to 1)")
     p.add_argument("--grid-spacing", type=float, default=3.0, help="spacing of the output field in mm (default 3)")
     p.add_argument("--seed", type=int, default=0, help="random seed for surface subsampling (default 0)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="compute device")
+    add_device_argument(p)
     p.add_argument("--output-points", help="write the fixed points mapped into moving space (CSV x,y,z,label)")
     p.add_argument("--output-resampled-labels", help="write the moving labels resampled onto the fixed grid")
-    p.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
+    add_summary_arguments(p)
     p.set_defaults(run=run)
     return p
 
@@ -84,23 +85,28 @@ def run(args) -> int:
     from ..io.points import write_points
     from ..methods.organ_point_cloud import register_organ_point_cloud
 
-    check_output_paths(args)
+    outputs = check_output_paths(args)
     if args.output_resampled_labels and (_is_points(args.fixed) or _is_points(args.moving)):
         raise InputError("--output-resampled-labels needs label volumes as --fixed and --moving, not point files")
     config = build_config(args)
     result = register_organ_point_cloud(args.fixed, args.moving, config, progress=StderrProgress(not args.quiet))
-    if args.output_points:
-        write_points(result.fixed_points_in_moving, args.output_points)
-    if args.output_resampled_labels:
-        fixed = sitk.ReadImage(args.fixed)
-        moving = sitk.ReadImage(args.moving)
-        resampled = sitk.Resample(moving, fixed, result.transform, sitk.sitkNearestNeighbor, 0, moving.GetPixelID())
-        write_image(resampled, args.output_resampled_labels)
-    write_transform(result.transform, args.output)
+    with outputs:
+        if args.output_points:
+            with outputs.stage("--output-points") as tmp:
+                write_points(result.fixed_points_in_moving, tmp)
+        if args.output_resampled_labels:
+            fixed = sitk.ReadImage(args.fixed)
+            moving = sitk.ReadImage(args.moving)
+            resampled = sitk.Resample(moving, fixed, result.transform, sitk.sitkNearestNeighbor, 0, moving.GetPixelID())
+            with outputs.stage("--output-resampled-labels") as tmp:
+                write_image(resampled, tmp)
+        with outputs.stage("--output") as tmp:
+            write_transform(result.transform, tmp)
+        written = write_diagnostics_and_commit(outputs, result)
     d = result.diagnostics
     print_result(args, result, [
         f"MO-BCPD: {d.get('iterations', '?')} iterations, σ = {d.get('sigma_mm', float('nan')):.2f} mm, "
         f"{result.timings.get('total', float('nan')):.1f} s",
-        f"displacement field written to {args.output}",
+        "written: " + ", ".join(str(p) for p in written),
     ])
     return 0
