@@ -199,23 +199,27 @@ def doubtful_reasons(result: RegistrationResult) -> list:
 
 
 def short_summary(result: RegistrationResult) -> dict:
-    """What ``--json`` prints: matrix, score, confidence, doubtful reasons, timings, warnings, outputs. The
-    full diagnostics go to ``--output-diagnostics``."""
+    """What ``--json`` prints: matrix, score, confidence, ``doubtful`` (the list of reasons to check the
+    result; empty when there is none), timings, warnings, outputs. The full diagnostics go to
+    ``--output-diagnostics``."""
     full = result.summary()
     out = {k: full[k] for k in ("method", "transform_type") if k in full}
     if "fixed_to_moving_lps" in full:
         out["fixed_to_moving_lps"] = full["fixed_to_moving_lps"]
     reasons = doubtful_reasons(result)
-    out.update(score=full["score"], confidence=full["confidence"], doubtful=bool(reasons),
-               doubtful_reasons=reasons, timings=full["timings"], warnings=full["warnings"],
+    out.update(score=full["score"], confidence=full["confidence"], doubtful=reasons,
+               timings=full["timings"], warnings=full["warnings"],
                outputs=list(result.diagnostics.get("outputs", [])))
     return out
 
 
 def print_result(args, result: RegistrationResult, human_lines) -> None:
-    """``--json``: one short machine-readable line on stdout; otherwise a human summary. Warnings (doubtful
-    results included) always go to stderr."""
-    if getattr(args, "json", False):
+    """``--json``: one short machine-readable line on stdout; otherwise a human summary. With
+    ``--progress-json`` (the Slicer modules' child processes) the line also carries the full diagnostics, which
+    the modules' panels show. Warnings (doubtful results included) always go to stderr."""
+    if getattr(args, "progress_json", False):
+        print(json.dumps(dict(result.summary(), **short_summary(result)), separators=(",", ":")), flush=True)
+    elif getattr(args, "json", False):
         print(json.dumps(short_summary(result), separators=(",", ":")))
     else:
         for line in human_lines:

@@ -10,7 +10,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from .common import StderrProgress, add_device_argument, resample_moving
+from .common import add_device_argument, resample_moving
+from .progress_lines import progress_for
 
 #: What the demo writes into ``--output-dir``: option-like key -> file name.
 OUTPUT_FILES = {
@@ -79,7 +80,7 @@ def run(args) -> int:
     fixed, true_fixed_to_moving = known_rigid_case(load_sample("T1"))
     moving = load_sample("T2")
     config = GlobalRigidConfig(seed=args.seed, device=args.device)
-    result = register_global_rigid(fixed, moving, config, progress=StderrProgress(not args.quiet))
+    result = register_global_rigid(fixed, moving, config, progress=progress_for(args))
 
     corners = Grid.from_image(fixed).corners()
     err = np.linalg.norm(apply_affine(result.fixed_to_moving_matrix, corners) - apply_affine(true_fixed_to_moving, corners), axis=1)

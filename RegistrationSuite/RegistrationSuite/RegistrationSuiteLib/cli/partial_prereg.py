@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import (StderrProgress, add_device_argument, add_image_output_arguments, check_image_outputs,
-                     check_output_paths, print_result, write_outputs)
+from .common import (add_device_argument, add_image_output_arguments, check_image_outputs, check_output_paths,
+                     print_result, write_outputs)
+from .initial_transform import add_initial_transform_argument, compose_result, prewarp, read_initial_transform
+from .progress_lines import progress_for
 
 HELP = "partial-volume rigid registration initialised by template-space patch mapping (TSPM)"
 
@@ -34,6 +36,7 @@ def add_parser(sub):
     p.add_argument("--fixed-mask", help="optional fixed mask for the refinement (non-zero = use)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     add_device_argument(p)
+    add_initial_transform_argument(p)
     add_image_output_arguments(p)
     p.set_defaults(run=run)
     return p
@@ -51,11 +54,14 @@ def run(args) -> int:
     fixed = read_image(args.fixed, "fixed")
     moving = read_image(args.moving, "moving")
     check_image_outputs(outputs, fixed.image.GetDimension())
+    initial = read_initial_transform(args)
+    step_moving, how = prewarp(initial, moving.image, fixed.image)
     result = register_partial_prereg(
-        fixed.image, moving.image, config, model=model,
+        fixed.image, step_moving, config, model=model,
         fixed_mask=read_mask(args.fixed_mask, fixed.image, "fixed mask") if args.fixed_mask else None,
-        progress=StderrProgress(not args.quiet),
+        progress=progress_for(args),
     )
+    result = compose_result(result, initial, moving.image, args.initial_transform, how)
     result.warnings[:0] = fixed.warnings + moving.warnings
     written = write_outputs(args, fixed.image, moving.image, result, outputs=outputs, moving_pixel_id=moving.pixel_id)
     ransac = result.diagnostics["ransac"]

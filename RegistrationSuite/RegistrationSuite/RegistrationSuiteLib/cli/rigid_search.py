@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import (StderrProgress, add_device_argument, add_image_output_arguments, check_image_outputs,
-                     check_output_paths, print_result, write_outputs)
+from ..errors import InputError
+from .common import (add_device_argument, add_image_output_arguments, check_image_outputs, check_output_paths,
+                     print_result, write_outputs)
+from .initial_transform import add_initial_transform_argument, compose_result, prewarp, read_initial_transform
+from .progress_lines import progress_for
 
 HELP = "global rigid alignment by FFT cross-similarity of squared normalized gradient fields"
 
@@ -31,8 +34,10 @@ def add_parser(sub):
     p.add_argument("--min-overlap", type=float, default=0.5,
                    help="minimum overlap γ: the fraction of the smaller image's (or mask's) volume that must "
                         "overlap for a pose to count (default 0.5; lower it for partial fields of view)")
+    p.add_argument("--rotations", help="rotations per pyramid level, coarse to fine, e.g. '1500,240,3' (default: the method's)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     add_device_argument(p)
+    add_initial_transform_argument(p)
     add_image_output_arguments(p)
     p.set_defaults(run=run)
     return p
@@ -52,15 +57,27 @@ def run(args) -> int:
     fixed = read_image(args.fixed, "fixed")
     moving = read_image(args.moving, "moving")
     check_image_outputs(outputs, fixed.image.GetDimension())
-    config = GlobalRigidConfig(min_overlap=args.min_overlap, seed=args.seed, device=args.device)
+    initial = read_initial_transform(args)
+    moving_mask = read_mask(args.moving_mask, moving.image, "moving mask")
+    step_moving, how = prewarp(initial, moving.image, fixed.image)
+    step_mask, _ = prewarp(initial, moving_mask, fixed.image, labels=True)
+    options = {"min_overlap": args.min_overlap, "seed": args.seed, "device": args.device}
+    if args.rotations:
+        try:
+            options["num_rotations"] = tuple(int(v) for v in args.rotations.split(",") if v.strip())
+        except ValueError:
+            raise InputError(f"--rotations: expected comma-separated integers such as '1500,240,3', "
+                             f"got {args.rotations!r}") from None
+    config = GlobalRigidConfig(**options)
     result = register_global_rigid(
         fixed.image,
-        moving.image,
+        step_moving,
         config,
         fixed_mask=read_mask(args.fixed_mask, fixed.image, "fixed mask"),
-        moving_mask=read_mask(args.moving_mask, moving.image, "moving mask"),
-        progress=StderrProgress(not args.quiet),
+        moving_mask=step_mask,
+        progress=progress_for(args),
     )
+    result = compose_result(result, initial, moving.image, args.initial_transform, how)
     result.warnings[:0] = fixed.warnings + moving.warnings
     written = write_outputs(args, fixed.image, moving.image, result, outputs=outputs, moving_pixel_id=moving.pixel_id)
     m = result.fixed_to_moving_matrix
