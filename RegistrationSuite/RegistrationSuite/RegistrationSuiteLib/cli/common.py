@@ -30,8 +30,8 @@ OUTPUT_OPTIONS = {
     "output_diagnostics": ("--output-diagnostics", (".json",)),
 }
 #: Input options an output must never overwrite.
-INPUT_OPTIONS = ("fixed", "moving", "fixed_mask", "moving_mask", "model", "coherence", "label_transition",
-                 "pairs", "template", "init_weights")
+INPUT_OPTIONS = ("fixed", "moving", "fixed_mask", "moving_mask", "initial_transform", "model", "coherence",
+                 "label_transition", "pairs", "template", "init_weights")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 

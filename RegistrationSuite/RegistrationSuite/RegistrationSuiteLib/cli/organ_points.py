@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -121,9 +122,32 @@ def run(args) -> int:
             write_transform(result.transform, tmp)
         written = write_diagnostics_and_commit(outputs, result)
     d = result.diagnostics
+    organs = summarize_organs(result, points_input=_is_points(args.fixed) or _is_points(args.moving))
     print_result(args, result, [
         f"MO-BCPD: {d.get('iterations', '?')} iterations, σ = {d.get('sigma_mm', float('nan')):.2f} mm, "
         f"{result.timings.get('total', float('nan')):.1f} s",
+        organs,
         "written: " + ", ".join(str(p) for p in written),
     ])
     return 0
+
+
+_SKIPPED_NOTE = re.compile(r"^organ label -?\d+ (is present in|was requested but).*; skipped$")
+
+
+def summarize_organs(result, *, points_input: bool) -> str:
+    """One line naming the organs registered; the method's one-note-per-skipped-label warnings are replaced
+    by one note naming them all. Label volumes whose labels all lie in TotalSegmentator's ``total`` range are
+    named by that numbering (and say so)."""
+    from ..labels import TOTALSEGMENTATOR_TOTAL, describe_labels
+
+    d = result.diagnostics
+    used, skipped = list(d.get("labels", [])), list(d.get("skipped_labels", []))
+    total = not points_input and all(1 <= int(v) <= max(TOTALSEGMENTATOR_TOTAL) for v in used + skipped)
+    names = TOTALSEGMENTATOR_TOTAL if total else {}
+    source = " (names from TotalSegmentator's label numbering)" if total else ""
+    result.warnings[:] = [w for w in result.warnings if not _SKIPPED_NOTE.match(w)]
+    if skipped:
+        result.warnings.append(f"{len(skipped)} label(s) not present in both inputs were skipped: "
+                               f"{describe_labels(skipped, names)}")
+    return f"registered {len(used)} organ(s): {describe_labels(used, names)}{source}"
