@@ -170,3 +170,20 @@ def test_demo_relative_output_dir_lists_every_file(tmp_path, monkeypatch, capsys
     last = out.strip().splitlines()[-1]
     assert all(f in last for f in files), last
     assert stat.S_IMODE(os.stat(tmp_path / "demo-output" / "scene.mrb").st_mode) == 0o666 & ~_umask()
+
+
+def test_panel_summary_says_doubtful():
+    """The modules' result label (RegistrationSuiteWidgets.results, no Qt needed) flags a doubtful result."""
+    import importlib.util
+    from pathlib import Path
+
+    widgets = Path(__file__).resolve().parents[3] / "RegistrationSuite" / "RegistrationSuite" / "RegistrationSuiteWidgets"
+    path = widgets / "results.py"
+    spec = importlib.util.spec_from_file_location("results_for_test", path)
+    results = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(results)
+    text = results.formatResultSummary(_fake_result(), 2.0)
+    assert "DOUBTFUL" in text.splitlines()[1]
+    good = _fake_result()
+    good.diagnostics["doubtful"] = []
+    assert "DOUBTFUL" not in results.formatResultSummary(good, 2.0)
