@@ -45,6 +45,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _seed(args)
         return int(args.run(args) or 0)
     except (InputError, FileNotFoundError) as exc:
         return _fail(args, f"error: {exc}", EXIT_INPUT)
@@ -54,6 +55,16 @@ def main(argv=None) -> int:
         return _fail(args, "cancelled: no output written", EXIT_CANCELLED)
     except Exception as exc:  # noqa: BLE001 - last line of defence of a CLI: one line, not a traceback
         return _fail(args, f"unexpected error: {type(exc).__name__}: {exc} (rerun with --debug)", EXIT_BUG)
+
+
+def _seed(args) -> None:
+    """Every command with ``--seed`` starts from :func:`~RegistrationSuiteLib.seeding.seed_everything` (global
+    generators seeded, torch's deterministic algorithms selected); the methods also take the seed explicitly."""
+    seed = getattr(args, "seed", None)
+    if seed is not None:
+        from ..seeding import seed_everything
+
+        seed_everything(seed)
 
 
 def _fail(args, message: str, code: int) -> int:

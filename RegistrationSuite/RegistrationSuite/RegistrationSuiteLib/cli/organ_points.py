@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..seeding import SEED_PROMISE
 from .common import StderrProgress, check_output_paths, print_result
 
 HELP = "multi-organ point cloud registration (MO-BCPD) of two segmentations or labelled point sets"
@@ -37,7 +38,8 @@ def add_parser(sub):
     p.add_argument("--omega", type=float, default=0.0, help="outlier weight ω in [0, 1) (default 0)")
     p.add_argument("--label-transition", help="CSV file with the label transition matrix U (rows sum to 1)")
     p.add_argument("--grid-spacing", type=float, default=3.0, help="spacing of the output field in mm (default 3)")
-    p.add_argument("--seed", type=int, default=0, help="random seed for surface subsampling (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help=f"random seed of the surface sampling and the eigensolver (default 0); {SEED_PROMISE}")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="compute device")
     p.add_argument("--output-points", help="write the fixed points mapped into moving space (CSV x,y,z,label)")
     p.add_argument("--output-resampled-labels", help="write the moving labels resampled onto the fixed grid")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..seeding import SEED_PROMISE
 from .common import StderrProgress, add_image_output_arguments, check_output_paths, print_result, write_outputs
 
 HELP = "partial-volume rigid registration initialised by template-space patch mapping (TSPM)"
@@ -31,7 +32,7 @@ def add_parser(sub):
     p.add_argument("--no-local-search", action="store_true",
                    help="refine the TSPM estimate directly, without the CSNGF search of its neighbourhood (ablation)")
     p.add_argument("--fixed-mask", help="optional fixed mask for the refinement (non-zero = use)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=int, default=0, help=f"random seed (default 0); {SEED_PROMISE}")
     p.add_argument("--device", default="auto", help="compute device: auto, cpu, cuda or cuda:N")
     add_image_output_arguments(p)
     p.set_defaults(run=run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..seeding import SEED_PROMISE
 from .common import StderrProgress, add_image_output_arguments, check_output_paths, print_result, write_outputs
 
 HELP = "global rigid alignment by FFT cross-similarity of squared normalized gradient fields"
@@ -25,7 +26,7 @@ def add_parser(sub):
     p.add_argument("--fixed-mask", help="optional fixed mask (non-zero = use)")
     p.add_argument("--moving-mask", help="optional moving mask (non-zero = use)")
     p.add_argument("--min-overlap", type=float, default=0.5, help="minimum overlap fraction γ (default 0.5)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=int, default=0, help=f"random seed (default 0); {SEED_PROMISE}")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="compute device")
     add_image_output_arguments(p)
     p.set_defaults(run=run)
