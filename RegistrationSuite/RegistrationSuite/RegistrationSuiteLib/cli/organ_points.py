@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..seeding import SEED_PROMISE
 from .common import (add_device_argument, add_summary_arguments, check_output_paths, print_result,
                      write_diagnostics_and_commit)
 from .progress_lines import progress_for
@@ -45,7 +46,8 @@ def add_parser(sub):
                    help="per-organ pre-alignment before MO-BCPD (not in the paper; auto = similarity unless "
                         "--coherence global; none = the paper's pipeline)")
     p.add_argument("--grid-spacing", type=float, default=3.0, help="spacing of the output field in mm (default 3)")
-    p.add_argument("--seed", type=int, default=0, help="random seed for surface subsampling (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help=f"random seed of the surface sampling and the eigensolver (default 0); {SEED_PROMISE}")
     add_device_argument(p)
     p.add_argument("--output-points", help="write the fixed points mapped into moving space (CSV x,y,z,label)")
     p.add_argument("--output-resampled-labels", help="write the moving labels resampled onto the fixed grid")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..seeding import SEED_PROMISE
 from .common import (add_device_argument, add_image_output_arguments, check_image_outputs, check_output_paths,
                      print_result, write_outputs)
 from .initial_transform import add_initial_transform_argument, compose_result, prewarp, read_initial_transform
@@ -34,7 +35,7 @@ def add_parser(sub):
     p.add_argument("--no-local-search", action="store_true",
                    help="refine the TSPM estimate directly, without the CSNGF search of its neighbourhood (ablation)")
     p.add_argument("--fixed-mask", help="optional fixed mask for the refinement (non-zero = use)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=int, default=0, help=f"random seed (default 0); {SEED_PROMISE}")
     add_device_argument(p)
     add_initial_transform_argument(p)
     add_image_output_arguments(p)

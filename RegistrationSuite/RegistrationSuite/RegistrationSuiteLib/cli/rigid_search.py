@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..seeding import SEED_PROMISE
 from ..errors import InputError
 from .common import (add_device_argument, add_image_output_arguments, check_image_outputs, check_output_paths,
                      print_result, write_outputs)
@@ -35,7 +36,7 @@ def add_parser(sub):
                    help="minimum overlap γ: the fraction of the smaller image's (or mask's) volume that must "
                         "overlap for a pose to count (default 0.5; lower it for partial fields of view)")
     p.add_argument("--rotations", help="rotations per pyramid level, coarse to fine, e.g. '1500,240,3' (default: the method's)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=int, default=0, help=f"random seed (default 0); {SEED_PROMISE}")
     add_device_argument(p)
     add_initial_transform_argument(p)
     add_image_output_arguments(p)
