@@ -20,7 +20,12 @@ def _commands():
     from . import demo, rigid_search
 
     commands = [rigid_search, demo]
-    for optional in ("organ_points", "partial_prereg", "train_partial_prereg", "pipeline", "batch", "report", "models"):
+    for optional in (
+        "organ_points", "partial_prereg", "train_partial_prereg",
+        "deformable", "train_deformable",
+        "histology", "train_histology",
+        "pipeline", "batch", "report", "models",
+    ):
         try:
             commands.append(__import__(f"{__package__}.{optional}", fromlist=["add_parser"]))
         except ModuleNotFoundError as exc:
