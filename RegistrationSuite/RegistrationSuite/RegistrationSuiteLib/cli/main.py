@@ -18,7 +18,7 @@ def _commands():
     from . import demo, rigid_search
 
     commands = [rigid_search, demo]
-    for optional in ("organ_points", "partial_prereg", "train_partial_prereg"):
+    for optional in ("organ_points", "partial_prereg", "train_partial_prereg", "histology"):
         try:
             commands.append(__import__(f"{__package__}.{optional}", fromlist=["add_parser"]))
         except ModuleNotFoundError as exc:
