@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -225,7 +225,8 @@ def initial_alignment(fixed_search: Sequence[Plane], moving_search: Sequence[Pla
         fixed_levels, moving_levels: feature pyramids, **coarsest first**.
 
     Returns:
-        ``(best, candidates)``: the refined :class:`Candidate` and every candidate scored (diagnostics).
+        ``(best, candidates, start)``: the refined :class:`Candidate`, every candidate after its coarse
+        refinement (diagnostics), and the rotation-search candidate ``best`` started from (no refinement).
     """
     found: List[Candidate] = []
     for k, (f, m) in enumerate(zip(fixed_search, moving_search)):
@@ -237,8 +238,21 @@ def initial_alignment(fixed_search: Sequence[Plane], moving_search: Sequence[Pla
     for k, c in enumerate(found):
         sub = progress.sub(0.3 + 0.4 * k / len(found), 0.3 + 0.4 * (k + 1) / len(found))
         scored.append(refine_affine(fixed_levels[:1], moving_levels[:1], c, iterations=iterations, progress=sub))
-    best = max(scored, key=lambda c: c.score)
+    index = int(np.argmax([c.score for c in scored]))
+    best = scored[index]
     if len(fixed_levels) > 1:
         best = refine_affine(fixed_levels[1:], moving_levels[1:], best, iterations=iterations,
                              progress=progress.sub(0.7, 1.0))
-    return best, scored
+    return best, scored, found[index]
+
+
+def moved_points(fixed: Plane, affine: Candidate, displacement: Optional[torch.Tensor]) -> torch.Tensor:
+    """Moving positions ``(H, W, 2)`` of the fixed plane's pixel centres: ``A (x + u(x)) + t``, ``u`` in fixed
+    pixels converted to physical units."""
+    pts = fixed.points().double()
+    if displacement is not None:
+        spacing = torch.as_tensor(fixed.spacing, dtype=torch.float64, device=pts.device)
+        pts = pts + displacement.double().movedim(0, -1) * spacing
+    a = torch.as_tensor(affine.matrix, dtype=torch.float64, device=pts.device)
+    t = torch.as_tensor(affine.offset, dtype=torch.float64, device=pts.device)
+    return pts @ a.T + t

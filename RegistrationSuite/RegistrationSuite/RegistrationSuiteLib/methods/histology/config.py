@@ -15,6 +15,7 @@ import numpy as np
 from ...errors import InputError
 
 MIRROR_CHOICES = ("auto", "no", "yes")
+IO_SIMILARITIES = ("lncc", "ncc", "mind", "ngf")
 
 
 @dataclass
@@ -37,9 +38,11 @@ class HistologyConfig:
         affine_iterations: Adam iterations per affine level.
         io_steps: iterations of the non-rigid instance optimisation per level (0 = affine only).
         io_levels: pyramid levels of the instance optimisation (finest = ``working_size``).
-        io_grid_spacing_px: control-point spacing of the non-rigid displacement (finest-level pixels).
+        io_learning_rate: Adam step of the dense displacement (pixels of the current level).
         io_smoothness: weight of the bending (curvature) regulariser of the non-rigid displacement.
-        io_similarity: ``"ncc"`` (local normalised cross-correlation) or ``"mind"`` for the non-rigid stage.
+        io_similarity: ``"lncc"`` (local NCC), ``"ncc"``, ``"mind"`` (MIND-SSC) or ``"ngf"``, on the optical-density
+            gradient magnitude.
+        io_radius: window radius (pixels) of the local NCC.
         model: multi-magnification network to apply (``None`` = classical pipeline only).
         iterations: passes of the network (the paper found 3 better than 1).
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
@@ -59,9 +62,10 @@ class HistologyConfig:
     affine_iterations: int = 80
     io_steps: int = 0
     io_levels: int = 2
-    io_grid_spacing_px: int = 16
+    io_learning_rate: float = 0.3
     io_smoothness: float = 1.0
-    io_similarity: str = "ncc"
+    io_similarity: str = "lncc"
+    io_radius: int = 3
     model: Optional[str] = None
     iterations: int = 3
     device: str = "auto"
@@ -93,11 +97,12 @@ class HistologyConfig:
         _check_int("affine_iterations", self.affine_iterations, 0)
         _check_int("io_steps", self.io_steps, 0)
         _check_int("io_levels", self.io_levels, 1)
-        _check_int("io_grid_spacing_px", self.io_grid_spacing_px, 2)
+        _check_positive("io_learning_rate", self.io_learning_rate)
+        _check_int("io_radius", self.io_radius, 1)
         if not (np.isfinite(float(self.io_smoothness)) and float(self.io_smoothness) >= 0):
             raise InputError(f"io_smoothness: expected a finite number >= 0, got {self.io_smoothness!r}")
-        if self.io_similarity not in ("ncc", "mind"):
-            raise InputError(f"io_similarity: expected 'ncc' or 'mind', got {self.io_similarity!r}")
+        if self.io_similarity not in IO_SIMILARITIES:
+            raise InputError(f"io_similarity: expected one of {', '.join(IO_SIMILARITIES)}, got {self.io_similarity!r}")
         _check_int("iterations", self.iterations, 1)
         _check_int("seed", self.seed, 0)
         if self.num_threads is not None:

@@ -30,7 +30,7 @@ from ...errors import InputError
 from ...geometry import Grid
 from ...progress import as_progress
 from ...result import RegistrationResult
-from .align import Candidate, affine_angle_deg, initial_alignment, ncc_channels, sample_with_domain
+from .align import Candidate, affine_angle_deg, initial_alignment, moved_points, ncc_channels, sample_with_domain
 from .config import HistologyConfig
 from .preprocess import Plane, Prepared, prepare, working_spacing
 from .slides import Slide, read_slide
@@ -87,7 +87,7 @@ def register_histology(fixed: SlideInput, moving: SlideInput, config: Optional[H
         pm = prepare(m_slide, spacing, levels, "moving", device)
     t_prep = time.perf_counter()
     prog.report(0.05, "slides prepared")
-    best, scored = _initial(pf, pm, cfg, prog.sub(0.05, 0.6))
+    best, scored, start = _initial(pf, pm, cfg, prog.sub(0.05, 0.6))
     t_init = time.perf_counter()
     displacement = None
     io_info = {}
@@ -118,6 +118,7 @@ def register_histology(fixed: SlideInput, moving: SlideInput, config: Optional[H
             "search_angle_deg": best.angle_deg,
             "mirrored": bool(best.mirrored),
             "affine_fixed_to_moving": best.homogeneous().tolist(),
+            "search_fixed_to_moving": start.homogeneous().tolist(),
             "candidates": [{"angle_deg": c.angle_deg, "mirrored": c.mirrored, "score": c.score} for c in scored],
             "ncc_before": before,
             "ncc_after": after,
@@ -176,18 +177,6 @@ def _instance_optimisation(pf: Prepared, pm: Prepared, best: Candidate, cfg: His
 
     with torch_threads(cfg.num_threads):
         return refine_nonrigid(pf, pm, best, cfg, prog)
-
-
-def moved_points(fixed: Plane, affine: Candidate, displacement: Optional[torch.Tensor]) -> torch.Tensor:
-    """Moving positions ``(H, W, 2)`` of the fixed plane's pixel centres: ``A (x + u(x)) + t``, ``u`` in fixed
-    pixels converted to physical units."""
-    pts = fixed.points().double()
-    if displacement is not None:
-        spacing = torch.as_tensor(fixed.spacing, dtype=torch.float64, device=pts.device)
-        pts = pts + displacement.double().movedim(0, -1) * spacing
-    a = torch.as_tensor(affine.matrix, dtype=torch.float64, device=pts.device)
-    t = torch.as_tensor(affine.offset, dtype=torch.float64, device=pts.device)
-    return pts @ a.T + t
 
 
 def displacement_transform(fixed: Plane, affine: Candidate, displacement: Optional[torch.Tensor]) -> tuple:
