@@ -6,6 +6,7 @@ import numpy as np
 
 from .common import StderrProgress, add_image_output_arguments, check_output_paths, print_result, write_outputs
 from .initial_transform import add_initial_transform_argument, compose_result, prewarp, read_initial_transform
+from .report import add_output_report_argument, write_output_report
 
 HELP = "global rigid alignment by FFT cross-similarity of squared normalized gradient fields"
 
@@ -29,6 +30,7 @@ def add_parser(sub):
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="compute device")
     add_initial_transform_argument(p)
+    add_output_report_argument(p)
     add_image_output_arguments(p)
     p.set_defaults(run=run)
     return p
@@ -57,6 +59,7 @@ def run(args) -> int:
     result = compose_result(result, initial, moving.image, args.initial_transform, how)
     result.warnings[:0] = fixed.warnings + moving.warnings
     write_outputs(args, fixed.image, moving.image, result)
+    write_output_report(args, result)
     m = result.fixed_to_moving_matrix
     print_result(
         args,

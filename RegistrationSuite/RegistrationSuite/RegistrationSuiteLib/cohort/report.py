@@ -146,3 +146,36 @@ def _section(folder: Path, rec: dict) -> str:
         out.append(f"<details><summary>diagnostics</summary><pre>{html.escape(text)}</pre></details>")
     out.append("</div>")
     return "\n".join(out)
+
+
+def write_pair_report(path, pair_id: str, fixed, moving, transform, summary: dict) -> Path:
+    """A one-pair review page (``--output-report`` of the single-pair commands), same layout as a batch's.
+
+    Args:
+        fixed, moving: image paths; transform: ``sitk.Transform`` (fixed→moving); summary: the ``--json`` dict.
+    """
+    import shutil
+    import tempfile
+
+    import SimpleITK as sitk
+
+    from .previews import render_pair_previews
+    from .quality import doubtful_reasons, folding_percent
+
+    path = Path(path)
+    work = Path(tempfile.mkdtemp(prefix=".report-", dir=path.parent))
+    try:
+        folder = work / pair_id
+        folder.mkdir()
+        render_pair_previews(fixed, moving, transform, folder / "previews")
+        sitk.WriteTransform(transform, str(folder / TRANSFORM))
+        (folder / SUMMARY).write_text(json.dumps(summary, indent=1, default=str))
+        record = {"id": pair_id, "status": "done", "fixed": str(fixed), "moving": str(moving),
+                  "score": summary.get("score"), "confidence": summary.get("confidence"),
+                  "doubtful": doubtful_reasons(summary), "folding_percent": folding_percent(transform),
+                  "time_s": (summary.get("timings") or {}).get("total")}
+        (folder / RECORD).write_text(json.dumps(record, indent=1, default=str))
+        os.replace(write_report(work, title=f"RegistrationSuite review: {pair_id}"), path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return path
