@@ -12,6 +12,7 @@ import qt
 
 import slicer
 from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -19,7 +20,7 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 
-from RegistrationSuiteWidgets import PYTORCH_EXTENSION_MISSING, ensureTorch, torchStatus
+from RegistrationSuiteWidgets import PYTORCH_EXTENSION_MISSING, ensureTorch, reportErrors, torchStatus
 
 #
 # RegistrationSuite
@@ -30,9 +31,9 @@ class RegistrationSuite(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Registration Suite")
-        self.parent.categories = ["Registration"]
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Registration")]
         self.parent.dependencies = []
-        self.parent.contributors = ["RegistrationSuite contributors"]
+        self.parent.contributors = ["RegistrationSuite contributors (RegistrationSuite project)"]
         self.parent.helpText = _("""
 Overview of the RegistrationSuite extension: published image registration methods, one module each, sharing
 one Python library (also usable outside Slicer as the <code>registration-suite</code> command-line tool).
@@ -113,11 +114,11 @@ class RegistrationSuiteWidget(ScriptedLoadableModuleWidget):
                 else _("PyTorch is already installed."))
 
     def onCheckTorchButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Failed to load PyTorch."), waitCursor=True):
+        with reportErrors(_("Failed to load PyTorch."), waitCursor=True):
             self.updateTorchStatus(importTorch=True)
 
     def onInstallTorchButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Failed to install PyTorch."), waitCursor=True):
+        with reportErrors(_("Failed to install PyTorch."), waitCursor=True):
             torch = ensureTorch(askConfirmation=True)
             self.updateTorchStatus(importTorch=torch is not None)
 
@@ -137,7 +138,7 @@ class RegistrationSuiteWidget(ScriptedLoadableModuleWidget):
         self.ui.modelsMessageLabel.text = message
 
     def onRefreshModelsButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Failed to read the model files."), waitCursor=True):
+        with reportErrors(_("Failed to read the model files."), waitCursor=True):
             self.updateModels(readDetails=torchStatus()["installed"])
             if not torchStatus()["installed"]:
                 self.ui.modelsMessageLabel.text = _("Install PyTorch to read the models' kind and summary.")
@@ -147,7 +148,7 @@ class RegistrationSuiteWidget(ScriptedLoadableModuleWidget):
                                               _("Model files (*.pt)"))
         if not path:
             return
-        with slicer.util.tryWithErrorDisplay(_("Failed to add the model file."), waitCursor=True):
+        with reportErrors(_("Failed to add the model file."), waitCursor=True):
             if ensureTorch(askConfirmation=True) is None:  # the file is checked with torch before it is copied
                 return
             destination = self.logic.userModelPath(path)
@@ -158,7 +159,7 @@ class RegistrationSuiteWidget(ScriptedLoadableModuleWidget):
             self.updateModels(readDetails=True)
 
     def onOpenModelsFolderButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Failed to open the user models folder."), waitCursor=True):
+        with reportErrors(_("Failed to open the user models folder."), waitCursor=True):
             folder = self.logic.userModelsFolder(create=True)
             qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(folder)))
 
@@ -171,7 +172,7 @@ class RegistrationSuiteWidget(ScriptedLoadableModuleWidget):
                      "kept. This cannot be undone.").format(count=len(userRows), folder=self.logic.userModelsFolder())
         if not slicer.util.confirmOkCancelDisplay(question, windowTitle=_("Clear user models")):
             return
-        with slicer.util.tryWithErrorDisplay(_("Failed to clear the user models folder."), waitCursor=True):
+        with reportErrors(_("Failed to clear the user models folder."), waitCursor=True):
             self.logic.clearUserModels()
         self.updateModels(readDetails="torch" in sys.modules)
 

@@ -277,3 +277,31 @@ def test_real_core_finds_a_rotated_slab(headless_scene, monkeypatch, tmp_path):
     rows = table_dict(headless_scene.GetNodeByID(result.diagnostics["diagnostics_table_node_id"]))
     assert rows["Model"] == model and rows["Global search fallback"] == "no"
     assert seconds < 60, f"{seconds:.0f} s"
+
+
+def test_failing_write_restores_passed_nodes(volumes):
+    """Issue 8 §2.8: the passed transform is written before the table; when the table (or the resampled
+    volume) fails, the passed transform node, its references and the passed table are restored."""
+    scene, fixed, moving, fixed_image = volumes
+    output = set_linear_transform(None, np.diag([2.0, 1.0, 1.0, 1.0]), scene, "previous")
+    table = diagnostics_table(known_result(blob_image()), None, scene, name="previous table")
+    before = table_dict(table)
+    state = restorable(output)
+    count = scene.GetNumberOfNodes()
+    resampled = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "resampled")
+    for patched in ("diagnostics_table", "resample_volume"):
+        target = ppl if patched == "diagnostics_table" else ppl.PartialPreregLogic
+        with mock.patch(CORE, create=True, return_value=known_result(fixed_image)), \
+                mock.patch.object(target, patched, side_effect=RuntimeError("disk full")), \
+                pytest.raises(RuntimeError, match="disk full"):
+            PartialPreregLogic().register(fixed, moving, outputTransformNode=output, diagnosticsTableNode=table,
+                                          outputVolumeNode=resampled)
+        assert restorable(output) == state
+        assert table_dict(table) == before
+        assert output.GetNodeReferenceID(slicer.vtkMRMLTransformNode.GetMovingNodeReferenceRole()) is None
+        assert scene.GetNumberOfNodes() == count + 1
+
+
+def restorable(node):
+    """What a rollback restores (a restore modifies the node, so its modification time is not compared)."""
+    return {k: np.asarray(v).tolist() for k, v in snapshot(node).items() if k != "mtime"}

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .common import StderrProgress, resample_moving
+from .common import resample_moving
+from .progress_lines import progress_for
 
 HELP = "run the global rigid search on shipped sample data and write all outputs"
 
@@ -44,7 +45,7 @@ def run(args) -> int:
     fixed, true_fixed_to_moving = known_rigid_case(load_sample("T1"))
     moving = load_sample("T2")
     config = GlobalRigidConfig(seed=args.seed, device=args.device)
-    result = register_global_rigid(fixed, moving, config, progress=StderrProgress(not args.quiet))
+    result = register_global_rigid(fixed, moving, config, progress=progress_for(args))
 
     corners = Grid.from_image(fixed).corners()
     err = np.linalg.norm(apply_affine(result.fixed_to_moving_matrix, corners) - apply_affine(true_fixed_to_moving, corners), axis=1)

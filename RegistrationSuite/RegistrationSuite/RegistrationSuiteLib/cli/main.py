@@ -8,6 +8,7 @@ import traceback
 
 from .. import __version__
 from ..errors import InputError, RegistrationCancelled, RegistrationFailed
+from .progress_lines import add_progress_argument
 
 # Exit codes: 0 success, 1 registration failed, 2 bad input/usage, 3 cancelled (Ctrl-C), 4 unexpected error.
 EXIT_FAILED, EXIT_INPUT, EXIT_CANCELLED, EXIT_BUG = 1, 2, 3, 4
@@ -38,12 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
         p = command.add_parser(sub)
         p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
         p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+        add_progress_argument(p)
     return parser
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "progress_json", False):
+        args.json = True  # the last stdout line of a --progress-json run is the --json summary
     try:
         return int(args.run(args) or 0)
     except (InputError, FileNotFoundError) as exc:

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .common import StderrProgress, check_output_paths, print_result
+from .common import check_output_paths, print_result
+from .progress_lines import progress_for
 
 HELP = "multi-organ point cloud registration (MO-BCPD) of two segmentations or labelled point sets"
 _POINT_SUFFIXES = (".csv", ".vtk", ".vtp", ".ply")
@@ -32,10 +33,15 @@ def add_parser(sub):
     p.add_argument("--points-per-organ", type=int, default=1500, help="surface points per organ (default 1500)")
     p.add_argument("--coherence", default="independent",
                    help="inter-organ coherence: independent (S=I), global (S=1) or a CSV file with S")
-    p.add_argument("--lambda-mm", type=float, default=10.0, help="expected deformation magnitude Λ in mm (default 10)")
-    p.add_argument("--beta-mm", type=float, default=30.0, help="motion-coherence bandwidth B in mm (default 30)")
+    p.add_argument("--lambda-mm", type=per_label_mm, default=10.0,
+                   help="expected deformation magnitude Λ in mm (default 10), or per organ 'LABEL:MM,...'")
+    p.add_argument("--beta-mm", type=per_label_mm, default=30.0,
+                   help="motion-coherence bandwidth B in mm (default 30), or per organ 'LABEL:MM,...'")
     p.add_argument("--omega", type=float, default=0.0, help="outlier weight ω in [0, 1) (default 0)")
     p.add_argument("--label-transition", help="CSV file with the label transition matrix U (rows sum to 1)")
+    p.add_argument("--organ-prealign", default="auto", choices=["auto", "similarity", "rigid", "none"],
+                   help="per-organ pre-alignment before MO-BCPD (not in the paper; auto = similarity unless "
+                        "--coherence global; none = the paper's pipeline)")
     p.add_argument("--grid-spacing", type=float, default=3.0, help="spacing of the output field in mm (default 3)")
     p.add_argument("--seed", type=int, default=0, help="random seed for surface subsampling (default 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="compute device")
@@ -44,6 +50,17 @@ def add_parser(sub):
     p.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
     p.set_defaults(run=run)
     return p
+
+
+def per_label_mm(text: str):
+    """``"10"`` → 10.0; ``"1:10,2:5.5"`` → ``{1: 10.0, 2: 5.5}`` (one value per organ label)."""
+    if ":" not in text:
+        return float(text)
+    values = {}
+    for item in text.split(","):
+        label, _, value = item.partition(":")
+        values[int(label)] = float(value)
+    return values
 
 
 def _read_matrix(path, name: str) -> np.ndarray:
@@ -73,7 +90,7 @@ def build_config(args):
     return OrganPointCloudConfig(
         labels=labels, points_per_organ=args.points_per_organ, lambda_mm=args.lambda_mm, beta_mm=args.beta_mm,
         coherence=coherence, label_transition=transition, omega=args.omega, grid_spacing_mm=args.grid_spacing,
-        seed=args.seed, device=args.device,
+        seed=args.seed, device=args.device, organ_prealign=args.organ_prealign,
     )
 
 
@@ -88,7 +105,7 @@ def run(args) -> int:
     if args.output_resampled_labels and (_is_points(args.fixed) or _is_points(args.moving)):
         raise InputError("--output-resampled-labels needs label volumes as --fixed and --moving, not point files")
     config = build_config(args)
-    result = register_organ_point_cloud(args.fixed, args.moving, config, progress=StderrProgress(not args.quiet))
+    result = register_organ_point_cloud(args.fixed, args.moving, config, progress=progress_for(args))
     if args.output_points:
         write_points(result.fixed_points_in_moving, args.output_points)
     if args.output_resampled_labels:

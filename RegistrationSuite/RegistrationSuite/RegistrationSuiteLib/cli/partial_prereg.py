@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import StderrProgress, add_image_output_arguments, check_output_paths, print_result, write_outputs
+from .common import add_image_output_arguments, check_output_paths, print_result, write_outputs
 from .initial_transform import add_initial_transform_argument, compose_result, prewarp, read_initial_transform
+from .progress_lines import progress_for
 from .report import add_output_report_argument, write_output_report
 
 HELP = "partial-volume rigid registration initialised by template-space patch mapping (TSPM)"
@@ -58,7 +59,7 @@ def run(args) -> int:
     result = register_partial_prereg(
         fixed.image, step_moving, config, model=model,
         fixed_mask=read_mask(args.fixed_mask, fixed.image, "fixed mask") if args.fixed_mask else None,
-        progress=StderrProgress(not args.quiet),
+        progress=progress_for(args),
     )
     result = compose_result(result, initial, moving.image, args.initial_transform, how)
     result.warnings[:0] = fixed.warnings + moving.warnings

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import StderrProgress, add_image_output_arguments, check_output_paths, print_result, write_outputs
+from ..errors import InputError
+from .common import add_image_output_arguments, check_output_paths, print_result, write_outputs
 from .initial_transform import add_initial_transform_argument, compose_result, prewarp, read_initial_transform
+from .progress_lines import progress_for
 from .report import add_output_report_argument, write_output_report
 
 HELP = "global rigid alignment by FFT cross-similarity of squared normalized gradient fields"
@@ -27,6 +29,7 @@ def add_parser(sub):
     p.add_argument("--fixed-mask", help="optional fixed mask (non-zero = use)")
     p.add_argument("--moving-mask", help="optional moving mask (non-zero = use)")
     p.add_argument("--min-overlap", type=float, default=0.5, help="minimum overlap fraction γ (default 0.5)")
+    p.add_argument("--rotations", help="rotations per pyramid level, coarse to fine, e.g. '1500,240,3' (default: the method's)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="compute device")
     add_initial_transform_argument(p)
@@ -47,14 +50,21 @@ def run(args) -> int:
     moving_mask = read_mask(args.moving_mask, moving.image, "moving mask")
     step_moving, how = prewarp(initial, moving.image, fixed.image)
     step_mask, _ = prewarp(initial, moving_mask, fixed.image, labels=True)
-    config = GlobalRigidConfig(min_overlap=args.min_overlap, seed=args.seed, device=args.device)
+    options = {"min_overlap": args.min_overlap, "seed": args.seed, "device": args.device}
+    if args.rotations:
+        try:
+            options["num_rotations"] = tuple(int(v) for v in args.rotations.split(",") if v.strip())
+        except ValueError:
+            raise InputError(f"--rotations: expected comma-separated integers such as '1500,240,3', "
+                             f"got {args.rotations!r}") from None
+    config = GlobalRigidConfig(**options)
     result = register_global_rigid(
         fixed.image,
         step_moving,
         config,
         fixed_mask=read_mask(args.fixed_mask, fixed.image, "fixed mask"),
         moving_mask=step_mask,
-        progress=StderrProgress(not args.quiet),
+        progress=progress_for(args),
     )
     result = compose_result(result, initial, moving.image, args.initial_transform, how)
     result.warnings[:0] = fixed.warnings + moving.warnings

@@ -48,7 +48,7 @@ def run(args) -> int:
     from ..methods.partial_prereg.template import load_template
     from ..methods.partial_prereg.train import TSPMTrainConfig, train_partial_prereg_model
     from ..models.training import TrainingConfig
-    from .common import StderrProgress
+    from .progress_lines import progress_for
 
     out = Path(args.output)
     if out.suffix != ".pt":
@@ -65,7 +65,7 @@ def run(args) -> int:
     model = train_partial_prereg_model(
         args.pairs, out, template=template, config=config, intensity=intensity, checkpoint=args.checkpoint,
         name=args.name, command=command, notes=args.notes, init_weights=args.init_weights,
-        progress=StderrProgress(not args.quiet), log=log,
+        progress=progress_for(args), log=log,
     )
     metrics = model.card["metrics"]
     print(f"model written to {out} (final train L1 {metrics['final_train_l1']:.4f})")

@@ -24,9 +24,14 @@ import SimpleITK as sitk
 
 from ...errors import InputError
 from ...geometry import Grid, affine_matrix_from_sitk, apply_affine
+from ...seeding import itk_seed, itk_threads
 
 LEVELS = ((4, 2.0), (2, 1.0), (1, 0.0))  # (shrink factor, smoothing sigma in mm), coarse to fine
 SAMPLES = 20_000  # metric samples per iteration (random, re-drawn every iteration); enough for 6 parameters
+# ITK's multi-threaded Mattes MI is not bit-reproducible (see seeding.itk_threads): with 2 threads, four runs of
+# the same fixed → template refinement differed by up to 2e-5 (matrix entries, mm). One thread makes it
+# bit-reproducible; with SAMPLES points per iteration the cost is small (README "Reproducibility").
+ITK_THREADS = 1
 
 
 @dataclass
@@ -99,12 +104,14 @@ def _sampling(mask: sitk.Image, shrink: int, samples: int) -> float:
 
 def _method(metric: str, iterations: int, seed: int, sampling: float) -> sitk.ImageRegistrationMethod:
     reg = sitk.ImageRegistrationMethod()
+    reg.SetNumberOfThreads(ITK_THREADS)
     if metric == "mi":
         reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
     else:
         reg.SetMetricAsMeanSquares()
     reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(sampling, seed)
+    # SimpleITK reads seed 0 as 'seed from the wall clock': map every seed (0 included) to a fixed non-zero one.
+    reg.SetMetricSamplingPercentage(sampling, itk_seed(seed))
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsRegularStepGradientDescent(
         learningRate=2.0, minStep=1e-3, numberOfIterations=int(iterations), relaxationFactor=0.5,
@@ -128,7 +135,8 @@ def evaluate_metric(fixed: sitk.Image, moving: sitk.Image, fixed_to_moving: np.n
     reg = _method(metric, 1, seed, _sampling(mask, 1, 4 * SAMPLES))
     reg.SetMetricFixedMask(mask)
     reg.SetInitialTransform(_euler(fixed_to_moving, Grid.from_image(fixed).center()), inPlace=False)
-    value = float(reg.MetricEvaluate(fixed, moving))
+    with itk_threads(ITK_THREADS):
+        value = float(reg.MetricEvaluate(fixed, moving))
     return -value if metric == "mi" else value
 
 
@@ -176,7 +184,8 @@ def refine_rigid(
         mask = overlap_mask(fixed, moving, current, fixed_mask)
         if not np.any(sitk.GetArrayViewFromImage(mask)):
             break
-        current = _run_level(fixed, moving, current, mask, metric, shrink, sigma, iterations, seed + k, samples)
+        with itk_threads(ITK_THREADS):
+            current = _run_level(fixed, moving, current, mask, metric, shrink, sigma, iterations, seed + k, samples)
     after = evaluate_metric(fixed, moving, current, metric, fixed_mask=fixed_mask, seed=seed)
     if np.isfinite(before) and not (after < before if metric == "mse" else after > before):
         current, after = np.asarray(fixed_to_moving, dtype=float), before  # never return a worse result
