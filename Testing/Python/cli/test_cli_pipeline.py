@@ -143,3 +143,14 @@ def test_unavailable_or_misconfigured_step_refused_before_running(pair_files, tm
     code = cli_main.main(["pipeline", "--fixed", str(f), "--moving", str(m), "--steps", "rigid-search",
                           "--step-options", "rigid-search:--output x.h5", "--output", str(tmp_path / "t.h5")])
     assert code == 2 and "set by the pipeline" in capsys.readouterr().err
+
+
+def test_progress_json_one_line_per_step_then_summary(pair_files, tmp_path, capsys):
+    f, m, _, _ = pair_files
+    code = cli_main.main(["pipeline", "--fixed", str(f), "--moving", str(m), "--steps", "rigid-search",
+                          "--step-options", "rigid-search:--device cpu --rotations 300,60,3", "--output",
+                          str(tmp_path / "t.h5"), "--progress-json"])
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert code == 0 and lines[-1]["method"] == "pipeline"
+    fractions = [x.get("fraction") for x in lines[:-1]]
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0 and "step 1/1" in json.dumps(lines[0])

@@ -21,6 +21,7 @@ from ..cohort.chain import check_chain, parse_steps, step_of_composed, valid_cha
 from ..errors import InputError, RegistrationFailed
 from .common import check_output_paths
 from .initial_transform import add_initial_transform_argument
+from .progress_lines import progress_for
 from .report import add_output_report_argument
 
 HELP = "run registration steps in order (e.g. rigid-search,deformable), each from the previous result"
@@ -114,13 +115,18 @@ def run(args) -> int:
     work = Path(args.output_dir) if args.output_dir else Path(tempfile.mkdtemp(prefix="rs-pipeline-"))
     t0 = time.perf_counter()
     try:
-        argvs = [[step, "--fixed", args.fixed, "--moving", args.moving, "--json", *(["--quiet"] if args.quiet else []),
+        # With --progress-json the pipeline reports one line per step itself (the steps' stdout is captured).
+        quiet = args.quiet or getattr(args, "progress_json", False)
+        argvs = [[step, "--fixed", args.fixed, "--moving", args.moving, "--json", *(["--quiet"] if quiet else []),
                   *options[step]] for step in steps]
         for argv, step in zip(argvs, steps):  # every step's options checked before the first (long) step runs
             _parse_step(parser, argv + ["--output", str(work / "check.h5")], step)
         previous = args.initial_transform
         summaries = []
+        progress = progress_for(args) if getattr(args, "progress_json", False) else None
         for k, (argv, step) in enumerate(zip(argvs, steps), start=1):
+            if progress:
+                progress((k - 1) / len(steps), f"step {k}/{len(steps)}: {step}")
             composed = work / f"{k:02d}_{step}.composed.h5"
             full = argv + ["--output", str(composed)] + (["--initial-transform", str(previous)] if previous else [])
             summary = _run_step(parser, full, k, len(steps), step)
@@ -130,6 +136,8 @@ def run(args) -> int:
             summaries.append(summary)
             previous = composed
         final = read_transform(previous)
+        if progress:
+            progress(1.0, "done")
         if args.output_resampled:
             fixed, moving = read_image(args.fixed, "fixed").image, read_image(args.moving, "moving").image
             import SimpleITK as sitk
