@@ -112,10 +112,11 @@ def _table(records: list) -> str:
     rows = []
     for i, r in enumerate(records):
         cls = "failed" if r.get("status") != "done" else "doubtful" if r.get("doubtful") else ""
-        rows.append(f'<tr class="{cls}"><td data-k="{i:05d}"><a href="#pair-{html.escape(r["id"])}">{html.escape(r["id"])}</a></td>'
-                    + _cell(r.get("status"), i) + _cell("; ".join(r.get("doubtful") or []) or "no")
+        rows.append(f'<tr class="{cls}"><td><a href="#pair-{html.escape(r["id"])}">{html.escape(r["id"])}</a></td>'
+                    + _cell(r.get("status"), f"{i:05d}") + _cell("; ".join(r.get("doubtful") or []) or "no")
                     + "".join(_cell(r.get(k)) for k in ("score", "confidence", "folding_percent", "time_s", "peak_memory_mb"))
                     + _cell(r.get("message", "")) + "</tr>")
+    # Sorting by "status" restores the review order (failed, doubtful, then the others).
     ths = "".join(f'<th onclick="sortBy(this)">{h}</th>' for h in head)
     return f'<table id="summary"><thead><tr>{ths}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
