@@ -10,6 +10,7 @@ from .common import (add_device_argument, add_image_output_arguments, check_imag
                      print_result, write_outputs)
 from .initial_transform import add_initial_transform_argument, compose_result, prewarp, read_initial_transform
 from .progress_lines import progress_for
+from .report import add_output_report_argument, write_output_report
 
 HELP = "global rigid alignment by FFT cross-similarity of squared normalized gradient fields"
 
@@ -39,6 +40,7 @@ def add_parser(sub):
     p.add_argument("--seed", type=int, default=0, help=f"random seed (default 0); {SEED_PROMISE}")
     add_device_argument(p)
     add_initial_transform_argument(p)
+    add_output_report_argument(p)
     add_image_output_arguments(p)
     p.set_defaults(run=run)
     return p
@@ -81,6 +83,7 @@ def run(args) -> int:
     result = compose_result(result, initial, moving.image, args.initial_transform, how)
     result.warnings[:0] = fixed.warnings + moving.warnings
     written = write_outputs(args, fixed.image, moving.image, result, outputs=outputs, moving_pixel_id=moving.pixel_id)
+    write_output_report(args, result)
     m = result.fixed_to_moving_matrix
     print_result(
         args,
