@@ -1,31 +1,47 @@
-"""Benchmark of multi-organ point cloud registration (MO-BCPD) against label-blind BCPD and peers.
+"""Benchmark of multi-organ point cloud registration (MO-BCPD) against label-blind BCPD and per-organ baselines.
 
-Accuracy: synthetic multi-organ deformations of the TotalSegmentator organs of
+Every row is scored on the displacement field the method delivers: for MO-BCPD the ``.h5`` that
+``registration-suite organ-points`` writes (run as a user would, in a child process, from point files or
+label images), for the baselines their thin-plate-spline grid (``organ_baselines.py``).
+
+Synthetic accuracy: multi-organ deformations of the TotalSegmentator organs of
 ``../shared/data/abdomen/subjectA_seg_totalsegmentator.nii.gz`` (see ``organ_cases.py``): spleen 1, kidney
-right 2, kidney left 3, liver 5, stomach 6, pancreas 7. Known correspondences give the TRE at organ
-landmarks (centroid, top, bottom) and over the surfaces; a harder variant mislabels 5 % of the fixed
-points near organ contacts. Scale: time and peak memory at 1k, 5k, 20k and 50k points per side.
+right 2, kidney left 3, liver 5, stomach 6, pancreas 7; categories "clean" and "hard" (5 % contact labels
+wrong). Real inter-subject check: the organs of subject A and subject B registered both ways, the moving labels
+warped with the delivered field, per-organ Dice and mean surface distance. Scale: time and peak memory of the
+library call at several sizes.
 
-Each (method, setting) runs in its own process so its peak memory is its own. Usage::
+Usage::
 
-    python Testing/Benchmarks/bench_organ_points.py --cases 5 [--write]
+    nice -n 10 python Testing/Benchmarks/bench_organ_points.py --cases 4 [--write]
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from scipy.spatial import cKDTree
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before NumPy loads its BLAS: 2 shared cores, one thread each
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_table, peak_rss_mb, require_shared_data, update_benchmarks_md  # noqa: E402
 
 ORGANS = (1, 2, 3, 5, 6, 7)
+ORGAN_NAMES = {1: "spleen", 2: "kidney R", 3: "kidney L", 5: "liver", 6: "stomach", 7: "pancreas"}
+OURS = "MO-BCPD (CLI defaults)"
+PAPER = "MO-BCPD, paper pipeline (CLI --organ-prealign none --lambda-mm 10 --beta-mm 30)"
+BLIND = "BCPD label-blind (CLI --coherence global --lambda-mm 10 --beta-mm 30)"
+RIGID = "per-organ rigid CPD + TPS"
+RIGID_DEF = "per-organ rigid + deformable CPD + TPS"
+BLIND_ARGS = ("--coherence", "global", "--lambda-mm", "10", "--beta-mm", "30")
+PAPER_ARGS = ("--organ-prealign", "none", "--lambda-mm", "10", "--beta-mm", "30")
 
 
 def organ_surfaces(n_dense: int = 6000, seed: int = 0) -> dict:
@@ -40,135 +56,95 @@ def organ_surfaces(n_dense: int = 6000, seed: int = 0) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- methods
-def _ours(case, **overrides):
-    from RegistrationSuiteLib.io.points import LabeledPoints
-    from RegistrationSuiteLib.methods.organ_point_cloud import (OrganPointCloudConfig, register_organ_point_cloud,
-                                                                 transform_points)
+def run_cli(fixed, moving, workdir, extra=()):
+    """``registration-suite organ-points`` in a child process; returns (delivered transform, (wall, CPU seconds))."""
+    import SimpleITK as sitk
 
-    fixed_labels = overrides.pop("fixed_labels", case.fixed_labels)
-    moving_labels = overrides.pop("moving_labels", case.moving_labels)
-    config = OrganPointCloudConfig(device="cpu", **overrides)
-    result = register_organ_point_cloud(LabeledPoints(case.fixed_points, fixed_labels),
-                                        LabeledPoints(case.moving_points, moving_labels), config)
-    blind = overrides.get("coherence") == "global"
-    return lambda p, labels: transform_points(result, p, None if blind else labels)
-
-
-def run_similarity_only(case):
-    return _ours(case, coherence="global", lambda_mm=1e-3)
+    out = Path(workdir) / "field.h5"
+    cmd = [sys.executable, "-m", "RegistrationSuiteLib", "organ-points", "--fixed", str(fixed), "--moving",
+           str(moving), "--output", str(out), "--quiet", *extra]
+    t0, c0 = time.perf_counter(), _children_cpu()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    seconds, cpu = time.perf_counter() - t0, _children_cpu() - c0
+    if proc.returncode != 0:
+        raise RuntimeError(f"CLI exit {proc.returncode}: {proc.stderr.strip()[-300:]}")
+    return sitk.ReadTransform(str(out)), (seconds, cpu)
 
 
-def run_bcpd_label_blind(case):
-    return _ours(case, coherence="global")
+def _children_cpu() -> float:
+    """User + system CPU seconds of the finished child processes (robust to other work on the machine)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
-def run_bcpd_single_label(case):
-    return _ours(case, coherence="global", fixed_labels=np.ones_like(case.fixed_labels),
-                 moving_labels=np.ones_like(case.moving_labels))
+def _write_case_points(case, workdir):
+    from RegistrationSuiteLib.io.points import LabeledPoints, write_points
+
+    f, m = Path(workdir) / "fixed.csv", Path(workdir) / "moving.csv"
+    write_points(LabeledPoints(case.fixed_points, case.fixed_labels), f)
+    write_points(LabeledPoints(case.moving_points, case.moving_labels), m)
+    return f, m
 
 
-def run_mo_bcpd(case):
-    return _ours(case, coherence="independent")
+def _cli_method(extra):
+    def run(case):
+        with tempfile.TemporaryDirectory() as tmp:
+            fixed, moving = _write_case_points(case, tmp)
+            return run_cli(fixed, moving, tmp, extra)
+
+    return run
 
 
-def _interpolated(source, displaced):
-    """Peers give displacements only at their own points: interpolate by inverse-distance over 8 neighbours."""
-    tree = cKDTree(source)
-    disp = displaced - source
+def _baseline_method(deformable):
+    def run(case):
+        from organ_baselines import per_organ_cpd, tps_field
 
-    def apply(p, labels=None):
-        d, j = tree.query(p, k=8)
-        w = 1.0 / np.maximum(d, 1e-6)
-        return p + (disp[j] * w[..., None]).sum(1) / w.sum(1, keepdims=True)
+        from RegistrationSuiteLib.methods.organ_point_cloud.field import field_grid
 
-    return apply
+        t0, c0 = time.perf_counter(), time.process_time()
+        moved = per_organ_cpd(case.fixed_points, case.fixed_labels, case.moving_points, case.moving_labels,
+                              deformable=deformable)
+        grid = field_grid(case.fixed_points, 3.0, 10.0)
+        transform = tps_field(case.fixed_points, moved, case.fixed_labels, grid)
+        return transform, (time.perf_counter() - t0, time.process_time() - c0)
 
-
-def run_pycpd(case):
-    """pycpd: similarity (RigidRegistration with scale) then DeformableRegistration (β = 30 mm)."""
-    from pycpd import DeformableRegistration, RigidRegistration
-
-    y0 = case.fixed_points
-    rigid = RigidRegistration(X=case.moving_points, Y=y0, max_iterations=100)
-    y1, _ = rigid.register()
-    deform = DeformableRegistration(X=case.moving_points, Y=y1, alpha=2.0, beta=30.0, max_iterations=100)
-    y2, _ = deform.register()
-    return _interpolated(y0, y2)
-
-
-def run_probreg(case):
-    """probreg's BCPD (defaults apart from w = 0), fixed as source, moving as target."""
-    from probreg import bcpd
-
-    tf = bcpd.registration_bcpd(case.fixed_points, case.moving_points, w=0.0, maxiter=100)
-    return _interpolated(case.fixed_points, tf.transform(case.fixed_points))
+    return run
 
 
 METHODS = {
-    "similarity only": run_similarity_only,
-    "BCPD label-blind (S = 1; U = I)": run_bcpd_label_blind,
-    "BCPD one label (labels ignored)": run_bcpd_single_label,
-    "MO-BCPD (S = I)": run_mo_bcpd,
-    "pycpd (rigid then deformable)": run_pycpd,
-    "probreg BCPD": run_probreg,
+    OURS: _cli_method(()),
+    PAPER: _cli_method(PAPER_ARGS),
+    BLIND: _cli_method(BLIND_ARGS),
+    RIGID: _baseline_method(False),
+    RIGID_DEF: _baseline_method(True),
 }
 
 
-def available(name: str) -> bool:
-    try:
-        if name.startswith("pycpd"):
-            import pycpd  # noqa: F401
-        if name.startswith("probreg"):
-            import probreg.bcpd  # noqa: F401
-    except Exception:  # noqa: BLE001 - probreg fails with OSError when open3d's system libraries are missing
-        return False
-    return True
-
-
-# ---------------------------------------------------------------------------------------- execution
-def accuracy_worker(name, cases, n_per_organ, mislabel, seed, queue):
+# ---------------------------------------------------------------------------------------- synthetic
+def accuracy_worker(name, category, cases, n_per_organ, seed, queue):
     import torch
 
-    from organ_cases import errors, make_case
+    from organ_cases import CATEGORIES, errors, field_mapping, make_case
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     surfaces = organ_surfaces()
     rows = []
     for c in range(cases):
-        case = make_case(surfaces, np.random.default_rng([seed, c]), n_per_organ=n_per_organ,
-                         mislabel_fraction=mislabel)
-        t0 = time.perf_counter()
+        case = make_case(surfaces, np.random.default_rng([seed, c]), n_per_organ=n_per_organ, **CATEGORIES[category])
         try:
-            e = errors(case, METHODS[name](case))
-        except Exception as exc:  # noqa: BLE001 - a failing peer is a failed case
+            transform, (seconds, cpu) = METHODS[name](case)
+            e = errors(case, field_mapping(transform))
+        except Exception as exc:  # noqa: BLE001 - a failing method is a failed case, reported as such
             print(f"  {name} case {c}: {type(exc).__name__}: {exc}", file=sys.stderr)
-            e = {"landmark_tre_mm": np.inf, "surface_tre_mm": np.inf, "landmark_tre_max_mm": np.inf}
-        e["seconds"] = time.perf_counter() - t0
+            e, seconds, cpu = {"landmark_tre_mm": np.inf, "surface_tre_mm": np.inf, "landmark_tre_max_mm": np.inf}, np.nan, np.nan
+        e["seconds"], e["cpu"] = seconds, cpu
+        e["before_mm"] = errors(case, lambda p, labels: p)["landmark_tre_mm"]
         rows.append(e)
-        print(f"  {name:34s} mislabel={mislabel:.2f} case {c}: landmark TRE {e['landmark_tre_mm']:6.2f} mm, "
-              f"surface {e['surface_tre_mm']:6.2f} mm, {e['seconds']:5.1f} s", file=sys.stderr)
-    before = [errors(make_case(surfaces, np.random.default_rng([seed, c]), n_per_organ=n_per_organ,
-                               mislabel_fraction=mislabel), lambda p, labels: p)["landmark_tre_mm"] for c in range(cases)]
-    queue.put((rows, float(np.mean(before)), peak_rss_mb()))
-
-
-def scale_worker(name, n_points, seed, queue):
-    import torch
-
-    from organ_cases import make_case
-
-    torch.set_num_threads(2)
-    surfaces = organ_surfaces(n_dense=max(6000, n_points // len(ORGANS) + 1000))
-    case = make_case(surfaces, np.random.default_rng(seed), n_per_organ=n_points // len(ORGANS))
-    t0 = time.perf_counter()
-    try:
-        METHODS[name](case)
-        status = "ok"
-    except MemoryError:
-        status = "out of memory"
-    except Exception as exc:  # noqa: BLE001
-        status = f"{type(exc).__name__}"
-    queue.put((len(case.fixed_points), time.perf_counter() - t0, peak_rss_mb(), status))
+        print(f"  {name:52s} {category} case {c}: landmark TRE {e['landmark_tre_mm']:6.2f} mm, "
+              f"surface {e['surface_tre_mm']:6.2f} mm, {seconds:5.1f} s ({cpu:5.1f} s CPU)", file=sys.stderr)
+    queue.put(rows)
 
 
 def in_process(target, *args):
@@ -176,82 +152,239 @@ def in_process(target, *args):
     queue = ctx.Queue()
     proc = ctx.Process(target=target, args=(*args, queue))
     proc.start()
+    out = queue.get()
     proc.join()
-    if proc.exitcode != 0:
-        return None
-    return queue.get()
+    return out
+
+
+def synthetic_table(names, args):
+    """Rows of the accuracy table and ``{(category, method): mean landmark TRE}``."""
+    from organ_cases import CATEGORIES
+
+    rows, means = [], {}
+    for category in CATEGORIES:
+        for name in names:
+            res = in_process(accuracy_worker, name, category, args.cases, args.points_per_organ, args.seed)
+            lm = np.array([r["landmark_tre_mm"] for r in res])
+            means[(category, name)] = float(np.mean(lm))
+            secs, cpu = np.array([r["seconds"] for r in res]), np.array([r["cpu"] for r in res])
+            rows.append([category, name, f"{np.mean([r['before_mm'] for r in res]):.1f}", f"{np.mean(lm):.2f}",
+                         f"{np.mean([r['surface_tre_mm'] for r in res]):.2f}",
+                         f"{np.mean([r['landmark_tre_max_mm'] for r in res]):.1f}",
+                         f"{np.median(secs):.1f}", f"{np.median(cpu):.1f}", f"{np.max(cpu):.1f}"])
+            means[(category, name, "cpu_max")] = float(np.max(cpu))
+    return rows, means
+
+
+# ---------------------------------------------------------------------------------------- real pair
+def overlap_scores(fixed_seg, moving_seg, warped, inside, labels):
+    """Per organ present in both label images: ``(Dice, mean symmetric surface distance mm)`` on the fixed
+    grid, within ``inside`` (the fixed voxels the delivered field maps into the moving image's field of view)."""
+    import SimpleITK as sitk
+
+    fa, wa, ma = (sitk.GetArrayFromImage(i) for i in (fixed_seg, warped, inside))
+    moving_labels = set(np.unique(sitk.GetArrayViewFromImage(moving_seg)).tolist())
+    out = {}
+    for lab in labels:
+        a, b = (fa == lab) & (ma > 0), (wa == lab) & (ma > 0)
+        if lab not in moving_labels or not (fa == lab).any():
+            continue
+        dice = 2.0 * (a & b).sum() / max(a.sum() + b.sum(), 1)
+        out[lab] = (float(dice), _surface_distance(a, b, fixed_seg))
+    return out
+
+
+def _surface_distance(a, b, reference):
+    import SimpleITK as sitk
+
+    if a.sum() == 0 or b.sum() == 0:
+        return float("inf")
+    dist, contour = [], []
+    for mask in (a, b):
+        img = sitk.GetImageFromArray(mask.astype(np.uint8))
+        img.CopyInformation(reference)
+        dist.append(sitk.GetArrayFromImage(sitk.Abs(sitk.SignedMaurerDistanceMap(img, squaredDistance=False,
+                                                                                 useImageSpacing=True))))
+        contour.append(sitk.GetArrayFromImage(sitk.LabelContour(img)) > 0)
+    return float(np.r_[dist[1][contour[0]], dist[0][contour[1]]].mean())
+
+
+def real_pair_worker(name, fixed_path, moving_path, queue):
+    import SimpleITK as sitk
+
+    fixed_seg, moving_seg = sitk.ReadImage(str(fixed_path)), sitk.ReadImage(str(moving_path))
+    organs = ",".join(str(l) for l in ORGANS)
+    with tempfile.TemporaryDirectory() as tmp:
+        if name in (OURS, PAPER, BLIND):
+            extra = {OURS: (), PAPER: PAPER_ARGS, BLIND: BLIND_ARGS}[name]
+            transform, (seconds, cpu) = run_cli(fixed_path, moving_path, tmp, ("--labels", organs, *extra))
+        else:
+            transform, (seconds, cpu) = _real_baseline(fixed_seg, moving_seg, deformable=name == RIGID_DEF)
+    warped = sitk.Resample(moving_seg, fixed_seg, transform, sitk.sitkNearestNeighbor, 0, moving_seg.GetPixelID())
+    ones = sitk.Image(moving_seg.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(moving_seg)
+    inside = sitk.Resample(ones, fixed_seg, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    queue.put((overlap_scores(fixed_seg, moving_seg, warped, inside, ORGANS), seconds, cpu))
+
+
+def _real_baseline(fixed_seg, moving_seg, deformable):
+    """The per-organ baselines on label images: surface points sampled as the CLI samples them (1500/organ)."""
+    from organ_baselines import per_organ_cpd, tps_field
+
+    from RegistrationSuiteLib.methods.organ_point_cloud.field import field_grid
+    from RegistrationSuiteLib.surfaces import image_labels, labels_to_points
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    common = sorted(set(image_labels(fixed_seg).tolist()) & set(image_labels(moving_seg).tolist()) & set(ORGANS))
+    f = labels_to_points(fixed_seg, common, 1500, 0)
+    m = labels_to_points(moving_seg, common, 1500, 7919)
+    moved = per_organ_cpd(f.points, f.labels, m.points, m.labels, deformable=deformable)
+    transform = tps_field(f.points, moved, f.labels, field_grid(f.points, 3.0, 10.0))
+    return transform, (time.perf_counter() - t0, time.process_time() - c0)
+
+
+REAL_METHODS = (OURS, PAPER, BLIND, RIGID)  # the rigid + deformable baseline is left to the synthetic table
+
+
+def real_pair_table(names):
+    a = require_shared_data("abdomen", "subjectA_seg_totalsegmentator.nii.gz")
+    b = require_shared_data("abdomen", "subjectB_seg_totalsegmentator.nii.gz")
+    rows, summary = [], {}
+    for label_f, fixed, label_m, moving in (("A", a, "B", b), ("B", b, "A", a)):
+        for name in [n for n in names if n in REAL_METHODS]:
+            scores, seconds, cpu = in_process(real_pair_worker, name, fixed, moving)
+            dice = [scores[l][0] for l in sorted(scores)]
+            summary[(label_f, name)] = (float(np.mean(dice)), float(np.min(dice)))
+            rows.append([f"{label_f} ← {label_m}", name, f"{np.mean(dice):.3f}", f"{np.min(dice):.3f}",
+                         ", ".join(f"{ORGAN_NAMES[l]} {scores[l][0]:.2f} / {scores[l][1]:.1f}" for l in sorted(scores)),
+                         f"{seconds:.1f}", f"{cpu:.1f}"])
+            print(f"  real {label_f}<-{label_m} {name}: {rows[-1][2:]}", file=sys.stderr)
+    return rows, summary
+
+
+# ---------------------------------------------------------------------------------------- scale
+def scale_worker(coherence, n_points, seed, queue):
+    import torch
+
+    from organ_cases import make_case
+
+    from RegistrationSuiteLib.io.points import LabeledPoints
+    from RegistrationSuiteLib.methods.organ_point_cloud import OrganPointCloudConfig, register_organ_point_cloud
+
+    torch.set_num_threads(2)
+    surfaces = organ_surfaces(n_dense=max(6000, n_points // len(ORGANS) + 1000))
+    case = make_case(surfaces, np.random.default_rng(seed), n_per_organ=n_points // len(ORGANS))
+    t0 = time.perf_counter()
+    register_organ_point_cloud(LabeledPoints(case.fixed_points, case.fixed_labels),
+                               LabeledPoints(case.moving_points, case.moving_labels),
+                               OrganPointCloudConfig(device="cpu", coherence=coherence))
+    queue.put((len(case.fixed_points), time.perf_counter() - t0, peak_rss_mb()))
+
+
+# ---------------------------------------------------------------------------------------- report
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def targets_text(means, real, names, cases) -> list:
+    from organ_cases import CATEGORIES
+
+    lines = []
+    for category in CATEGORIES:
+        ours = means.get((category, OURS))
+        if ours is None:
+            continue
+        if RIGID in names:
+            rigid = means[(category, RIGID)]
+            lines.append(f"- {category}: MO-BCPD {ours:.2f} mm against the per-organ rigid baseline {rigid:.2f} mm "
+                         f"(target: at or below) — {_verdict(ours <= rigid)}.")
+        cpu = means[(category, OURS, "cpu_max")]
+        lines.append(f"- {category}: MO-BCPD's whole CLI run took at most {cpu:.1f} s of CPU time per case (target "
+                     f"≤ 5 s) — {_verdict(cpu <= 5.0)}; its wall time is in the table (inflated by the machine's load).")
+        if BLIND in names:
+            blind = means[(category, BLIND)]
+            lines.append(f"- {category}: MO-BCPD / label-blind BCPD = {ours / blind:.2f} (target ≤ 0.6) — "
+                         f"{_verdict(ours / blind <= 0.6)}.")
+    for fixed in ("A", "B"):
+        if (fixed, OURS) in real:
+            mean, low = real[(fixed, OURS)]
+            lines.append(f"- real pair, fixed {fixed}: MO-BCPD mean Dice {mean:.3f} (target ≥ 0.80), lowest organ "
+                         f"{low:.3f} (target ≥ 0.5) — {_verdict(mean >= 0.8 and low >= 0.5)}.")
+    return lines
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", type=int, default=5)
-    ap.add_argument("--peer-cases", type=int, default=2, help="cases for pycpd/probreg (they are slow)")
-    ap.add_argument("--points-per-organ", type=int, default=800)
+    ap.add_argument("--cases", type=int, default=4, help="synthetic cases per category")
+    ap.add_argument("--points-per-organ", type=int, default=600)
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--sizes", default="1000,5000,20000,50000", help="points per side for the scale table")
-    ap.add_argument("--peer-max-points", type=int, default=1000, help="largest size tried for dense peers")
+    ap.add_argument("--sizes", default="20000", help="points per side for the scale table ('' = none)")
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--no-real", action="store_true", help="skip the real inter-subject pair")
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args(argv)
-    names = [n for n in args.methods.split(",") if n and available(n)]
-    skipped = [n for n in args.methods.split(",") if n and n not in names]
+    names = [n for n in args.methods.split(",") if n in METHODS]
 
-    acc_rows = []
-    for mislabel in (0.0, 0.05):
-        for name in names:
-            peer = name.startswith(("pycpd", "probreg"))
-            if peer and mislabel > 0:
-                continue  # label-blind peers see no labels, so mislabelling cannot change their result
-            cases = args.peer_cases if peer else args.cases
-            out = in_process(accuracy_worker, name, cases, args.points_per_organ, mislabel, args.seed)
-            if out is None:
-                acc_rows.append([name, f"{mislabel:.0%}", "crashed", "", "", "", ""])
-                continue
-            rows, before, peak = out
-            lm = np.array([r["landmark_tre_mm"] for r in rows])
-            acc_rows.append([f"{name} ({cases} cases)", f"{mislabel:.0%}", f"{before:.1f}", f"{np.mean(lm):.2f}",
-                             f"{np.mean([r['surface_tre_mm'] for r in rows]):.2f}",
-                             f"{np.mean([r['landmark_tre_max_mm'] for r in rows]):.1f}",
-                             f"{np.median([r['seconds'] for r in rows]):.2f}"])
+    acc_rows, means = synthetic_table(names, args)
+    real_rows, real = ([], {}) if args.no_real else real_pair_table(names)
     scale_rows = []
-    for n in [int(s) for s in args.sizes.split(",")]:
-        for name in names:
-            if name in ("similarity only", "BCPD one label (labels ignored)"):
-                continue
-            if not (name.startswith("MO") or name.startswith("BCPD")) and n > args.peer_max_points:
-                scale_rows.append([f"{n:,}", name, "not run (too slow here: see the accuracy table's times)", "", ""])
-                continue
-            out = in_process(scale_worker, name, n, args.seed)
-            if out is None:
-                scale_rows.append([f"{n:,}", name, "crashed (killed)", "", ""])
-                continue
-            npts, secs, peak, status = out
-            scale_rows.append([f"{npts:,}", name, status, f"{secs:.2f}", f"{peak:.0f}"])
+    for n in [int(s) for s in args.sizes.split(",") if s]:
+        for label, coherence in (("MO-BCPD (S = I)", "independent"), ("BCPD label-blind (S = 1)", "global")):
+            npts, secs, peak = in_process(scale_worker, coherence, n, args.seed)
+            scale_rows.append([f"{npts:,}", label, f"{secs:.2f}", f"{peak:.0f}"])
 
-    text = "\n".join([
+    command = (f"nice -n 10 python Testing/Benchmarks/bench_organ_points.py --cases {args.cases} --points-per-organ "
+               f"{args.points_per_organ} --seed {args.seed} --sizes '{args.sizes}'" + (" --no-real" if args.no_real else "")
+               + " --write")
+    text = [
         "## Multi-organ point cloud registration (MO-BCPD)",
         "",
-        f"Command: `python Testing/Benchmarks/bench_organ_points.py --cases {args.cases} --points-per-organ "
-        f"{args.points_per_organ} --peer-cases {args.peer_cases} --peer-max-points {args.peer_max_points} --write`; "
-        f"seed {args.seed}; six organs of the shared TotalSegmentator "
-        "segmentation (spleen, kidneys, liver, stomach, pancreas); ground truth = global similarity (≤ 15°, "
-        "scale 0.9–1.1, ≤ 20 mm) ∘ per-organ rigid (≤ 10°, ≤ 15 mm) ∘ smooth elastic field (≤ 5 mm, 30 mm "
-        "correlation), fixed = another subsample + 1 mm noise. TRE = mean over landmarks (centroid, top, "
-        "bottom of each organ); 'before' = TRE of the identity. Peers that give displacements only at their "
-        "own points are interpolated to landmarks by inverse-distance weighting over 8 neighbours. Our methods "
-        "are evaluated with each landmark's organ label (label-blind variants ignore it). CPU; MO-BCPD uses its "
-        "default of one torch thread, peers their libraries' defaults; one process per method.",
+        f"Command: `{command}` (section written by the script). Every figure is scored on the displacement field "
+        "a method delivers, never on an exact per-label mapping: MO-BCPD and label-blind BCPD are run as a user "
+        "would run them (`registration-suite organ-points` in a child process, point files in, `.h5` out; the "
+        "time is the whole command, start-up included), and the landmarks are mapped through the `.h5` it "
+        "wrote; CPU time = user + system time of that process (one thread; the wall time of a run on an "
+        "otherwise idle machine, which this one was not). The per-organ baselines register each organ with pycpd (rigid = rotation + scale + translation; "
+        "'+ deformable' adds pycpd's DeformableRegistration, β = 30 mm, α = 2) and interpolate the moved points "
+        "(200 per organ) with a thin-plate spline onto the same kind of 3 mm grid. The label-blind mode and the "
+        "paper pipeline run with the paper's Λ = 10 mm, B = 30 mm (the new defaults Λ = 3 mm, B = 50 mm are "
+        "tuned for the per-organ pre-alignment and would weaken them). All rows run on the same cases in this "
+        "run; each method in its own process with one BLAS/torch thread, on 2 CPU cores shared with other work "
+        f"(load average {os.getloadavg()[0]:.1f} at the end of the run).",
         "",
-        markdown_table(["method", "mislabelled", "TRE before (mm)", "landmark TRE (mm)", "surface TRE (mm)",
-                        "max landmark TRE (mm)", "median time (s)"], acc_rows),
+        f"Synthetic cases: {args.cases} per category, {args.points_per_organ} points per organ, seed {args.seed}; "
+        "six organs of subject A's TotalSegmentator segmentation (spleen, kidneys, liver, stomach, pancreas); "
+        "ground truth = global similarity (≤ 15°, scale 0.9–1.1, ≤ 20 mm) ∘ per-organ rigid (≤ 10°, ≤ 15 mm) ∘ "
+        "smooth elastic field (≤ 5 mm, 30 mm correlation); fixed = another subsample + 1 mm noise. Category "
+        "'clean': every fixed point has its organ's label; 'hard': 5 % of the fixed points, near organ "
+        "contacts, have the neighbouring organ's label. TRE = mean over landmarks (centroid, top, bottom of "
+        "each organ); 'before' = TRE of the identity.",
         "",
-        "Scale (one synthetic case per size; points per side):",
-        "",
-        markdown_table(["points per side", "method", "status", "time (s)", "peak memory (MB)"], scale_rows),
-    ] + (["", "Not installed here, so not run: " + ", ".join(skipped) + "."] if skipped else []))
-    print(text)
+        markdown_table(["category", "method", "TRE before (mm)", "landmark TRE (mm)", "surface TRE (mm)",
+                        "max landmark TRE (mm)", "median wall time (s)", "median CPU time (s)", "max CPU time (s)"],
+                       acc_rows),
+    ]
+    if real_rows:
+        text += [
+            "",
+            "Real inter-subject pair: TotalSegmentator organs of subject A (CT, 3 mm, 90 mm slab) and subject B "
+            "(CT, 1 × 1 × 2 mm, 40 mm slab), both ways, from the label images (`--labels 1,2,3,5,6,7`; the "
+            "kidneys are not in subject B's slab, so four organs are registered). The moving labels are warped "
+            "onto the fixed grid with the delivered field (nearest neighbour); Dice and mean symmetric surface "
+            "distance are computed per organ within the fixed voxels that the field maps into the moving image's "
+            "field of view (the slabs cover different lengths of the organs).",
+            "",
+            markdown_table(["fixed ← moving", "method", "mean Dice", "lowest Dice", "Dice / surface distance (mm) "
+                            "per organ", "wall time (s)", "CPU time (s)"], real_rows),
+        ]
+    text += ["", "Targets of issue 14 (measured above):", ""] + targets_text(means, real, names, args.cases)
+    if scale_rows:
+        text += ["", "Scale (library call, one synthetic case per size, points per side, default settings):", "",
+                 markdown_table(["points per side", "method", "time (s)", "peak memory (MB)"], scale_rows)]
+    body = "\n".join(text)
+    print(body)
     if args.write:
-        update_benchmarks_md("organ_points", text)
+        update_benchmarks_md("organ_points", body)
     return 0
 
 

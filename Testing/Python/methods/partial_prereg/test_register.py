@@ -1,7 +1,6 @@
 """register_partial_prereg end to end with the shipped model and sample, and every bad input of the issue."""
 
 import dataclasses
-import time
 
 import numpy as np
 import pytest
@@ -49,10 +48,7 @@ def test_end_to_end_shipped_model_on_shipped_sample():
     register_module._FIXED_CACHE.clear()
     fixed = load_sample("T2")
     moving, truth = _moved_crop(load_sample("T1"), [8, 12, 20], [44, 48, 36], (8.0, -6.0, 10.0), (30.0, -25.0, 20.0))
-    t0 = time.perf_counter()
-    result = register_partial_prereg(fixed, moving, CPU)
-    seconds = time.perf_counter() - t0
-    assert seconds < 20.0
+    result = register_partial_prereg(fixed, moving, CPU)  # run time: bench_partial_prereg.py, not a unit test
     assert _anchor_error(moving, result.fixed_to_moving_matrix, truth) < 4.0
     d = result.diagnostics
     assert d["ransac"]["consensus"] and d["ransac"]["num_inliers"] >= 12 and len(d["ransac"]["residuals_mm"]) > 20

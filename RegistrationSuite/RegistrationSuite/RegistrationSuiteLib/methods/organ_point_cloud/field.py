@@ -12,7 +12,9 @@ with S = I neighbouring organs slide independently; organs with identical kernel
 e.g. every organ when S = 1 and Λ, B are shared) form one class and need no label map.
 The GP mean is smooth on the scale of B, so it is evaluated (float32 kernel blocks) on a coarser lattice (spacing about
 B_min/3, an integer multiple of the output spacing) and brought to the output grid by tensor-product cubic
-spline interpolation; the similarity part is exact at every node.
+spline interpolation; the similarity part is exact at every node. With the per-organ pre-alignment
+(:mod:`.organ_prealign`) a node of organ l is first moved by A_l (the organs' own similarity), then v is
+evaluated there: u(p) = s R (A_l(p) + v(A_l(p))) + t − p.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ...geometry import Grid
 from .bcpd import BCPDFit
 from .config import LabelModel
 from .kernel import KernelParams, gp_interpolate
+from .organ_prealign import apply_organ_affine
 
 _COARSE_PAD = 2  # coarse nodes beyond a class's box on each side, for the spline ends
 
@@ -67,10 +70,12 @@ def displacement_field(fit: BCPDFit, model: LabelModel, fixed_points: np.ndarray
     Returns:
         ``(transform, FieldInfo)``.
     """
-    classes = model.field_classes()
-    node_class = None
+    # With per-organ pre-alignment every organ has its own A_l, so each organ is its own class.
+    classes = model.field_classes() if fit.organ_affine is None else np.arange(model.n_labels)
+    node_class, node_label = None, None
     if classes.max() > 0:
-        node_class = classes[_nearest_label_map(grid, fixed_points, fixed_labels)]
+        node_label = _nearest_label_map(grid, fixed_points, fixed_labels)
+        node_class = classes[node_label]
     v = np.zeros(tuple(reversed(grid.size)) + (3,))  # (z, y, x, 3)
     # float32 blocks: the GP weights are bounded (see update_deformation), so sums of ~10³ terms keep
     # ~1e-4 mm accuracy at half the cost; the weights themselves and the accumulation stay float64.
@@ -84,7 +89,7 @@ def displacement_field(fit: BCPDFit, model: LabelModel, fixed_points: np.ndarray
         factor = _coarse_factor(model, label, grid.spacing[0])
         evaluated += _fill_class(v, mask, grid, factor, label, fit, params, budget_bytes, device)
         factors.append(factor)
-    disp = _add_similarity(v, grid, fit)
+    disp = _add_similarity(v, grid, fit, node_label)
     image = sitk.GetImageFromArray(disp, isVector=True)
     image.SetOrigin(grid.origin)
     image.SetSpacing(grid.spacing)
@@ -142,7 +147,8 @@ def _evaluate(nodes_zyx, grid: Grid, label: int, fit: BCPDFit, params, budget, d
     kz, ky, kx = np.meshgrid(*nodes_zyx, indexing="ij")
     ijk = np.stack([kx.ravel(), ky.ravel(), kz.ravel()], axis=1).astype(np.float64)
     centre = fit.control_points.mean(axis=0)
-    pts = np.asarray(grid.origin) + ijk * np.asarray(grid.spacing) - centre  # identity direction
+    pts = np.asarray(grid.origin) + ijk * np.asarray(grid.spacing)  # identity direction
+    pts = apply_organ_affine(pts, np.full(pts.shape[0], label), fit.organ_affine) - centre
     t = dict(dtype=torch.float64, device=device)
     out = gp_interpolate(torch.as_tensor(pts, **t), torch.full((pts.shape[0],), label, dtype=torch.int64, device=device),
                          torch.as_tensor(fit.control_points - centre, **t),
@@ -163,11 +169,19 @@ def _upsample(values: np.ndarray, coarse, lo, hi) -> np.ndarray:
     return out
 
 
-def _add_similarity(v: np.ndarray, grid: Grid, fit: BCPDFit) -> np.ndarray:
-    """u(p) = s R (p + v(p)) + t − p at every node, ``(z, y, x, 3)`` float64 (identity grid direction)."""
+def _add_similarity(v: np.ndarray, grid: Grid, fit: BCPDFit, node_label=None) -> np.ndarray:
+    """u(p) = s R (q + v) + t − p at every node, q = A_l(p) with l = ``node_label`` (``(z, y, x)``; organ 0
+    everywhere when None) or q = p without per-organ pre-alignment; ``(z, y, x, 3)`` float64."""
     sim = fit.similarity
     a = sim.s * sim.R
     axes = [grid.origin[i] + grid.spacing[i] * np.arange(grid.size[i]) for i in range(3)]
+    if fit.organ_affine is not None:
+        # s R (A_l p + v) + t − p = s R v + [(s R a_l − I) p + s R b_l + t]: v absorbs the per-organ offset
+        zz, yy, xx = np.meshgrid(axes[2], axes[1], axes[0], indexing="ij")
+        p = np.stack([xx, yy, zz], axis=-1).reshape(-1, 3)
+        labels = np.zeros(p.shape[0], dtype=np.int64) if node_label is None else node_label.reshape(-1)
+        q = apply_organ_affine(p, labels, fit.organ_affine).reshape(v.shape)
+        return (q + v) @ a.T + sim.t - p.reshape(v.shape)
     disp = v @ a.T
     affine = a - np.eye(3)
     disp += sim.t

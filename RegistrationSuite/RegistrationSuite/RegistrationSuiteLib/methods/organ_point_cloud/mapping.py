@@ -2,7 +2,8 @@
 
 v(p) is the Gaussian-process mean of paper eq. 5–6 with the kernel row of p's organ. A point whose organ is
 not given takes the label of the nearest fixed surface point (the same rule as the dense field, but at full
-resolution and without grid interpolation, so sliding organ boundaries stay sharp).
+resolution and without grid interpolation, so sliding organ boundaries stay sharp). With the per-organ
+pre-alignment (:mod:`.organ_prealign`) a point is first moved by its organ's A_l and v is evaluated there.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from .bcpd import BCPDFit
 from .config import LabelModel
 from .kernel import KernelParams, gp_interpolate
+from .organ_prealign import apply_organ_affine
 
 
 @dataclass
@@ -66,8 +68,11 @@ class FittedMapping:
         return v.cpu().numpy()
 
     def apply(self, points: np.ndarray, labels: Optional[np.ndarray] = None) -> np.ndarray:
-        """T(p) for ``points (N, 3)`` LPS mm (fixed space) → ``(N, 3)`` moving-space positions."""
+        """T(p) = s R (q + v(q)) + t, q = A_l(p) (the per-organ pre-alignment, identity without it), for
+        ``points (N, 3)`` LPS mm (fixed space) → ``(N, 3)`` moving-space positions."""
         points = np.asarray(points, dtype=np.float64)
-        v = self.displacement(points, self.organ_of(points, labels))
+        organs = self.organ_of(points, labels)
+        q = apply_organ_affine(points, organs, self.fit.organ_affine)
+        v = self.displacement(q, organs)
         sim = self.fit.similarity
-        return sim.s * (points + v) @ sim.R.T + sim.t
+        return sim.s * (q + v) @ sim.R.T + sim.t

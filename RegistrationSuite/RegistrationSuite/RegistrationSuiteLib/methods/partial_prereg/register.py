@@ -194,7 +194,11 @@ def _fixed_to_template(fixed, template, cfg, diag, prog) -> np.ndarray:
     """Template → fixed matrix (global rigid search + overlap-restricted refinement), cached per fixed image."""
     from ..global_rigid import register_global_rigid
 
-    key = _image_key(fixed, template.sha256, cfg.seed, cfg.global_search_rotations, cfg.fixed_to_template_refine)
+    from ...device import resolve_device
+
+    # every setting the cached result depends on (the search's and the refinement's), and where it ran
+    key = _image_key(fixed, template.sha256, cfg.seed, cfg.global_search_rotations, cfg.fixed_to_template_refine,
+                     cfg.refine_iterations, str(resolve_device(cfg.device)))
     if cfg.cache_fixed_to_template and key in _FIXED_CACHE:
         _FIXED_CACHE.move_to_end(key)
         matrix, info = _FIXED_CACHE[key]
@@ -341,5 +345,9 @@ def _flag_doubtful(diag: dict, warnings: list, cfg: PartialPreregConfig) -> None
         start = "local search" if searched else "TSPM initialisation"
         reasons.append(f"the refinement moved the moving image by {ref['mean_corner_shift_mm']:.0f} mm from the "
                        f"{start} (more than {limit:g} mm: the two disagree)")
+    for where, refinement in (("refinement", ref), ("fixed → template refinement",
+                                                     diag.get("fixed_to_template", {}).get("refinement", {}))):
+        for note in refinement.get("skipped_levels", []):
+            reasons.append(f"{where}: {note}")
     diag["doubtful"] = reasons
     warnings.extend(f"doubtful result: {r}" for r in reasons)
