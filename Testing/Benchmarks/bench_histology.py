@@ -43,7 +43,7 @@ PAIRS = {
 METHODS = {
     "identity": "no registration",
     "ours_initial": "ours: rotation search + affine (--io-steps 0)",
-    "ours": "ours: + instance optimisation (default)",
+    "ours": "ours: + instance optimisation (--io-steps 60; not the default)",
     "sitk_affine": "SimpleITK affine (centre init)",
     "sitk_bspline": "SimpleITK affine + B-spline (centre init)",
     "sitk_affine_rs": "SimpleITK affine (our rotation search init)",
@@ -184,7 +184,7 @@ def run_one(method: str, pair: str) -> dict:
     elif method == "ours_initial":
         pred = _ours(pair, ["--io-steps", "0"])
     elif method == "ours":
-        pred = _ours(pair, [])
+        pred = _ours(pair, ["--io-steps", "60"])
     elif method.startswith("sitk_"):
         pred = _sitk(pair, "bspline" in method, method.endswith("_rs"))
     elif method == "elastix":
