@@ -120,7 +120,8 @@ def run(args) -> int:
     print_result(args, result, [
         f"rotation {d['rotation_deg']:.1f}°{' (mirrored)' if d['mirrored'] else ''}  NCC {d['ncc_before']:.3f} → "
         f"{d['ncc_after']:.3f}  time {result.timings['total']:.1f} s",
-        f"fixed→moving field ({'µm' if result.unit == 'um' else 'level-0 pixels'}) written to {args.output}",
+        f"fixed→moving field ({ {'um': 'µm', 'mm': 'mm, LPS'}.get(result.unit, 'level-0 pixels')}) written to "
+        f"{args.output}",
     ])
     return 0
 

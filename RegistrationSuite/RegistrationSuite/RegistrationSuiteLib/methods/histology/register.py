@@ -46,7 +46,7 @@ class HistologyResult(RegistrationResult):
     Attributes:
         fixed_slide, moving_slide: the levels read (pixels and geometry).
         affine: ``(3, 3)`` fixed → moving homogeneous matrix of the initial alignment (physical units).
-        unit: ``"um"`` or ``"px"`` (1 unit = 1 level-0 pixel).
+        unit: ``"um"``, ``"mm"`` or ``"px"`` (1 unit = 1 level-0 pixel).
     """
 
     fixed_slide: Optional[Slide] = None
@@ -100,8 +100,8 @@ def register_histology(fixed: SlideInput, moving: SlideInput, config: Optional[H
         after = _feature_ncc(pf, pm, best, displacement)
     prog.report(1.0, "done")
     t_end = time.perf_counter()
-    unit_note = ("physical unit: µm" if f_slide.unit == "um"
-                 else "no pixel size in the files: 1 unit = 1 level-0 pixel")
+    unit_note = {"um": "physical unit: µm", "mm": "physical unit: mm (LPS, from the image headers)"}.get(
+        f_slide.unit, "no pixel size in the files: 1 unit = 1 level-0 pixel")
     return HistologyResult(
         method="histology",
         transform=transform,
