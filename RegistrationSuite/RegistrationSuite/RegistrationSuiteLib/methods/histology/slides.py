@@ -143,16 +143,29 @@ def _read_plain(path: Path, name: str, level, resolution_um) -> Slide:
 
 
 def _header_geometry(slide: Slide, image, name: str, file: str) -> None:
-    """Pixel size (mm) and origin from an image header (NRRD/MHA/NIfTI); axes must not be rotated."""
+    """Pixel size (mm) and origin from an image header (NRRD/MHA/NIfTI).
+
+    Axes flipped by the direction matrix (e.g. a slide created in Slicer's RAS frame and exported to LPS has
+    direction diag(−1, −1)) are flipped back in the array, so that the slide's axes follow x and y; the
+    level-0 pixel coordinates of landmarks then refer to the flipped array. Rotated axes are refused.
+    """
     d = image.GetDimension()
     spacing = np.asarray(image.GetSpacing()[:2], float)
     origin = np.asarray(image.GetOrigin()[:2], float)
     direction = np.asarray(image.GetDirection(), float).reshape(d, d)[:2, :2]
-    if not np.allclose(direction, np.eye(2), atol=1e-6):
-        raise InputError(f"{name}: {file} has rotated or flipped axes (direction {direction.ravel().round(3).tolist()}); "
+    signs = np.sign(np.diag(direction))
+    if not (np.allclose(direction, np.diag(signs), atol=1e-6) and np.all(signs != 0)):
+        raise InputError(f"{name}: {file} has rotated axes (direction {direction.ravel().round(3).tolist()}); "
                          "resample it to an axis-aligned grid first")
     if not np.isclose(spacing[0], spacing[1], rtol=1e-3):
         raise InputError(f"{name}: {file} has non-square pixels ({spacing[0]:g} x {spacing[1]:g}); resample it first")
+    size = np.array([slide.pixels.shape[1], slide.pixels.shape[0]], float)
+    for axis, sign in enumerate(signs):  # axis 0 = x = array axis 1
+        if sign < 0:
+            slide.pixels = np.flip(slide.pixels, axis=1 - axis)
+            origin[axis] -= (size[axis] - 1) * spacing[axis]
+    if np.any(signs < 0):
+        slide.notes.append(f"{name}: axes flipped to follow x and y (direction {np.diag(direction).tolist()})")
     if np.allclose(spacing, 1.0) and np.allclose(origin, 0.0):
         return  # no geometry beyond the pixel grid
     slide.pixel_size, slide.unit, slide.origin0 = float(spacing[0]), "mm", (float(origin[0]), float(origin[1]))
