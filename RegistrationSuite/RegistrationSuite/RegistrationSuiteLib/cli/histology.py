@@ -34,6 +34,9 @@ def add_parser(sub):
     p.add_argument("--moving-landmarks", help="moving landmarks, ANHIR CSV, to map into the fixed slide")
     p.add_argument("--output-fixed-landmarks",
                    help="write the moving landmarks' positions in the fixed slide (inverse mapping, CSV)")
+    p.add_argument("--fixed-points", help="fixed points in physical units (CSV x,y,z,label, LPS; z is kept), e.g. "
+                   "markups exported by the Slicer module")
+    p.add_argument("--output-points", help="write the fixed points' positions in the moving slide (CSV x,y,z,label)")
     level = p.add_mutually_exclusive_group()
     level.add_argument("--level", type=int, help="pyramid level to read (0 = full resolution)")
     level.add_argument("--resolution-um", type=float, help="working pixel size in µm (picks the pyramid level)")
@@ -69,7 +72,8 @@ def check_arguments(args):
     if _suffix(args.output) not in TRANSFORM_SUFFIXES + FIELD_IMAGE_SUFFIXES:
         raise InputError(f"--output: expected a transform ({', '.join(TRANSFORM_SUFFIXES)}) or a field image "
                          f"({', '.join(FIELD_IMAGE_SUFFIXES)}), got {args.output}")
-    for given, wanted in (("fixed_landmarks", "output_landmarks"), ("moving_landmarks", "output_fixed_landmarks")):
+    for given, wanted in (("fixed_landmarks", "output_landmarks"), ("moving_landmarks", "output_fixed_landmarks"),
+                          ("fixed_points", "output_points")):
         if bool(getattr(args, given)) != bool(getattr(args, wanted)):
             raise InputError(f"--{given.replace('_', '-')} and --{wanted.replace('_', '-')} go together; got only one")
     if args.model not in (None, "none", "None"):
@@ -78,10 +82,12 @@ def check_arguments(args):
     if args.io_steps is not None and args.io_steps < 0:
         raise InputError(f"--io-steps: expected an integer >= 0, got {args.io_steps}")
     inputs = {f"--{a.replace('_', '-')}": getattr(args, a) for a in ("fixed", "moving", "fixed_landmarks",
-                                                                       "moving_landmarks") if getattr(args, a)}
+                                                                       "moving_landmarks", "fixed_points")
+              if getattr(args, a)}
     outputs = OutputSet(inputs)
     outputs.add("--output", args.output, TRANSFORM_SUFFIXES + FIELD_IMAGE_SUFFIXES)
     for option, suffixes in (("--output-landmarks", (".csv",)), ("--output-fixed-landmarks", (".csv",)),
+                             ("--output-points", (".csv",)),
                              ("--output-resampled", IMAGE_SUFFIXES), ("--output-checkerboard", PNG_LIKE),
                              ("--output-diagnostics", (".json",))):
         value = getattr(args, option[2:].replace("-", "_"))
@@ -102,6 +108,7 @@ def build_config(args):
 
 
 def run(args) -> int:
+    from ..io.points import read_points
     from ..methods.histology import read_landmarks, read_slide, register_histology
 
     outputs = check_arguments(args)
@@ -114,8 +121,9 @@ def run(args) -> int:
                 if args.fixed_landmarks else None)
     moving_lm = (read_landmarks(args.moving_landmarks, "--moving-landmarks", size=moving.level0_size)
                  if args.moving_landmarks else None)
+    fixed_points = read_points(args.fixed_points, "--fixed-points") if args.fixed_points else None
     result = register_histology(fixed, moving, config, progress=progress_for(args))
-    write_outputs(args, outputs, result, fixed_lm, moving_lm)
+    write_outputs(args, outputs, result, fixed_lm, moving_lm, fixed_points)
     d = result.diagnostics
     print_result(args, result, [
         f"rotation {d['rotation_deg']:.1f}°{' (mirrored)' if d['mirrored'] else ''}  NCC {d['ncc_before']:.3f} → "
@@ -126,11 +134,11 @@ def run(args) -> int:
     return 0
 
 
-def write_outputs(args, outputs, result, fixed_lm, moving_lm) -> list:
+def write_outputs(args, outputs, result, fixed_lm, moving_lm, fixed_points=None) -> list:
     """Write every requested output as one set (staged, then renamed together: all or none)."""
-    from ..io import write_image, write_transform
-    from ..methods.histology import (checkerboard, transfer_landmarks, transfer_landmarks_inverse, warped_moving,
-                                     write_landmarks)
+    from ..io import write_image, write_points, write_transform
+    from ..methods.histology import (checkerboard, transfer_landmarks, transfer_landmarks_inverse, transfer_points,
+                                     warped_moving, write_landmarks)
     from .common import write_diagnostics_and_commit
 
     with outputs:
@@ -140,6 +148,9 @@ def write_outputs(args, outputs, result, fixed_lm, moving_lm) -> list:
         if moving_lm is not None:
             with outputs.stage("--output-fixed-landmarks") as tmp:
                 write_landmarks(transfer_landmarks_inverse(result, moving_lm), tmp)
+        if fixed_points is not None:
+            with outputs.stage("--output-points") as tmp:
+                write_points(transfer_points(result, fixed_points), tmp)
         if "--output-resampled" in outputs or "--output-checkerboard" in outputs:
             warped = warped_moving(result)
             if "--output-resampled" in outputs:
