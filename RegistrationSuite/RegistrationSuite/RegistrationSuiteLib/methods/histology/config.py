@@ -35,7 +35,8 @@ class HistologyConfig:
         rotation_step_deg: angular step of the full 0–359° search (the best angles are then refined).
         mirror: ``"auto"`` also tries the mirrored moving slide (flipped sections), ``"no"`` never, ``"yes"``
             only mirrored.
-        candidates: best rotation-search candidates refined by the affine stage (the best NCC wins).
+        candidates: rotation-search candidates kept per search channel (outline, density, edges) and mirror
+            state, all refined on the coarsest affine level; the best structure NCC continues.
         affine_levels: pyramid levels of the affine refinement (coarsest at ``search_size``).
         affine_iterations: Adam iterations per affine level.
         io_steps: iterations of the non-rigid instance optimisation per level (0 = affine only, the default:
@@ -61,11 +62,11 @@ class HistologyConfig:
     search_size: int = 160
     rotation_step_deg: float = 2.0
     mirror: str = "auto"
-    candidates: int = 3
+    candidates: int = 2
     affine_levels: int = 3
     affine_iterations: int = 80
     io_steps: int = 0
-    io_levels: int = 2
+    io_levels: int = 3
     io_learning_rate: float = 0.3
     io_smoothness: float = 5.0
     io_similarity: str = "lncc"
