@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InputError
+from ..seeding import SEED_PROMISE
 from .common import add_device_argument, add_summary_arguments, print_result
 from .progress_lines import progress_for
 
@@ -19,10 +20,11 @@ def add_parser(sub):
         help=HELP,
         description=(
             "Registers two slides of consecutive or re-stained sections: tissue mask and optical-density "
-            "features, a full rotation search (0-359 degrees, optional mirror), affine refinement and a non-rigid "
-            "instance optimisation. Writes a 2D displacement-field transform (ITK) mapping fixed points to "
-            "moving points in physical units (µm when the files carry a pixel size, else 1 unit = 1 level-0 "
-            "pixel), or the field image itself when --output ends in an image extension."
+            "features, a full rotation search (0-359 degrees, optional mirror), affine refinement and an optional "
+            "non-rigid instance optimisation (--io-steps). Writes a 2D displacement-field transform (ITK) mapping "
+            "fixed points to moving points in physical units (µm when a TIFF carries a pixel size, LPS mm for "
+            "images with a geometry header such as NRRD, else 1 unit = 1 level-0 pixel), or the field image "
+            "itself when --output ends in an image extension."
         ),
     )
     p.add_argument("--fixed", required=True, help="fixed slide (PNG/JPG/TIFF, pyramidal TIFF/OME-TIFF/SVS)")
@@ -50,7 +52,7 @@ def add_parser(sub):
                    help="non-rigid instance optimisation steps per level (0 = affine only)")
     p.add_argument("--output-resampled", help="write the moving slide warped onto the fixed one (colours kept)")
     p.add_argument("--output-checkerboard", help="write a fixed / warped-moving checkerboard (PNG)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=int, default=0, help=f"random seed (default 0); {SEED_PROMISE}")
     add_device_argument(p)
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest on busy machines)")
     add_summary_arguments(p)
