@@ -169,7 +169,7 @@ def _sitk(pair: str, bspline: bool, rotation_search: bool) -> np.ndarray:
         mesh = [8, 8]
         bs = sitk.BSplineTransformInitializer(fixed, mesh)
         reg = _sitk_method(BSPLINE_ITERATIONS)
-        reg.SetMetricSamplingPercentage(0.1, seed=0)
+        reg.SetMetricSamplingPercentage(0.1, seed=itk_seed(0))
         reg.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=BSPLINE_ITERATIONS)
         reg.SetMovingInitialTransform(affine)
         reg.SetInitialTransform(bs, inPlace=True)
@@ -182,10 +182,12 @@ def _sitk(pair: str, bspline: bool, rotation_search: bool) -> np.ndarray:
 def _sitk_method(iterations: int):
     import SimpleITK as sitk
 
+    from RegistrationSuiteLib.seeding import itk_seed
+
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(0.2, seed=0)
+    reg.SetMetricSamplingPercentage(0.2, seed=itk_seed(0))  # 0 itself would mean "wall clock"
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4, numberOfIterations=iterations,
                                                  gradientMagnitudeTolerance=1e-6)
