@@ -109,6 +109,12 @@ def run_pair(job: dict) -> dict:
     Returns the pair's record (also written to ``D/<id>/pair.json``).
     """
     root = Path(job["out_root"])
+    previous = _read_record(root / job["id"])
+    if job.get("run_token") and previous.get("run_token") == job["run_token"] and previous.get("status") == "done":
+        # Dask recomputes a finished task whose result lived on a worker that died; the pair is already
+        # published by this batch run, so the task is idempotent: it returns the record, nothing runs twice.
+        log_attempt(root, id=job["id"], event="already-done")
+        return previous
     tmp = root / ".tmp" / f"{job['id']}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     log_attempt(root, id=job["id"], event="start")
@@ -123,7 +129,8 @@ def run_pair(job: dict) -> dict:
             break
     record = {"id": job["id"], "hash": job["hash"], "fixed": job["fixed"], "moving": job["moving"],
               "command": job["argv"], "exit_code": run["code"], "time_s": round(run["seconds"], 3),
-              "peak_memory_mb": run["peak_rss_mb"], "child_attempts": attempts, "worker": socket.gethostname()}
+              "peak_memory_mb": run["peak_rss_mb"], "child_attempts": attempts, "worker": socket.gethostname(),
+              "run_token": job.get("run_token")}
     if run["code"] == 0 and (tmp / TRANSFORM).exists():
         record.update(_success(tmp, job))
     else:
@@ -164,6 +171,13 @@ def _success(folder: Path, job: dict) -> dict:
     except Exception as exc:  # noqa: BLE001 - a preview must never turn a finished registration into a failure
         out["preview_error"] = f"{type(exc).__name__}: {exc}"
     return out
+
+
+def _read_record(folder: Path) -> dict:
+    try:
+        return json.loads((folder / RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _last_error_line(path: Path) -> str:
