@@ -246,7 +246,7 @@ def _outcome(fut, job: dict) -> dict:
     try:
         return fut.result()
     except Exception as exc:  # noqa: BLE001 - KilledWorker and the like: the pair failed, the batch goes on
-        from .runner import ERROR, _write_json, log_attempt
+        from .runner import ERROR, log_attempt, write_json
 
         message = f"worker lost while running this pair ({type(exc).__name__}); retries exhausted"
         folder = Path(job["out_root"]) / job["id"]
@@ -256,8 +256,8 @@ def _outcome(fut, job: dict) -> dict:
         record = {"id": job["id"], "hash": job["hash"], "fixed": job["fixed"], "moving": job["moving"],
                   "command": job["argv"], "status": "failed", "exit_code": None, "message": message,
                   "run_token": job.get("run_token")}
-        _write_json(tmp / ERROR, {"message": message, "exit_code": None})
-        _write_json(tmp / RECORD, record)
+        write_json(tmp / ERROR, {"message": message, "exit_code": None})
+        write_json(tmp / RECORD, record)
         from .runner import publish
 
         publish(tmp, folder)

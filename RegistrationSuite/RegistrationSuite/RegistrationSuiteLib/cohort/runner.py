@@ -138,8 +138,8 @@ def run_pair(job: dict) -> dict:
         if run["memory_killed"]:
             message = f"exceeded the memory limit of {job['memory_limit'] / 2**30:.1f} GiB per worker (killed)"
         record.update(status="failed", message=message)
-        _write_json(tmp / ERROR, {"message": message, "exit_code": run["code"], "status": _status_text(run["code"])})
-    _write_json(tmp / RECORD, record)
+        write_json(tmp / ERROR, {"message": message, "exit_code": run["code"], "status": _status_text(run["code"])})
+    write_json(tmp / RECORD, record)
     publish(tmp, root / job["id"])
     log_attempt(root, id=job["id"], event=record["status"])
     return record
@@ -154,7 +154,7 @@ def _success(folder: Path, job: dict) -> dict:
             break
         except ValueError:
             continue
-    _write_json(folder / SUMMARY, summary)
+    write_json(folder / SUMMARY, summary)
     out = {"status": "done", "message": ""}
     from .quality import doubtful_reasons, folding_percent
 
@@ -186,5 +186,5 @@ def _last_error_line(path: Path) -> str:
     return (msgs or lines or [""])[-1][:500]
 
 
-def _write_json(path: Path, obj) -> None:
+def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=1, default=str))
