@@ -168,8 +168,10 @@ class RegistrationSuiteWidget(ScriptedLoadableModuleWidget):
         if not userRows:
             self.updateModels(readDetails="torch" in sys.modules)
             return
-        question = _("Delete the {count} model file(s) and their model cards in\n{folder}?\n\nShipped models are "
-                     "kept. This cannot be undone.").format(count=len(userRows), folder=self.logic.userModelsFolder())
+        question = _("Delete the model files and model cards that RegistrationSuite installed in\n{folder}?\n\n"
+                     "Only files added with 'Add model' (and unchanged since) are deleted; files you copied there "
+                     "yourself and the shipped models are kept. This cannot be undone.").format(
+            folder=self.logic.userModelsFolder())
         if not slicer.util.confirmOkCancelDisplay(question, windowTitle=_("Clear user models")):
             return
         with reportErrors(_("Failed to clear the user models folder."), waitCursor=True):
