@@ -19,6 +19,10 @@ import random
 
 import numpy as np
 
+# What every command's ``--seed`` help promises.
+SEED_PROMISE = ("the same inputs, options, seed, device and thread count give the same result "
+                "(README: Reproducibility)")
+
 # SimpleITK's ``SetMetricSamplingPercentage(p, seed)`` reads seed 0 (``sitkWallClock``) as "seed from the wall
 # clock", and takes an unsigned 32-bit seed.
 _ITK_SEED_MODULUS = 2**32 - 1

@@ -74,7 +74,8 @@ def test_rigid_then_deformable_composes_to_known_answer(pair_files, fake_deforma
     out, d = tmp_path / "chain.h5", tmp_path / "steps"
     code = cli_main.main(["pipeline", "--fixed", str(f), "--moving", str(m), "--steps", "rigid-search,deformable",
                           "--output", str(out), "--output-dir", str(d), "--step-options", "deformable:--amplitude 4",
-                          "--step-options", "rigid-search:--device cpu --seed 1", "--json", "--quiet"])
+                          "--step-options", "rigid-search:--device cpu --seed 1", "--json", "--quiet",
+                          "--output-report", str(tmp_path / "r.html")])
     assert code == 0, capsys.readouterr().err
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == ["rigid-search", "deformable"] and summary["doubtful"] == ["deformable: fake reason"]
@@ -96,6 +97,9 @@ def test_rigid_then_deformable_composes_to_known_answer(pair_files, fake_deforma
     p = pts[0]
     np.testing.assert_allclose(own2.TransformPoint(p), field.TransformPoint(p), atol=1e-6)
     assert json.loads((d / "02_deformable.json").read_text())["method"] == "fake_deformable"
+    # the review page shows the Jacobian map of the composed deformable result and its doubtful flag
+    page = (tmp_path / "r.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 3 and "Jacobian" in page and "fake reason" in page
 
 
 def test_user_initial_transform_starts_the_chain(pair_files, tmp_path, capsys):
@@ -139,3 +143,14 @@ def test_unavailable_or_misconfigured_step_refused_before_running(pair_files, tm
     code = cli_main.main(["pipeline", "--fixed", str(f), "--moving", str(m), "--steps", "rigid-search",
                           "--step-options", "rigid-search:--output x.h5", "--output", str(tmp_path / "t.h5")])
     assert code == 2 and "set by the pipeline" in capsys.readouterr().err
+
+
+def test_progress_json_one_line_per_step_then_summary(pair_files, tmp_path, capsys):
+    f, m, _, _ = pair_files
+    code = cli_main.main(["pipeline", "--fixed", str(f), "--moving", str(m), "--steps", "rigid-search",
+                          "--step-options", "rigid-search:--device cpu --rotations 300,60,3", "--output",
+                          str(tmp_path / "t.h5"), "--progress-json"])
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert code == 0 and lines[-1]["method"] == "pipeline"
+    fractions = [x.get("fraction") for x in lines[:-1]]
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0 and "step 1/1" in json.dumps(lines[0])

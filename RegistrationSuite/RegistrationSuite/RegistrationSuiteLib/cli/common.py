@@ -101,6 +101,8 @@ def check_output_paths(args, transform_attr: str = "output") -> OutputSet:
         value = getattr(args, transform_attr if attr == "output" else attr, None)
         if value:
             outputs.add(option, value, suffixes)
+    if getattr(args, "output_report", None):  # written after the set by cli.report (a failure there is a note)
+        outputs.add("--output-report", args.output_report, (".html", ".htm"), in_set=False)
     if "--output-scene" in outputs:
         from ..mrml import slicer_available
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from ..seeding import SEED_PROMISE
 from ..errors import InputError
 from .common import add_device_argument, resample_moving
 from .progress_lines import progress_for
@@ -38,7 +39,7 @@ def add_parser(sub):
         ),
     )
     p.add_argument("--output-dir", default="registration-suite-demo", help="folder for the outputs (created)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=int, default=0, help=f"random seed (default 0); {SEED_PROMISE}")
     add_device_argument(p)
     p.add_argument("--no-scene", action="store_true", help="skip the .mrb scene (needs slicer-core)")
     p.set_defaults(run=run)

@@ -20,7 +20,12 @@ def _commands():
     from . import demo, rigid_search
 
     commands = [rigid_search, demo]
-    for optional in ("organ_points", "partial_prereg", "train_partial_prereg", "pipeline", "batch", "report", "models"):
+    for optional in (
+        "organ_points", "partial_prereg", "train_partial_prereg",
+        "deformable", "train_deformable",
+        "histology", "train_histology",
+        "pipeline", "batch", "report", "models",
+    ):
         try:
             commands.append(__import__(f"{__package__}.{optional}", fromlist=["add_parser"]))
         except ModuleNotFoundError as exc:
@@ -50,6 +55,7 @@ def main(argv=None) -> int:
     if getattr(args, "progress_json", False):
         args.json = True  # the last stdout line of a --progress-json run is the --json summary
     try:
+        _seed(args)
         return int(args.run(args) or 0)
     except (InputError, FileNotFoundError) as exc:
         return _fail(args, f"error: {_one_line(exc)}", EXIT_INPUT)
@@ -67,6 +73,16 @@ def main(argv=None) -> int:
 def _one_line(exc: BaseException) -> str:
     """The whole message of ``exc`` on one line (ITK's messages span several lines; none is cut off)."""
     return " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+
+
+def _seed(args) -> None:
+    """Every command with ``--seed`` starts from :func:`~RegistrationSuiteLib.seeding.seed_everything` (global
+    generators seeded, torch's deterministic algorithms selected); the methods also take the seed explicitly."""
+    seed = getattr(args, "seed", None)
+    if seed is not None:
+        from ..seeding import seed_everything
+
+        seed_everything(seed)
 
 
 def _fail(args, message: str, code: int) -> int:

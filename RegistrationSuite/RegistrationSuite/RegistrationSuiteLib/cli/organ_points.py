@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..seeding import SEED_PROMISE
 from .common import (add_device_argument, add_summary_arguments, check_output_paths, print_result,
                      write_diagnostics_and_commit)
 from .progress_lines import progress_for
@@ -35,17 +36,19 @@ def add_parser(sub):
     p.add_argument("--points-per-organ", type=int, default=1500, help="surface points per organ (default 1500)")
     p.add_argument("--coherence", default="independent",
                    help="inter-organ coherence: independent (S=I), global (S=1) or a CSV file with S")
-    p.add_argument("--lambda-mm", type=per_label_mm, default=10.0,
-                   help="expected deformation magnitude Λ in mm (default 10), or per organ 'LABEL:MM,...'")
-    p.add_argument("--beta-mm", type=per_label_mm, default=30.0,
-                   help="motion-coherence bandwidth B in mm (default 30), or per organ 'LABEL:MM,...'")
+    p.add_argument("--lambda-mm", type=per_label_mm, default=3.0,
+                   help="expected deformation magnitude Λ in mm (default 3; the paper's 10 without per-organ "
+                        "pre-alignment), or per organ 'LABEL:MM,...'")
+    p.add_argument("--beta-mm", type=per_label_mm, default=50.0,
+                   help="motion-coherence bandwidth B in mm (default 50; paper 30), or per organ 'LABEL:MM,...'")
     p.add_argument("--omega", type=float, default=0.0, help="outlier weight ω in [0, 1) (default 0)")
     p.add_argument("--label-transition", help="CSV file with the label transition matrix U (rows sum to 1)")
     p.add_argument("--organ-prealign", default="auto", choices=["auto", "similarity", "rigid", "none"],
-                   help="per-organ pre-alignment before MO-BCPD (not in the paper; auto = similarity unless "
+                   help="per-organ pre-alignment before MO-BCPD (not in the paper; auto = rigid unless "
                         "--coherence global; none = the paper's pipeline)")
     p.add_argument("--grid-spacing", type=float, default=3.0, help="spacing of the output field in mm (default 3)")
-    p.add_argument("--seed", type=int, default=0, help="random seed for surface subsampling (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help=f"random seed of the surface sampling and the eigensolver (default 0); {SEED_PROMISE}")
     add_device_argument(p)
     p.add_argument("--output-points", help="write the fixed points mapped into moving space (CSV x,y,z,label)")
     p.add_argument("--output-resampled-labels", help="write the moving labels resampled onto the fixed grid")

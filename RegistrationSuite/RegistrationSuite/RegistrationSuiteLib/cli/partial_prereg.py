@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..seeding import SEED_PROMISE
 from .common import (add_device_argument, add_image_output_arguments, check_image_outputs, check_output_paths,
                      print_result, write_outputs)
 from .initial_transform import add_initial_transform_argument, compose_result, prewarp, read_initial_transform
 from .progress_lines import progress_for
+from .report import add_output_report_argument, write_output_report
 
 HELP = "partial-volume rigid registration initialised by template-space patch mapping (TSPM)"
 
@@ -34,9 +36,10 @@ def add_parser(sub):
     p.add_argument("--no-local-search", action="store_true",
                    help="refine the TSPM estimate directly, without the CSNGF search of its neighbourhood (ablation)")
     p.add_argument("--fixed-mask", help="optional fixed mask for the refinement (non-zero = use)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=int, default=0, help=f"random seed (default 0); {SEED_PROMISE}")
     add_device_argument(p)
     add_initial_transform_argument(p)
+    add_output_report_argument(p)
     add_image_output_arguments(p)
     p.set_defaults(run=run)
     return p
@@ -65,6 +68,7 @@ def run(args) -> int:
     result.warnings[:0] = fixed.warnings + moving.warnings
     written = write_outputs(args, fixed.image, moving.image, result, outputs=outputs,
                             moving_pixel_id=moving.pixel_id)
+    write_output_report(args, result)
     ransac = result.diagnostics["ransac"]
     ref = result.diagnostics.get("refinement", {})
     m = result.fixed_to_moving_matrix

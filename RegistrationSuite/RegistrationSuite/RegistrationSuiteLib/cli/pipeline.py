@@ -21,10 +21,12 @@ from ..cohort.chain import check_chain, parse_steps, step_of_composed, valid_cha
 from ..errors import InputError, RegistrationFailed
 from .common import check_output_paths
 from .initial_transform import add_initial_transform_argument
+from .progress_lines import progress_for
+from .report import add_output_report_argument
 
 HELP = "run registration steps in order (e.g. rigid-search,deformable), each from the previous result"
 # Options the pipeline sets itself for every step.
-_RESERVED = ("--fixed", "--moving", "--output", "--initial-transform", "--json", "--output-scene", "--output-resampled")
+_RESERVED = ("--fixed", "--moving", "--output", "--initial-transform", "--json", "--output-scene", "--output-resampled", "--output-report")
 
 
 def add_parser(sub):
@@ -47,6 +49,7 @@ def add_parser(sub):
     p.add_argument("--output-resampled", help="write moving resampled onto the fixed grid with the composed transform")
     p.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
     add_initial_transform_argument(p)
+    add_output_report_argument(p)
     p.set_defaults(run=run)
     return p
 
@@ -112,13 +115,18 @@ def run(args) -> int:
     work = Path(args.output_dir) if args.output_dir else Path(tempfile.mkdtemp(prefix="rs-pipeline-"))
     t0 = time.perf_counter()
     try:
-        argvs = [[step, "--fixed", args.fixed, "--moving", args.moving, "--json", *(["--quiet"] if args.quiet else []),
+        # With --progress-json the pipeline reports one line per step itself (the steps' stdout is captured).
+        quiet = args.quiet or getattr(args, "progress_json", False)
+        argvs = [[step, "--fixed", args.fixed, "--moving", args.moving, "--json", *(["--quiet"] if quiet else []),
                   *options[step]] for step in steps]
         for argv, step in zip(argvs, steps):  # every step's options checked before the first (long) step runs
             _parse_step(parser, argv + ["--output", str(work / "check.h5")], step)
         previous = args.initial_transform
         summaries = []
+        progress = progress_for(args) if getattr(args, "progress_json", False) else None
         for k, (argv, step) in enumerate(zip(argvs, steps), start=1):
+            if progress:
+                progress((k - 1) / len(steps), f"step {k}/{len(steps)}: {step}")
             composed = work / f"{k:02d}_{step}.composed.h5"
             full = argv + ["--output", str(composed)] + (["--initial-transform", str(previous)] if previous else [])
             summary = _run_step(parser, full, k, len(steps), step)
@@ -128,6 +136,8 @@ def run(args) -> int:
             summaries.append(summary)
             previous = composed
         final = read_transform(previous)
+        if progress:
+            progress(1.0, "done")
         with outputs:  # written as a set: both or neither
             if args.output_resampled:
                 from ..result import RegistrationResult
@@ -144,7 +154,14 @@ def run(args) -> int:
     finally:
         if not args.output_dir:
             shutil.rmtree(work, ignore_errors=True)
-    _print_summary(args, steps, summaries, final, time.perf_counter() - t0)
+    summary = _print_summary(args, steps, summaries, final, time.perf_counter() - t0)
+    if args.output_report:
+        from ..cohort.report import write_pair_report
+
+        try:
+            write_pair_report(args.output_report, Path(args.moving).name.split(".")[0], args.fixed, args.moving, final, summary)
+        except Exception as exc:  # noqa: BLE001 - the registration succeeded; say why the page is missing
+            print(f"note: review page not written ({type(exc).__name__}: {exc})", file=sys.stderr)
     return 0
 
 
@@ -153,7 +170,7 @@ def _doubtful(summary: dict) -> list:
     return list(reasons) if isinstance(reasons, (list, tuple)) else [str(reasons)]
 
 
-def _print_summary(args, steps, summaries, final, seconds) -> None:
+def _print_summary(args, steps, summaries, final, seconds) -> dict:
     from ..geometry import affine_matrix_from_sitk
 
     last = summaries[-1] if summaries else {}
@@ -173,9 +190,10 @@ def _print_summary(args, steps, summaries, final, seconds) -> None:
         out["fixed_to_moving_lps"] = affine_matrix_from_sitk(final, final.GetDimension()).round(8).tolist()
     if args.json:
         print(json.dumps(out, separators=(",", ":")))
-        return
+        return out
     for s, summ in zip(steps, summaries):
         print(f"{s}: score {summ.get('score')}  confidence {summ.get('confidence')}")
     print(f"composed transform ({final.GetName()}) written to {args.output}  time {seconds:.1f} s")
     for w in out["warnings"]:
         print(f"note: {w}", file=sys.stderr)
+    return out

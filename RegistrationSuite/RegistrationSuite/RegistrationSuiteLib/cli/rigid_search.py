@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..seeding import SEED_PROMISE
 from ..errors import InputError
 from .common import (add_device_argument, add_image_output_arguments, check_image_outputs, check_output_paths,
                      print_result, write_outputs)
 from .initial_transform import add_initial_transform_argument, compose_result, prewarp, read_initial_transform
 from .progress_lines import progress_for
+from .report import add_output_report_argument, write_output_report
 
 HELP = "global rigid alignment by FFT cross-similarity of squared normalized gradient fields"
 
@@ -35,9 +37,10 @@ def add_parser(sub):
                    help="minimum overlap γ: the fraction of the smaller image's (or mask's) volume that must "
                         "overlap for a pose to count (default 0.5; lower it for partial fields of view)")
     p.add_argument("--rotations", help="rotations per pyramid level, coarse to fine, e.g. '1500,240,3' (default: the method's)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=int, default=0, help=f"random seed (default 0); {SEED_PROMISE}")
     add_device_argument(p)
     add_initial_transform_argument(p)
+    add_output_report_argument(p)
     add_image_output_arguments(p)
     p.set_defaults(run=run)
     return p
@@ -81,6 +84,7 @@ def run(args) -> int:
     result.warnings[:0] = fixed.warnings + moving.warnings
     written = write_outputs(args, fixed.image, moving.image, result, outputs=outputs,
                             moving_pixel_id=moving.pixel_id)
+    write_output_report(args, result)
     m = result.fixed_to_moving_matrix
     print_result(
         args,

@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -218,7 +219,8 @@ def _run_dask(jobs: list, options: BatchOptions, progress: BatchProgress, log) -
 def _gather(client, jobs: list, progress: BatchProgress) -> list:
     from distributed import wait
 
-    futures = {client.submit(run_pair, job, key=f"pair-{job['id']}-{job['hash'][:8]}", pure=False): job for job in jobs}
+    run = uuid.uuid4().hex[:8]  # keys unique per batch run: two batches on one scheduler never share a task
+    futures = {client.submit(run_pair, job, key=f"pair-{job['id']}-{run}", pure=False): job for job in jobs}
     pending, records = set(futures), []
     while pending:
         try:

@@ -112,10 +112,11 @@ def _table(records: list) -> str:
     rows = []
     for i, r in enumerate(records):
         cls = "failed" if r.get("status") != "done" else "doubtful" if r.get("doubtful") else ""
-        rows.append(f'<tr class="{cls}"><td data-k="{i:05d}"><a href="#pair-{html.escape(r["id"])}">{html.escape(r["id"])}</a></td>'
-                    + _cell(r.get("status"), i) + _cell("; ".join(r.get("doubtful") or []) or "no")
+        rows.append(f'<tr class="{cls}"><td><a href="#pair-{html.escape(r["id"])}">{html.escape(r["id"])}</a></td>'
+                    + _cell(r.get("status"), f"{i:05d}") + _cell("; ".join(r.get("doubtful") or []) or "no")
                     + "".join(_cell(r.get(k)) for k in ("score", "confidence", "folding_percent", "time_s", "peak_memory_mb"))
                     + _cell(r.get("message", "")) + "</tr>")
+    # Sorting by "status" restores the review order (failed, doubtful, then the others).
     ths = "".join(f'<th onclick="sortBy(this)">{h}</th>' for h in head)
     return f'<table id="summary"><thead><tr>{ths}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
@@ -146,3 +147,36 @@ def _section(folder: Path, rec: dict) -> str:
         out.append(f"<details><summary>diagnostics</summary><pre>{html.escape(text)}</pre></details>")
     out.append("</div>")
     return "\n".join(out)
+
+
+def write_pair_report(path, pair_id: str, fixed, moving, transform, summary: dict) -> Path:
+    """A one-pair review page (``--output-report`` of the single-pair commands), same layout as a batch's.
+
+    Args:
+        fixed, moving: image paths; transform: ``sitk.Transform`` (fixed→moving); summary: the ``--json`` dict.
+    """
+    import shutil
+    import tempfile
+
+    import SimpleITK as sitk
+
+    from .previews import render_pair_previews
+    from .quality import doubtful_reasons, folding_percent
+
+    path = Path(path)
+    work = Path(tempfile.mkdtemp(prefix=".report-", dir=path.parent))
+    try:
+        folder = work / pair_id
+        folder.mkdir()
+        render_pair_previews(fixed, moving, transform, folder / "previews")
+        sitk.WriteTransform(transform, str(folder / TRANSFORM))
+        (folder / SUMMARY).write_text(json.dumps(summary, indent=1, default=str))
+        record = {"id": pair_id, "status": "done", "fixed": str(fixed), "moving": str(moving),
+                  "score": summary.get("score"), "confidence": summary.get("confidence"),
+                  "doubtful": doubtful_reasons(summary), "folding_percent": folding_percent(transform),
+                  "time_s": (summary.get("timings") or {}).get("total")}
+        (folder / RECORD).write_text(json.dumps(record, indent=1, default=str))
+        os.replace(write_report(work, title=f"RegistrationSuite review: {pair_id}"), path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return path

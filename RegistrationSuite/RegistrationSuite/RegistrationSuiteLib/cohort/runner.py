@@ -113,6 +113,8 @@ def run_pair(job: dict) -> dict:
     tmp.mkdir(parents=True)
     log_attempt(root, id=job["id"], event="start")
     argv = [*job["argv"], "--output", str(tmp / TRANSFORM), "--json"]
+    if job["argv"][0] == "pipeline":  # keep each step's transforms and summary beside the composed one
+        argv += ["--output-dir", str(tmp / "steps")]
     attempts, run = 0, {}
     while True:  # a child killed by a signal (e.g. the OOM killer) is retried; ordinary failures are not
         attempts += 1

@@ -427,8 +427,9 @@ class PartialPreregLogic(RegistrationLogicBase):
         model_path = resolve_model_argument(model)
         if model_path is not None and not isinstance(model_path, Path):
             raise InputError("model: a child-process run needs a model name or .pt path, got a loaded model")
-        options = ["--refine", config.refine, "--patches", str(int(config.num_patches)), "--seed", str(int(config.seed)),
-                   "--device", str(config.device)] + ([] if config.local_search else ["--no-local-search"])
+        options = ["--refine", config.refine, "--patches", str(int(config.num_patches)),
+                   "--seed", str(int(config.seed)), "--device", str(config.device)]
+        options += [] if config.local_search else ["--no-local-search"]
         options += ["--model", str(model_path)] if model_path is not None else []
         outputs = [NodeOutput("--output", "transform", node=outputTransformNode, key="transform",
                               name=self.output_name, references=("fixed", "moving"))]

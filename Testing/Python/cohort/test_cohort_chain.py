@@ -123,7 +123,8 @@ def test_rigid_search_initial_transform_known_answer(tmp_path):
     proc = subprocess.run(CLI + ["rigid-search", "--fixed", str(tmp_path / "f.nii.gz"), "--moving", str(tmp_path / "m.nii.gz"),
                                  "--initial-transform", str(tmp_path / "t0.tfm"), "--output", str(out), "--json",
                                  "--output-diagnostics", str(tmp_path / "d.json"),
-                                 "--device", "cpu", "--quiet"], capture_output=True, text=True, timeout=300)
+                                 "--device", "cpu", "--quiet", "--output-report", str(tmp_path / "r.html")],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     estimate = sitk.ReadTransform(str(out))
     assert corner_error_mm(fixed, estimate, truth) < 1.5
@@ -133,6 +134,9 @@ def test_rigid_search_initial_transform_known_answer(tmp_path):
     expected_step = np.linalg.inv(affine_matrix_from_sitk(t0, 2)) @ affine_matrix_from_sitk(truth, 2)
     assert np.rad2deg(abs(np.arctan2(expected_step[1, 0], expected_step[0, 0]))) > 40  # non-identity step
     np.testing.assert_allclose(step[:2, :2], expected_step[:2, :2], atol=0.02)
+    # --output-report: one self-contained page with the checkerboard and the edge overlay
+    page = (tmp_path / "r.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 2 and "http" not in page.replace("http-equiv", "")
 
 
 def test_initial_transform_dimension_mismatch_is_input_error(tmp_path):

@@ -211,3 +211,16 @@ def test_auto_workers_bounded_by_cores_memory_and_pairs():
     assert batch_mod.parse_memory("4GB") == 4 * 10**9 and batch_mod.parse_memory("512MiB") == 512 * 2**20
     with pytest.raises(InputError):
         batch_mod.parse_memory("lots")
+
+
+@pytest.mark.slow
+def test_batch_of_chains_keeps_each_step(tmp_path):
+    truths = _write_cohort(tmp_path, ids=("p2",), bad=False)
+    code = main(["batch", "--pairs", str(tmp_path / "cohort.csv"), "--output-dir", str(tmp_path / "D"), "--workers", "1",
+                 "--steps", "rigid-search", "--options", "rigid-search:--device cpu", "--quiet", "--no-report", "--no-previews"])
+    assert code == 0
+    fixed, truth = truths["p2"]
+    folder = tmp_path / "D" / "p2"
+    assert corner_error_mm(fixed, sitk.ReadTransform(str(folder / "transform.h5")), truth) < 1.5
+    assert (folder / "steps" / "01_rigid-search.step.h5").is_file()
+    assert json.loads((folder / "summary.json").read_text())["method"] == "pipeline"

@@ -1,0 +1,164 @@
+"""``registration-suite deformable``: dense deformable registration (network estimate + instance optimisation)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import InputError
+from .common import StderrProgress, check_output_paths, print_result, write_outputs
+
+HELP = "deformable registration (RegNet/Cao-style field network + instance optimisation); writes a displacement field"
+FIELD_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "deformable", help=HELP,
+        description=(
+            "Dense deformable registration on a working grid (default 2 mm) covering the fixed image: an optional "
+            "field network (RegNet / Cao et al.) followed by instance optimisation (Adam, coarse to fine, NCC/LNCC "
+            "for one contrast, MIND-SSC or NGF across contrasts, diffusion or bending regularisation). Writes one "
+            "ITK displacement-field transform mapping fixed points to moving points (LPS; the initial transform "
+            "folded in), or the displacement field image when --output ends in .nii.gz/.nrrd/.mha."),
+    )
+    p.add_argument("--fixed", required=True, help="fixed image (3D)")
+    p.add_argument("--moving", required=True, help="moving image (3D)")
+    p.add_argument("--output", required=True, help="output transform (.h5) or displacement field image (.nii.gz, .nrrd, .mha)")
+    init = p.add_mutually_exclusive_group()
+    init.add_argument("--initial-transform", help="ITK transform file fixed → moving to start from (e.g. rigid-search output)")
+    init.add_argument("--init", choices=["none", "rigid-search"], default="none",
+                      help="run the global rigid search first (default none: start from the scanner coordinates)")
+    p.add_argument("--model", default="none", help="field network: model name, .pt file or 'none' (optimisation only; default)")
+    p.add_argument("--similarity", default="auto", choices=["auto", "ncc", "lncc", "mind", "ngf"],
+                   help="auto (default): LNCC when the smoothed images correlate (same contrast), else MIND-SSC")
+    p.add_argument("--io-steps", type=int, default=120, help="instance-optimisation Adam steps in all (0: network only)")
+    p.add_argument("--regularization", type=float, default=0.1, help="regulariser weight (default 0.1)")
+    p.add_argument("--regularizer", default="diffusion", choices=["diffusion", "bending"])
+    p.add_argument("--diffeomorphic", action="store_true", help="optimise a stationary velocity field (scaling and squaring)")
+    p.add_argument("--spacing", type=float, default=2.0, help="working-grid spacing in mm (default 2)")
+    p.add_argument("--fixed-mask", help="fixed mask (non-zero = use)")
+    p.add_argument("--moving-mask", help="moving mask (non-zero = use)")
+    p.add_argument("--output-resampled", help="write moving resampled onto the fixed grid")
+    p.add_argument("--output-jacobian", help="write the Jacobian determinant of the mapping (working grid)")
+    p.add_argument("--output-inverse", help="write the inverse transform (moving → fixed points; .h5)")
+    p.add_argument("--output-scene", help="write a Slicer scene bundle (.mrb)")
+    p.add_argument("--max-memory-gb", type=float, default=4.0, help="refuse working grids needing more (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default="auto", help="compute device: auto, cpu, cuda or cuda:N")
+    p.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
+    p.set_defaults(run=run)
+    return p
+
+
+def is_field_image_path(path) -> bool:
+    return str(path).lower().endswith(FIELD_IMAGE_SUFFIXES)
+
+
+def _check_outputs(args) -> None:
+    """Everything about the outputs is checked before the run (nothing is written on bad input)."""
+    if is_field_image_path(args.output):
+        if not Path(args.output).resolve().parent.is_dir():
+            raise InputError(f"--output: folder does not exist: {Path(args.output).parent}")
+        # the shared checks, with the transform-suffix rule satisfied by a placeholder name
+        saved, args.output = args.output, str(Path(args.output).with_name("x.h5"))
+        try:
+            check_output_paths(args)
+        finally:
+            args.output = saved
+    else:
+        check_output_paths(args)
+        if Path(args.output).suffix.lower() not in (".h5", ".hdf5"):
+            raise InputError(f"--output: a displacement-field transform is stored as .h5 (or give an image name "
+                             f"such as .nii.gz for the field itself), got {args.output}")
+    for attr in ("output_jacobian", "output_inverse"):
+        value = getattr(args, attr)
+        if value and not Path(value).resolve().parent.is_dir():
+            raise InputError(f"--{attr.replace('_', '-')}: folder does not exist: {Path(value).parent}")
+    if args.output_inverse and Path(args.output_inverse).suffix.lower() not in (".h5", ".hdf5"):
+        raise InputError(f"--output-inverse: expected a transform file (.h5), got {args.output_inverse}")
+    if args.output_jacobian and not is_field_image_path(args.output_jacobian):
+        raise InputError(f"--output-jacobian: expected an image file ({', '.join(FIELD_IMAGE_SUFFIXES)}), got {args.output_jacobian}")
+
+
+def _initial_transform(args, fixed, moving, fixed_mask, moving_mask, progress):
+    if args.initial_transform:
+        from ..io.transforms import read_transform
+
+        return read_transform(args.initial_transform)
+    if args.init == "rigid-search":
+        from ..methods.global_rigid import GlobalRigidConfig, register_global_rigid
+
+        res = register_global_rigid(fixed, moving, GlobalRigidConfig(seed=args.seed, device=args.device),
+                                    fixed_mask=fixed_mask, moving_mask=moving_mask, progress=progress)
+        return res.transform
+    return None
+
+
+def run(args) -> int:
+    import SimpleITK as sitk
+
+    from ..io import read_image, read_mask, write_image, write_transform
+    from ..methods.deformable import DeformableConfig, register_deformable
+    from ..progress import Progress
+
+    _check_outputs(args)
+    config = DeformableConfig(spacing_mm=args.spacing, similarity=args.similarity, io_steps=args.io_steps,
+                              regularization=args.regularization, regularizer=args.regularizer,
+                              diffeomorphic=args.diffeomorphic, model=args.model, seed=args.seed,
+                              device=args.device, max_memory_gb=args.max_memory_gb)
+    model = None
+    if config.model is not None:  # before reading images: a bad model fails fast
+        from ..methods.deformable import load_deformable_model
+
+        model = load_deformable_model(config.model)
+    fixed = read_image(args.fixed, "fixed")
+    moving = read_image(args.moving, "moving")
+    fmask = read_mask(args.fixed_mask, fixed.image, "fixed mask") if args.fixed_mask else None
+    mmask = read_mask(args.moving_mask, moving.image, "moving mask") if args.moving_mask else None
+    prog = Progress(StderrProgress(not args.quiet))
+    initial = _initial_transform(args, fixed.image, moving.image, fmask, mmask,
+                                 prog.sub(0.0, 0.3) if args.init == "rigid-search" else None)
+    result = register_deformable(fixed.image, moving.image, config, initial_transform=initial, model=model,
+                                 fixed_mask=fmask, moving_mask=mmask,
+                                 progress=prog.sub(0.3, 1.0) if args.init == "rigid-search" else prog)
+    result.warnings[:0] = fixed.warnings + moving.warnings
+    field = result.transform.GetDisplacementField()
+    if args.output_jacobian:
+        write_image(sitk.DisplacementFieldJacobianDeterminant(field), args.output_jacobian)
+    if args.output_inverse:
+        inverse = sitk.InvertDisplacementField(field, maximumNumberOfIterations=20, enforceBoundaryCondition=False)
+        write_transform(sitk.DisplacementFieldTransform(inverse), args.output_inverse)
+    if is_field_image_path(args.output):
+        saved, args.output = args.output, None
+        _write_field_and_outputs(args, saved, field, fixed.image, moving.image, result)
+    else:
+        write_outputs(args, fixed.image, moving.image, result)
+    d = result.diagnostics
+    sim = d["similarity"]
+    lines = [
+        f"similarity {sim['name']}: {sim['before']:.4f} → {sim['after']:.4f}  folding {d['folding_fraction']:.3%}  "
+        f"Jacobian [{d['jacobian_min']:.3f}, {d['jacobian_max']:.3f}]  time {result.timings.get('total', float('nan')):.1f} s",
+        f"{'field' if is_field_image_path(args.output) else 'transform'} written to {args.output}",
+    ]
+    print_result(args, result, lines)
+    return 0
+
+
+def _write_field_and_outputs(args, path, field, fixed, moving, result) -> None:
+    """``--output`` is an image: the optional outputs as usual, then the field image last."""
+    from ..io import write_image
+    from .common import resample_moving
+
+    outputs = []
+    if getattr(args, "output_resampled", None):
+        write_image(resample_moving(fixed, moving, result), args.output_resampled)
+        outputs.append(args.output_resampled)
+    if getattr(args, "output_scene", None):
+        from ..mrml.mrb import write_scene_bundle
+
+        write_scene_bundle(args.output_scene, fixed, moving, result)
+        outputs.append(args.output_scene)
+    write_image(field, path)
+    args.output = path
+    outputs.append(path)
+    result.diagnostics.setdefault("outputs", outputs)
