@@ -56,6 +56,9 @@ def is_field_image_path(path) -> bool:
 
 def _check_outputs(args) -> None:
     """Everything about the outputs is checked before the run (nothing is written on bad input)."""
+    from .common import check_no_input_overwrite
+
+    check_no_input_overwrite(args)  # the field image --output too: never an input
     if is_field_image_path(args.output):
         if not Path(args.output).resolve().parent.is_dir():
             raise InputError(f"--output: folder does not exist: {Path(args.output).parent}")

@@ -62,6 +62,9 @@ def _suffix(path: str) -> str:
 def check_arguments(args) -> None:
     """Every check that needs no registration, before anything runs or is written."""
     from ..io.transforms import TRANSFORM_SUFFIXES
+    from .common import check_no_input_overwrite
+
+    check_no_input_overwrite(args)
 
     if _suffix(args.output) not in TRANSFORM_SUFFIXES + FIELD_IMAGE_SUFFIXES:
         raise InputError(f"--output: expected a transform ({', '.join(TRANSFORM_SUFFIXES)}) or a field image "
