@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InputError
+from ..seeding import SEED_PROMISE
 from .common import StderrProgress, check_output_paths, print_result, write_outputs
 
 HELP = "deformable registration (RegNet/Cao-style field network + instance optimisation); writes a displacement field"
@@ -43,7 +44,7 @@ def add_parser(sub):
     p.add_argument("--output-inverse", help="write the inverse transform (moving → fixed points; .h5)")
     p.add_argument("--output-scene", help="write a Slicer scene bundle (.mrb)")
     p.add_argument("--max-memory-gb", type=float, default=4.0, help="refuse working grids needing more (default 4)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=int, default=0, help=f"random seed (default 0); {SEED_PROMISE}")
     p.add_argument("--device", default="auto", help="compute device: auto, cpu, cuda or cuda:N")
     p.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
     p.set_defaults(run=run)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InputError
+from ..seeding import SEED_PROMISE
 from .common import StderrProgress, print_result
 
 HELP = "register two histology slides (H&E / IHC, rotation + mirror search, affine, non-rigid)"
@@ -46,7 +47,7 @@ def add_parser(sub):
                    help="non-rigid instance optimisation steps per level (0 = affine only)")
     p.add_argument("--output-resampled", help="write the moving slide warped onto the fixed one (colours kept)")
     p.add_argument("--output-checkerboard", help="write a fixed / warped-moving checkerboard (PNG)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=int, default=0, help=f"random seed (default 0); {SEED_PROMISE}")
     p.add_argument("--device", default="auto", help="compute device: auto, cpu, cuda[:N]")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest on busy machines)")
     p.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
