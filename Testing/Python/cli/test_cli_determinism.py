@@ -83,6 +83,30 @@ def _organ_inputs(folder: Path) -> None:
     sitk.WriteImage(_organ_labels(shift_vox=(3, 1, 0)), str(folder / "moving.nii.gz"))
 
 
+def _slide(angle_deg: float, size: int = 160) -> np.ndarray:
+    """RGB uint8 synthetic stained section (an ellipse and a lobe with smooth texture), rotated by ``angle_deg``."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    body = ((xx - 0.45) / 0.27) ** 2 + ((yy - 0.52) / 0.2) ** 2 < 1
+    tissue = body | (((xx - 0.68) / 0.1) ** 2 + ((yy - 0.3) / 0.09) ** 2 < 1)
+    texture = ndimage.gaussian_filter(rng.normal(size=(size, size)), size / 40)
+    density = tissue * (0.25 + 0.75 * (texture - texture.min()) / np.ptp(texture))
+    density = ndimage.rotate(ndimage.gaussian_filter(density, 0.7), angle_deg, reshape=False, order=1)
+    rgb = 0.96 * np.exp(-1.5 * density[..., None] * np.array([0.55, 0.85, 0.45]))
+    return np.clip(rgb * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _histology_inputs(folder: Path) -> None:
+    sitk.WriteImage(sitk.GetImageFromArray(_slide(0.0), isVector=True), str(folder / "fixed.png"))
+    sitk.WriteImage(sitk.GetImageFromArray(_slide(25.0), isVector=True), str(folder / "moving.png"))
+
+
+def _no_inputs(folder: Path) -> None:
+    """The case reads the shipped samples directly."""
+
+
 def _demo_inputs(folder: Path) -> None:
     _rigid_inputs(folder)  # only for the comparison grid: demo builds the same case itself
 
@@ -97,6 +121,13 @@ CASES: Sequence[Case] = (
     Case("organ-points", _organ_inputs,
          ("organ-points", "--fixed", "fixed.nii.gz", "--moving", "moving.nii.gz", "--output", "t.h5",
           "--points-per-organ", "300", "--device", "cpu"), "t.h5", "fixed.nii.gz"),
+    Case("deformable", _no_inputs,
+         ("deformable", "--fixed", str(sample_path("T1")), "--moving", str(sample_path("T2")), "--output", "t.h5",
+          "--spacing", "4", "--io-steps", "40", "--device", "cpu"), "t.h5", str(sample_path("T1")),
+         stochastic=False),  # without a network nothing is random (the seed only reaches torch's generator)
+    Case("histology", _histology_inputs,
+         ("histology", "--fixed", "fixed.png", "--moving", "moving.png", "--output", "t.h5", "--working-size", "160",
+          "--device", "cpu"), "t.h5", "fixed.png", stochastic=False),  # classical stages only: no random step
     Case("demo", _demo_inputs,
          ("demo", "--output-dir", "demo", "--no-scene", "--device", "cpu"),
          "demo/transform_fixed_to_moving.h5", "fixed.nii.gz"),
