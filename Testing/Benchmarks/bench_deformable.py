@@ -200,6 +200,7 @@ def run_benchmark(args) -> dict:
                     ident = evaluate(dense(sitk.Transform(3, sitk.sitkIdentity), fixed), truth, mask)
                     records.append({"pair": f"T1→{pair}", "class": k, "case": case, "method": "identity", **ident,
                                     "seconds": 0.0, "peak_mb": 0.0})
+                    print(json.dumps(records[-1]), flush=True)
                     for name, build in rows.items():
                         if name in ("elastix B-spline", "ANTs SyN") and case >= args.peer_cases:
                             continue
@@ -213,6 +214,10 @@ def run_benchmark(args) -> dict:
                             rec["error"] = (res["stderr"].strip().splitlines() or ["?"])[-1][:200]
                         records.append(rec)
                         print(json.dumps(rec), flush=True)
+                        # saved after every run: an interrupted benchmark keeps what it measured
+                        (out_dir / "bench_deformable.partial.json").write_text(json.dumps(
+                            {"records": records, "config": dict(vars(args), argv=args.argv, notes=args.notes)},
+                            indent=1, default=str))
     return {"records": records, "config": vars(args)}
 
 
@@ -271,10 +276,12 @@ def main(argv=None) -> int:
         {"elastix": worker_elastix, "ants": worker_ants}[args.worker[0]](*args.worker[1:])
         return 0
     argv_used = list(sys.argv[1:] if argv is None else argv)
+    args.argv = argv_used
     args.pairs = [s for s in args.pairs.split(",") if s]
     args.peers = [s for s in args.peers.split(",") if s]
     args.classes = [int(s) for s in args.classes.split(",") if s]
     notes = []
+    args.notes = notes
     if "ants" in args.peers:
         try:
             import ants  # noqa: F401
