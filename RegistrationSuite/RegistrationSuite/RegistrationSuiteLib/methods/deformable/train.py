@@ -171,7 +171,6 @@ def train_deformable_model(images_csv, output, config: Optional[DeformableTrainC
                            checkpoint=None, name: Optional[str] = None, notes: str = "", progress=None,
                            cancel=None, log=None) -> dict:
     """Scheme A training; writes the model file (``.pt``) and its card (``.md``). Returns the card."""
-    import torch
 
     from ...models.model_file import card_markdown, save_model
     from .network import FieldUNet, model_file_for
