@@ -240,6 +240,10 @@ def summarise(result: dict) -> str:
                          "" if method == "identity" else f"{np.mean([r['seconds'] for r in ok]):.1f}",
                          "" if method == "identity" else f"{max(r['peak_mb'] for r in ok):.0f}"])
     cfg = result["config"]
+    classes = cfg.get("classes") or [0, 1, 2]
+    run_scope = (f"This run: pair types {', '.join('T1→' + p for p in cfg['pairs'])}; RegNet classes "
+                 f"{', '.join(str(c) for c in classes)} (0 = σ 35, 1 = σ 25, 2 = σ 20 mm); peers "
+                 f"{', '.join(cfg['peers']) or 'none'}; network rows {'with ' + str(cfg['model']) if cfg.get('model') else 'not run (no model given)'}.")
     return "\n".join([
         "## Deformable registration — RegNet synthetic-field protocol (`bench_deformable.py`)",
         "",
@@ -251,6 +255,8 @@ def summarise(result: dict) -> str:
         "process (wall clock on the shared 2-core machine, heavily loaded by other jobs during this run: "
         "times are upper bounds); peak MB = that process's peak resident memory.",
         f"Command: `python Testing/Benchmarks/bench_deformable.py {' '.join(cfg['argv'])}`",
+        "",
+        run_scope,
         "",
         markdown_table(header, rows),
         "",
