@@ -200,6 +200,7 @@ def run_benchmark(args) -> dict:
                     ident = evaluate(dense(sitk.Transform(3, sitk.sitkIdentity), fixed), truth, mask)
                     records.append({"pair": f"T1→{pair}", "class": k, "case": case, "method": "identity", **ident,
                                     "seconds": 0.0, "peak_mb": 0.0})
+                    print(json.dumps(records[-1]), flush=True)
                     for name, build in rows.items():
                         if name in ("elastix B-spline", "ANTs SyN") and case >= args.peer_cases:
                             continue
@@ -213,6 +214,10 @@ def run_benchmark(args) -> dict:
                             rec["error"] = (res["stderr"].strip().splitlines() or ["?"])[-1][:200]
                         records.append(rec)
                         print(json.dumps(rec), flush=True)
+                        # saved after every run: an interrupted benchmark keeps what it measured
+                        (out_dir / "bench_deformable.partial.json").write_text(json.dumps(
+                            {"records": records, "config": dict(vars(args), argv=args.argv, notes=args.notes)},
+                            indent=1, default=str))
     return {"records": records, "config": vars(args)}
 
 
@@ -235,6 +240,10 @@ def summarise(result: dict) -> str:
                          "" if method == "identity" else f"{np.mean([r['seconds'] for r in ok]):.1f}",
                          "" if method == "identity" else f"{max(r['peak_mb'] for r in ok):.0f}"])
     cfg = result["config"]
+    classes = cfg.get("classes") or [0, 1, 2]
+    run_scope = (f"This run: pair types {', '.join('T1→' + p for p in cfg['pairs'])}; RegNet classes "
+                 f"{', '.join(str(c) for c in classes)} (0 = σ 35, 1 = σ 25, 2 = σ 20 mm); peers "
+                 f"{', '.join(cfg['peers']) or 'none'}; network rows {'with ' + str(cfg['model']) if cfg.get('model') else 'not run (no model given)'}.")
     return "\n".join([
         "## Deformable registration — RegNet synthetic-field protocol (`bench_deformable.py`)",
         "",
@@ -246,6 +255,8 @@ def summarise(result: dict) -> str:
         "process (wall clock on the shared 2-core machine, heavily loaded by other jobs during this run: "
         "times are upper bounds); peak MB = that process's peak resident memory.",
         f"Command: `python Testing/Benchmarks/bench_deformable.py {' '.join(cfg['argv'])}`",
+        "",
+        run_scope,
         "",
         markdown_table(header, rows),
         "",
@@ -271,10 +282,12 @@ def main(argv=None) -> int:
         {"elastix": worker_elastix, "ants": worker_ants}[args.worker[0]](*args.worker[1:])
         return 0
     argv_used = list(sys.argv[1:] if argv is None else argv)
+    args.argv = argv_used
     args.pairs = [s for s in args.pairs.split(",") if s]
     args.peers = [s for s in args.peers.split(",") if s]
     args.classes = [int(s) for s in args.classes.split(",") if s]
     notes = []
+    args.notes = notes
     if "ants" in args.peers:
         try:
             import ants  # noqa: F401
