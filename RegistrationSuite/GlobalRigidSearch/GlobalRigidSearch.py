@@ -1,12 +1,13 @@
 """Global Rigid Search: multimodal rigid alignment without initialisation (CSNGF, Öfverstedt et al. 2022).
 
-The mathematics lives in the Qt-free core (``RegistrationSuiteLib.methods.global_rigid``); this file only
-connects MRML nodes and the GUI to it. torch is imported lazily (through the PyTorch extension), so the module
-loads even when torch is not installed.
+The mathematics lives in the Qt-free core (``RegistrationSuiteLib.methods.global_rigid``) and the node handling in
+``RegistrationSuiteLib.mrml.logic``; this file only connects the GUI to them. Apply runs
+``registration-suite rigid-search`` in a child process (``RegistrationSuiteLib.mrml.runner``); torch is imported
+only there, so the module loads and its panel works without torch.
 """
 
+import logging
 import os
-from dataclasses import dataclass
 from typing import Annotated, Optional
 
 import vtk
@@ -14,6 +15,7 @@ import vtk
 import slicer
 from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLLinearTransformNode, vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, Minimum, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -23,15 +25,8 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from RegistrationSuiteLib.errors import RegistrationCancelled
 from RegistrationSuiteLib.mrml.logic import GlobalRigidSearchLogic as GlobalRigidSearchNodeLogic
-from RegistrationSuiteWidgets import (
-    BackgroundRunMixin,
-    BackgroundTask,
-    formatResultSummary,
-    registerSampleVolumes,
-    torchStatus,
-)
+from RegistrationSuiteWidgets import ChildRunMixin, formatResultSummary, registerSampleVolumes, torchSkipReason
 
 #
 # GlobalRigidSearch
@@ -42,9 +37,9 @@ class GlobalRigidSearch(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Global Rigid Search")
-        self.parent.categories = ["Registration"]
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Registration")]
         self.parent.dependencies = []
-        self.parent.contributors = ["RegistrationSuite contributors"]
+        self.parent.contributors = ["RegistrationSuite contributors (RegistrationSuite project)"]
         self.parent.helpText = _("""
 Aligns a moving volume to a fixed volume with a rigid transform, without any initial alignment and across
 modalities (e.g. T1/T2 MRI, CT, PET). The similarity of squared normalized gradient fields (CSNGF) is computed
@@ -70,16 +65,22 @@ in the frequency domain with applications to global multimodal image alignment",
 
 
 def registerSampleData():
-    """Register the T1/T2 sample volumes shipped with the core package in the Sample Data module."""
+    """Register the T1/T2 sample volumes shipped with the core package in the Sample Data module.
+
+    Connected to ``startupCompleted()``: a Qt slot, so a failure is logged, never raised (no sample data is
+    better than an error at every start-up)."""
     iconsPath = os.path.join(os.path.dirname(__file__), "Resources", "Icons")
-    registerSampleVolumes(
-        "RegistrationSuite",
-        [
-            ("RegistrationSuiteT1", "T1", "GlobalRigidSearchSampleT1.png"),
-            ("RegistrationSuiteT2", "T2", "GlobalRigidSearchSampleT2.png"),
-        ],
-        iconsPath,
-    )
+    try:
+        registerSampleVolumes(
+            "RegistrationSuite",
+            [
+                ("RegistrationSuiteT1", "T1", "GlobalRigidSearchSampleT1.png"),
+                ("RegistrationSuiteT2", "T2", "GlobalRigidSearchSampleT2.png"),
+            ],
+            iconsPath,
+        )
+    except Exception:  # noqa: BLE001 - a Qt slot at start-up
+        logging.exception("RegistrationSuite: could not register the sample data")
 
 
 #
@@ -113,7 +114,7 @@ class GlobalRigidSearchParameterNode:
 #
 
 
-class GlobalRigidSearchWidget(BackgroundRunMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+class GlobalRigidSearchWidget(ChildRunMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     runName = "GlobalRigidSearch"
 
     def __init__(self, parent=None) -> None:
@@ -122,8 +123,6 @@ class GlobalRigidSearchWidget(BackgroundRunMixin, ScriptedLoadableModuleWidget, 
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._task = None  # BackgroundTask while a registration runs
-        self._run = None  # GlobalRigidSearchRun of the running registration
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -182,17 +181,16 @@ class GlobalRigidSearchWidget(BackgroundRunMixin, ScriptedLoadableModuleWidget, 
         self._checkCanApply()
 
     def _checkCanApply(self, caller=None, event=None) -> None:
-        if self._task is not None:
+        if self.isRunning():
             return  # the button is a Cancel button while running
         reason = self.logic.whyCannotRun(self._parameterNode)
         self.ui.applyButton.enabled = not reason
-        self.ui.applyButton.toolTip = reason or _("Run the global rigid search (runs in the background).")
+        self.ui.applyButton.toolTip = reason or _("Run the global rigid search (in a separate process).")
 
-    def _showResult(self, run, result, elapsedSeconds) -> str:
-        transformNode = self.logic.finishRun(run, result)
+    def _showResult(self, outcome) -> str:
         if self._parameterNode is not None:
-            self._parameterNode.outputTransform = transformNode
-        return formatResultSummary(result, elapsedSeconds)
+            self._parameterNode.outputTransform = outcome.nodes["transform"]
+        return formatResultSummary(outcome.result, outcome.seconds)
 
 
 #
@@ -200,28 +198,13 @@ class GlobalRigidSearchWidget(BackgroundRunMixin, ScriptedLoadableModuleWidget, 
 #
 
 
-@dataclass
-class GlobalRigidSearchRun:
-    """One registration, captured on the main thread when it starts (nodes, config, images)."""
-
-    scene: object
-    fixedVolumeNode: object
-    movingVolumeNode: object
-    outputTransformNode: object
-    outputVolumeNode: object
-    placeMovingUnderTransform: bool
-    config: object  # GlobalRigidConfig
-    inputs: object  # RegistrationSuiteLib.mrml.logic.RegistrationInputs (LPS images and masks)
-
-
 class GlobalRigidSearchLogic(ScriptedLoadableModuleLogic, GlobalRigidSearchNodeLogic):
     """The core's Qt-free node logic plus this module's parameter node; usable without the widget.
 
-    Scripts can call the inherited ``register(fixedVolumeNode, movingVolumeNode, config,
-    outputTransformNode=None, fixedMaskNode=None, movingMaskNode=None, progress=None, cancel=None)``. The
-    widget splits a run in three so that the heavy part runs in a worker thread: :meth:`prepareRun` (main
-    thread: nodes -> images), :meth:`computeRun` (any thread: no MRML, no Qt) and :meth:`finishRun` (main
-    thread: result -> nodes).
+    Scripts can call the inherited ``register(fixedVolumeNode, movingVolumeNode, config, outputTransformNode=None,
+    fixedMaskNode=None, movingMaskNode=None, progress=None, cancel=None, outputVolumeNode=None,
+    placeMovingUnderTransform=False)``, which runs in this process and blocks. Apply declares the same run with
+    :meth:`runSpecFromParameterNode` and runs it in a child process (``RegistrationSuiteLib.mrml.runner``).
     """
 
     def __init__(self) -> None:
@@ -245,9 +228,9 @@ class GlobalRigidSearchLogic(ScriptedLoadableModuleLogic, GlobalRigidSearchNodeL
         return counts
 
     @staticmethod
-    def _configFromParameterNode(parameterNode):
-        """The one place where the module's parameters become a ``GlobalRigidConfig`` (imports torch)."""
-        from RegistrationSuiteLib.methods.global_rigid import GlobalRigidConfig
+    def configFromParameterNode(parameterNode):
+        """The one place where the module's parameters become a ``GlobalRigidConfig`` (no torch needed)."""
+        from RegistrationSuiteLib.methods.global_rigid.config import GlobalRigidConfig
 
         options = {"min_overlap": float(parameterNode.minOverlap), "seed": int(parameterNode.seed),
                    "device": parameterNode.device}
@@ -275,47 +258,26 @@ class GlobalRigidSearchLogic(ScriptedLoadableModuleLogic, GlobalRigidSearchNodeL
             if node and node.GetImageData() is None:
                 return _("Volume '{name}' has no voxels.").format(name=node.GetName())
         try:
-            self.parseRotationsPerLevel(parameterNode.rotationsPerLevel)
+            self.configFromParameterNode(parameterNode)
         except ValueError as error:
             return str(error)
         return ""
 
-    def prepareRun(self, parameterNode) -> GlobalRigidSearchRun:
-        """Main thread: validate the nodes, build the config, copy voxels into images."""
+    def runSpecFromParameterNode(self, parameterNode):
+        """What Apply runs in a child process: a ``RunSpec`` (inputs, ``rigid-search`` options, outputs)."""
         p = parameterNode
-        scene = self._check_nodes(p.fixedVolume, p.movingVolume, p.outputTransform)
-        config = self._configFromParameterNode(p)
-        inputs = self.prepare_inputs(p.fixedVolume, p.movingVolume, p.fixedMask, p.movingMask)
-        return GlobalRigidSearchRun(scene, p.fixedVolume, p.movingVolume, p.outputTransform, p.outputVolume,
-                                    p.placeMovingUnderTransform, config, inputs)
-
-    def computeRun(self, run, progress=None, cancel=None):
-        """Any thread: the registration itself; returns a ``RegistrationResult``. Touches no MRML, no Qt."""
-        return self.run_method(run.inputs, run.config, progress, cancel)
-
-    def finishRun(self, run, result):
-        """Main thread: write the output transform (and the resampled volume); returns the transform node."""
-        for label, node in (("fixed volume", run.fixedVolumeNode), ("moving volume", run.movingVolumeNode)):
-            if node.GetScene() is None:
-                raise ValueError(f"{label}: the node was removed from the scene while the registration ran")
-        outputNode = run.outputTransformNode
-        if outputNode is not None and outputNode.GetScene() is None:
-            outputNode = None  # deleted meanwhile: create a new node rather than write into a dead one
-        self._note_parent_transforms(result, run.fixedVolumeNode, run.movingVolumeNode, outputNode)
-        transformNode = self.apply_result(result, run.inputs, run.scene, run.fixedVolumeNode,
-                                          run.movingVolumeNode, outputNode)
-        result.diagnostics["output_transform_node_id"] = transformNode.GetID()
-        if run.placeMovingUnderTransform:
-            run.movingVolumeNode.SetAndObserveTransformNodeID(transformNode.GetID())
-        if run.outputVolumeNode is not None and run.outputVolumeNode.GetScene() is not None:
-            self.resample_volume(run.movingVolumeNode, run.fixedVolumeNode, transformNode, run.outputVolumeNode)
-        return transformNode
+        return self.run_spec(p.fixedVolume, p.movingVolume, self.configFromParameterNode(p), p.outputTransform,
+                             p.fixedMask, p.movingMask, p.outputVolume, p.placeMovingUnderTransform)
 
     def runWithParameterNode(self, parameterNode, progress=None, cancel=None):
-        """Blocking run of what Apply does (scripts, tests); returns ``(result, transformNode)``."""
-        run = self.prepareRun(parameterNode)
-        result = self.computeRun(run, progress, cancel)
-        return result, self.finishRun(run, result)
+        """Blocking in-process run of what Apply does (console, tests); returns ``(result, transformNode)``."""
+        p = parameterNode
+        result = self.register(p.fixedVolume, p.movingVolume, self.configFromParameterNode(p), p.outputTransform,
+                               p.fixedMask, p.movingMask, progress, cancel, outputVolumeNode=p.outputVolume,
+                               placeMovingUnderTransform=p.placeMovingUnderTransform)
+        transformNode = p.fixedVolume.GetScene().GetNodeByID(result.diagnostics["output_transform_node_id"])
+        p.outputTransform = transformNode
+        return result, transformNode
 
 
 #
@@ -331,9 +293,7 @@ class GlobalRigidSearchTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_applyDisabledWithoutInputs()
         self.setUp()
-        self.test_backgroundTaskCancels()
-        self.setUp()
-        self.test_recoversKnownRotation()
+        self.test_childRunRecoversKnownRotationAndCancels()
 
     def test_applyDisabledWithoutInputs(self):
         logic = GlobalRigidSearchLogic()
@@ -344,39 +304,14 @@ class GlobalRigidSearchTest(ScriptedLoadableModuleTest):
             logic.parseRotationsPerLevel(params.rotationsPerLevel)
         self.assertEqual(logic.parseRotationsPerLevel(" 300, 60 ,20"), (300, 60, 20))
 
-    def test_backgroundTaskCancels(self):
-        import time
-
-        from RegistrationSuiteLib.progress import Progress
-
-        def work(progress, cancel):
-            reporter = Progress(progress, cancel)
-            for i in range(1000):
-                reporter.report(i / 1000, "working")
-                time.sleep(0.01)
-            return "not cancelled"
-
-        finished = []
-        task = BackgroundTask(work, onFinished=finished.append, intervalMs=10)
-        task.start()
-        time.sleep(0.05)
-        task.requestCancel()
-        deadline = time.monotonic() + 10
-        while not finished and time.monotonic() < deadline:
-            slicer.app.processEvents()
-            time.sleep(0.01)
-        self.assertEqual(finished, [task])
-        self.assertIsInstance(task.error, RegistrationCancelled)
-
-    def test_recoversKnownRotation(self):
-        """Misalign the T1 sample by a known rotation and shift, register it to the T2 sample, compare."""
+    def _misalignedSamples(self):
+        """The T2 sample and the T1 sample moved by a known rotation and shift; returns the nodes, the applied
+        movingToNew matrix (RAS) and the centre of the moving volume."""
         import numpy as np
 
-        from RegistrationSuiteLib.geometry import rigid_about_center, rotation_angle_deg, rotation_from_quaternion
+        from RegistrationSuiteLib.geometry import rigid_about_center, rotation_from_quaternion
         from RegistrationSuiteLib.sample_data import sample_path
 
-        if not torchStatus()["installed"]:  # a test must not download torch: install it from the hub module
-            self.skipTest("torch is not installed")
         fixed = slicer.util.loadVolume(str(sample_path("T2")))
         moving = slicer.util.loadVolume(str(sample_path("T1")))
         bounds = np.zeros(6)
@@ -390,23 +325,45 @@ class GlobalRigidSearchTest(ScriptedLoadableModuleTest):
         misalign.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(appliedMovingToNew))
         moving.SetAndObserveTransformNodeID(misalign.GetID())
         slicer.vtkSlicerTransformLogic.hardenTransform(moving)
+        return fixed, moving, appliedMovingToNew, center
 
+    def test_childRunRecoversKnownRotationAndCancels(self):
+        """What Apply does: the child process recovers a known misalignment; a cancelled run writes nothing."""
+        import numpy as np
+
+        from RegistrationSuiteLib.geometry import rotation_angle_deg
+        from RegistrationSuiteLib.mrml.runner import CANCELLED, SUCCEEDED, ChildRun
+
+        reason = torchSkipReason()
+        if reason:  # "Reload and Test" calls runTest() directly: report and return rather than skipTest
+            self.delayDisplay(f"Skipped: {reason}")
+            return
+        fixed, moving, appliedMovingToNew, center = self._misalignedSamples()
         logic = GlobalRigidSearchLogic()
         params = logic.getParameterNode()
         params.fixedVolume, params.movingVolume = fixed, moving
-        params.outputVolume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "resampled")
         params.placeMovingUnderTransform = True
         params.rotationsPerLevel, params.seed, params.device = "600,200,40", 0, "auto"  # small but robust
         self.assertEqual(logic.whyCannotRun(params), "")
-        fractions = []
-        result, transformNode = logic.runWithParameterNode(params, progress=lambda f, m="": fractions.append(f))
 
+        nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
+        spec = logic.runSpecFromParameterNode(params)
+        cancelled = ChildRun(spec, base_environment=slicer.util.startupEnvironment()).start()
+        cancelled.cancel()
+        self.assertEqual(cancelled.wait(timeout=60), CANCELLED)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
+        self.assertIsNone(moving.GetParentTransformNode())
+
+        params.outputVolume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "resampled")
+        spec = logic.runSpecFromParameterNode(params)
+        run = ChildRun(spec, base_environment=slicer.util.startupEnvironment()).start()
+        self.assertEqual(run.wait(timeout=600), SUCCEEDED, str(run.error))
+        transformNode = run.outcome.nodes["transform"]
         movingToFixed = slicer.util.arrayFromTransformMatrix(transformNode)  # ToParent, RAS
         residual = movingToFixed @ appliedMovingToNew  # identity if recovered exactly
         self.assertLess(float(rotation_angle_deg(residual[:3, :3])), 3.0)
         self.assertLess(float(np.linalg.norm(residual[:3, :3] @ center + residual[:3, 3] - center)), 4.0)
-        self.assertTrue(fractions)
-        self.assertTrue(0.0 <= result.confidence <= 1.0)
+        self.assertTrue(0.0 <= run.outcome.result.confidence <= 1.0)
         role = slicer.vtkMRMLTransformNode.GetMovingNodeReferenceRole()
         self.assertEqual(transformNode.GetNodeReferenceID(role), moving.GetID())
         self.assertEqual(moving.GetParentTransformNode(), transformNode)

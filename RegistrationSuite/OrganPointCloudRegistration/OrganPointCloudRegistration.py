@@ -6,7 +6,6 @@ imported lazily (through the PyTorch extension), so the module loads even when t
 """
 
 import json
-from dataclasses import dataclass
 from typing import Annotated, Optional, Union
 
 import qt
@@ -15,6 +14,7 @@ import vtk
 import slicer
 from slicer import vtkMRMLGridTransformNode, vtkMRMLLabelMapVolumeNode, vtkMRMLModelNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, Minimum, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -27,7 +27,7 @@ from slicer.util import VTKObservationMixin
 from RegistrationSuiteLib.errors import InputError
 from RegistrationSuiteLib.mrml.organ_logic import OrganPointCloudLogic as OrganPointCloudNodeLogic
 from RegistrationSuiteLib.mrml.organ_logic import organ_rows_from_table, organ_table_rows, parse_matrix
-from RegistrationSuiteWidgets import BackgroundRunMixin, ensureTorch, formatResultSummary
+from RegistrationSuiteWidgets import ChildRunMixin, formatResultSummary, torchSkipReason
 
 #: Columns of the organ table.
 USE_COLUMN, LABEL_COLUMN, NAME_COLUMN, LAMBDA_COLUMN, BETA_COLUMN = 0, 1, 2, 3, 4
@@ -41,9 +41,9 @@ class OrganPointCloudRegistration(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Organ Point Cloud Registration")
-        self.parent.categories = ["Registration"]
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Registration")]
         self.parent.dependencies = []
-        self.parent.contributors = ["RegistrationSuite contributors"]
+        self.parent.contributors = ["RegistrationSuite contributors (RegistrationSuite project)"]
         self.parent.helpText = _("""
 Deformable registration of organ surfaces (multi-organ Bayesian coherent point drift, MO-BCPD). Each input is a
 segmentation (one organ per segment), a labelmap volume (one organ per label) or a model; organs are matched by
@@ -79,8 +79,10 @@ class OrganPointCloudRegistrationParameterNode:
     coherenceMatrix: custom S, rows separated by ';' and values by ',' (order of the used organs).
     """
 
-    fixedInput: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, vtkMRMLModelNode]
-    movingInput: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, vtkMRMLModelNode]
+    # A union of node types must include None: the wrapper writes None when it is created (Slicer's
+    # parameter node documentation; UnionSerializer raises TypeError otherwise).
+    fixedInput: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, vtkMRMLModelNode, None]
+    movingInput: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, vtkMRMLModelNode, None]
     outputTransform: vtkMRMLGridTransformNode
     transformedCopy: bool = True
     placeMovingUnderTransform: bool = False
@@ -101,7 +103,7 @@ class OrganPointCloudRegistrationParameterNode:
 #
 
 
-class OrganPointCloudRegistrationWidget(BackgroundRunMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+class OrganPointCloudRegistrationWidget(ChildRunMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     runName = "OrganPointCloudRegistration"
 
     def __init__(self, parent=None) -> None:
@@ -110,8 +112,6 @@ class OrganPointCloudRegistrationWidget(BackgroundRunMixin, ScriptedLoadableModu
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._task = None  # BackgroundTask while a registration runs
-        self._run = None  # OrganPointCloudRun of the running registration
         self._tableInputs = None  # (fixed ID, moving ID) the organ table was filled for
         self._fillingTable = False
 
@@ -174,14 +174,14 @@ class OrganPointCloudRegistrationWidget(BackgroundRunMixin, ScriptedLoadableModu
         self._checkCanApply()
 
     def _checkCanApply(self, caller=None, event=None) -> None:
-        if self._task is not None:
+        if self.isRunning():
             return  # the button is a Cancel button while running
         self._refreshOrganTable()
         p = self._parameterNode
         self.ui.coherenceMatrixLineEdit.enabled = p is not None and p.coherence == "custom"
         reason = self.logic.whyCannotRun(p)
         self.ui.applyButton.enabled = not reason
-        self.ui.applyButton.toolTip = reason or _("Run the organ point cloud registration (runs in the background).")
+        self.ui.applyButton.toolTip = reason or _("Run the organ point cloud registration (in a separate process).")
 
     def _refreshOrganTable(self, force=False) -> None:
         """Fill the organ table when the inputs changed (or on Refresh), keeping the user's Λ/B/use edits."""
@@ -212,11 +212,10 @@ class OrganPointCloudRegistrationWidget(BackgroundRunMixin, ScriptedLoadableModu
         if self._parameterNode is not None and self._parameterNode.organTable != text:
             self._parameterNode.organTable = text
 
-    def _showResult(self, run, result, elapsedSeconds) -> str:
-        transformNode = self.logic.finishRun(run, result)
+    def _showResult(self, outcome) -> str:
         if self._parameterNode is not None:
-            self._parameterNode.outputTransform = transformNode
-        return formatResultSummary(result, elapsedSeconds)
+            self._parameterNode.outputTransform = outcome.nodes["transform"]
+        return formatResultSummary(outcome.result, outcome.seconds)
 
 
 def setupOrganTable(table, onEdited) -> None:
@@ -267,26 +266,13 @@ def readOrganTable(table) -> list:
 #
 
 
-@dataclass
-class OrganPointCloudRun:
-    """One registration, captured on the main thread when it starts (nodes, config, point clouds)."""
-
-    scene: object
-    fixedNode: object
-    movingNode: object
-    outputTransformNode: object
-    transformedCopy: bool
-    placeMovingUnderTransform: bool
-    inputs: object  # RegistrationSuiteLib.mrml.organ_logic.OrganPointInputs (LPS points and the config)
-
-
 class OrganPointCloudRegistrationLogic(ScriptedLoadableModuleLogic, OrganPointCloudNodeLogic):
     """The core's Qt-free node logic plus this module's parameter node; usable without the widget.
 
     Scripts can call the inherited ``register(fixedNode, movingNode, config=None, outputTransformNode=None,
-    progress=None, cancel=None, organs=None, transformedMovingCopy=False)``. The widget splits a run in three so
-    that the heavy part runs in a worker thread: :meth:`prepareRun` (main thread: nodes -> points),
-    :meth:`computeRun` (any thread: no MRML, no Qt) and :meth:`finishRun` (main thread: result -> nodes).
+    progress=None, cancel=None, organs=None, transformedMovingCopy=False)``, which runs in this process and blocks.
+    Apply declares the same run with :meth:`runSpecFromParameterNode` and runs it in a child process
+    (``RegistrationSuiteLib.mrml.runner``).
     """
 
     def __init__(self) -> None:
@@ -342,34 +328,23 @@ class OrganPointCloudRegistrationLogic(ScriptedLoadableModuleLogic, OrganPointCl
             return str(error)
         return ""
 
-    def prepareRun(self, parameterNode) -> OrganPointCloudRun:
-        """Main thread: validate the nodes, build the config, sample the organ surfaces."""
+    def runSpecFromParameterNode(self, parameterNode):
+        """What Apply runs in a child process: a ``RunSpec`` (organ inputs, ``organ-points`` options, outputs)."""
         p = parameterNode
-        scene = self._check_nodes(p.fixedInput, p.movingInput, p.outputTransform)
-        inputs = self.prepare_inputs(p.fixedInput, p.movingInput, self.configFromParameterNode(p))
-        return OrganPointCloudRun(scene, p.fixedInput, p.movingInput, p.outputTransform, p.transformedCopy,
-                                  p.placeMovingUnderTransform, inputs)
-
-    def computeRun(self, run, progress=None, cancel=None):
-        """Any thread: the registration itself; returns a ``RegistrationResult``. Touches no MRML, no Qt."""
-        return self.run_method(run.inputs, run.inputs.config, progress, cancel)
-
-    def finishRun(self, run, result):
-        """Main thread: write the output transform (and the transformed copy); returns the transform node."""
-        for label, node in (("fixed organs", run.fixedNode), ("moving organs", run.movingNode)):
-            if node.GetScene() is None:
-                raise ValueError(f"{label}: the node was removed from the scene while the registration ran")
-        transformNode, _copies = self.finish(result, run.inputs, run.scene, run.fixedNode, run.movingNode,
-                                             run.outputTransformNode, run.transformedCopy)
-        if run.placeMovingUnderTransform:
-            run.movingNode.SetAndObserveTransformNodeID(transformNode.GetID())
-        return transformNode
+        return self.run_spec(p.fixedInput, p.movingInput, self.configFromParameterNode(p), p.outputTransform,
+                             transformedMovingCopy=p.transformedCopy,
+                             placeMovingUnderTransform=p.placeMovingUnderTransform)
 
     def runWithParameterNode(self, parameterNode, progress=None, cancel=None):
-        """Blocking run of what Apply does (scripts, tests); returns ``(result, transformNode)``."""
-        run = self.prepareRun(parameterNode)
-        result = self.computeRun(run, progress, cancel)
-        return result, self.finishRun(run, result)
+        """Blocking in-process run of what Apply does (console, tests); returns ``(result, transformNode)``."""
+        p = parameterNode
+        result = self.register(p.fixedInput, p.movingInput, self.configFromParameterNode(p), p.outputTransform,
+                               progress, cancel, transformedMovingCopy=p.transformedCopy)
+        transformNode = p.fixedInput.GetScene().GetNodeByID(result.diagnostics["output_transform_node_id"])
+        if p.placeMovingUnderTransform:
+            p.movingInput.SetAndObserveTransformNodeID(transformNode.GetID())
+        p.outputTransform = transformNode
+        return result, transformNode
 
 
 #
@@ -415,8 +390,10 @@ class OrganPointCloudRegistrationTest(ScriptedLoadableModuleTest):
         """Organ 2 moved by 6 mm relative to organ 1: with independent coherence both are recovered."""
         import numpy as np
 
-        if ensureTorch(askConfirmation=False) is None:
-            self.skipTest("torch is not available (PyTorch extension missing)")
+        reason = torchSkipReason()
+        if reason:  # "Reload and Test" calls runTest() directly: report and return rather than skipTest
+            self.delayDisplay(f"Skipped: {reason}")
+            return
         fixed = self._organLabelmap("fixed organs", [0.0, 0.0, 0.0])
         moving = self._organLabelmap("moving organs", [6.0, -3.0, 2.0])
         logic = OrganPointCloudRegistrationLogic()
@@ -426,7 +403,12 @@ class OrganPointCloudRegistrationTest(ScriptedLoadableModuleTest):
         params.pointsPerOrgan, params.defaultLambda, params.defaultBeta = 400, 10.0, 20.0
         params.transformedCopy = True
         self.assertEqual(logic.whyCannotRun(params), "")
-        result, transformNode = logic.runWithParameterNode(params)
+        from RegistrationSuiteLib.mrml.runner import SUCCEEDED, ChildRun
+
+        spec = logic.runSpecFromParameterNode(params)  # what Apply does
+        run = ChildRun(spec, base_environment=slicer.util.startupEnvironment()).start()
+        self.assertEqual(run.wait(timeout=600), SUCCEEDED, str(run.error))
+        result, transformNode = run.outcome.result, run.outcome.nodes["transform"]
 
         copy = slicer.mrmlScene.GetNodeByID(result.diagnostics["transformed_moving_node_ids"][0])
         fixedArray, copyArray = slicer.util.arrayFromVolume(fixed), slicer.util.arrayFromVolume(copy)

@@ -5,7 +5,6 @@ in ``RegistrationSuiteLib.mrml.partial_prereg_logic``; this file only connects t
 lazily (through the PyTorch extension), so the module loads even when torch is not installed.
 """
 
-from dataclasses import dataclass
 from typing import Annotated, Optional
 
 import vtk
@@ -13,6 +12,7 @@ import vtk
 import slicer
 from slicer import vtkMRMLLinearTransformNode, vtkMRMLScalarVolumeNode, vtkMRMLTableNode
 from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, Minimum, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -24,7 +24,7 @@ from slicer.util import VTKObservationMixin
 
 from RegistrationSuiteLib.errors import InputError
 from RegistrationSuiteLib.mrml.partial_prereg_logic import PartialPreregLogic, available_models, diagnostics_rows
-from RegistrationSuiteWidgets import BackgroundRunMixin, ensureTorch, formatResultSummary
+from RegistrationSuiteWidgets import ChildRunMixin, formatResultSummary, torchSkipReason
 
 #
 # PartialVolumePreregistration
@@ -35,9 +35,9 @@ class PartialVolumePreregistration(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Partial-Volume Preregistration")
-        self.parent.categories = ["Registration"]
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Registration")]
         self.parent.dependencies = []
-        self.parent.contributors = ["RegistrationSuite contributors"]
+        self.parent.contributors = ["RegistrationSuite contributors (RegistrationSuite project)"]
         self.parent.helpText = _("""
 Locates a partial volume (a slab or a small field of view) inside a full volume, across modalities and without any
 initial alignment (template space patch mapping, TSPM). A network predicts where 16³ patches of the moving volume lie
@@ -92,7 +92,7 @@ class PartialVolumePreregistrationParameterNode:
 #
 
 
-class PartialVolumePreregistrationWidget(BackgroundRunMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+class PartialVolumePreregistrationWidget(ChildRunMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     runName = "PartialVolumePreregistration"
 
     def __init__(self, parent=None) -> None:
@@ -101,8 +101,6 @@ class PartialVolumePreregistrationWidget(BackgroundRunMixin, ScriptedLoadableMod
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._task = None  # BackgroundTask while a registration runs
-        self._run = None  # PartialVolumePreregistrationRun of the running registration
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -186,19 +184,18 @@ class PartialVolumePreregistrationWidget(BackgroundRunMixin, ScriptedLoadableMod
         self._checkCanApply()
 
     def _checkCanApply(self, caller=None, event=None) -> None:
-        if self._task is not None:
+        if self.isRunning():
             return  # the button is a Cancel button while running
         reason = self.logic.whyCannotRun(self._parameterNode)
         self.ui.applyButton.enabled = not reason
         self.ui.applyButton.toolTip = reason or _(
-            "Locate the moving volume in the fixed volume (runs in the background).")
+            "Locate the moving volume in the fixed volume (in a separate process).")
 
-    def _showResult(self, run, result, elapsedSeconds) -> str:
-        transformNode, tableNode = self.logic.finishRun(run, result)
+    def _showResult(self, outcome) -> str:
         if self._parameterNode is not None:
-            self._parameterNode.outputTransform = transformNode
-            self._parameterNode.diagnosticsTable = tableNode
-        return self.logic.resultText(result, elapsedSeconds)
+            self._parameterNode.outputTransform = outcome.nodes["transform"]
+            self._parameterNode.diagnosticsTable = outcome.nodes["table"]
+        return self.logic.resultText(outcome.result, outcome.seconds)
 
 
 #
@@ -206,22 +203,13 @@ class PartialVolumePreregistrationWidget(BackgroundRunMixin, ScriptedLoadableMod
 #
 
 
-@dataclass
-class PartialVolumePreregistrationRun:
-    """One registration captured on the main thread: the node logic's run plus what the module adds."""
-
-    run: object  # RegistrationSuiteLib.mrml.partial_prereg_logic.PartialPreregRun (nodes, config, LPS images)
-    placeMovingUnderTransform: bool
-
-
 class PartialVolumePreregistrationLogic(ScriptedLoadableModuleLogic, PartialPreregLogic):
     """The core's Qt-free node logic plus this module's parameter node; usable without the widget.
 
     Scripts can call the inherited ``register(fixedVolumeNode, movingVolumeNode, config=None,
-    outputTransformNode=None, model=None, progress=None, cancel=None, diagnosticsTableNode=None)``. The widget
-    splits a run in three so that the heavy part runs in a worker thread: :meth:`prepareRun` (main thread: nodes
-    -> images), :meth:`computeRun` (any thread: no MRML, no Qt) and :meth:`finishRun` (main thread: result ->
-    nodes).
+    outputTransformNode=None, model=None, progress=None, cancel=None, diagnosticsTableNode=None,
+    outputVolumeNode=None)``, which runs in this process and blocks. Apply declares the same run with
+    :meth:`runSpecFromParameterNode` and runs it in a child process (``RegistrationSuiteLib.mrml.runner``).
     """
 
     def __init__(self) -> None:
@@ -271,31 +259,25 @@ class PartialVolumePreregistrationLogic(ScriptedLoadableModuleLogic, PartialPrer
             return str(error)
         return ""
 
-    def prepareRun(self, parameterNode) -> PartialVolumePreregistrationRun:
-        """Main thread: validate the nodes, build the config, copy voxels into images, find the model file."""
+    def runSpecFromParameterNode(self, parameterNode):
+        """What Apply runs in a child process: a ``RunSpec`` (volumes, ``partial-prereg`` options, outputs)."""
         p = parameterNode
-        run = self.prepare_run(p.fixedVolume, p.movingVolume, self.configFromParameterNode(p), p.outputTransform,
-                               p.model or None, p.diagnosticsTable, p.outputVolume)
-        return PartialVolumePreregistrationRun(run, p.placeMovingUnderTransform)
-
-    def computeRun(self, run, progress=None, cancel=None):
-        """Any thread: the registration itself; returns a ``RegistrationResult``. Touches no MRML, no Qt."""
-        return self.compute_run(run.run, progress, cancel)
-
-    def finishRun(self, run, result):
-        """Main thread: write the transform, the diagnostics table and the resampled volume.
-
-        Returns ``(transformNode, tableNode)``."""
-        transformNode, tableNode = self.finish_run(run.run, result)
-        if run.placeMovingUnderTransform:
-            run.run.movingVolumeNode.SetAndObserveTransformNodeID(transformNode.GetID())
-        return transformNode, tableNode
+        return self.run_spec(p.fixedVolume, p.movingVolume, self.configFromParameterNode(p), p.outputTransform,
+                             p.model or None, p.diagnosticsTable, p.outputVolume, p.placeMovingUnderTransform)
 
     def runWithParameterNode(self, parameterNode, progress=None, cancel=None):
-        """Blocking run of what Apply does (scripts, tests); returns ``(result, transformNode, tableNode)``."""
-        run = self.prepareRun(parameterNode)
-        result = self.computeRun(run, progress, cancel)
-        return (result, *self.finishRun(run, result))
+        """Blocking in-process run of what Apply does (console, tests); returns ``(result, transformNode,
+        tableNode)``."""
+        p = parameterNode
+        result = self.register(p.fixedVolume, p.movingVolume, self.configFromParameterNode(p), p.outputTransform,
+                               p.model or None, progress, cancel, p.diagnosticsTable, p.outputVolume)
+        scene = p.fixedVolume.GetScene()
+        transformNode = scene.GetNodeByID(result.diagnostics["output_transform_node_id"])
+        tableNode = scene.GetNodeByID(result.diagnostics["diagnostics_table_node_id"])
+        if p.placeMovingUnderTransform:
+            p.movingVolume.SetAndObserveTransformNodeID(transformNode.GetID())
+        p.outputTransform, p.diagnosticsTable = transformNode, tableNode
+        return result, transformNode, tableNode
 
     @staticmethod
     def resultText(result, elapsedSeconds=None) -> str:
@@ -354,11 +336,11 @@ class PartialVolumePreregistrationTest(ScriptedLoadableModuleTest):
         from RegistrationSuiteLib.mrml.volumes import image_from_volume_node, volume_node_from_image
         from RegistrationSuiteLib.sample_data import sample_path
 
-        if ensureTorch(askConfirmation=False) is None:  # a test must not download torch
-            self.skipTest("torch is not available (PyTorch extension missing)")
         logic = PartialVolumePreregistrationLogic()
-        if not logic.availableModels():
-            self.skipTest("no TSPM model installed")
+        reason = torchSkipReason() or ("" if logic.availableModels() else "no TSPM model installed")
+        if reason:  # "Reload and Test" calls runTest() directly: report and return rather than skipTest
+            self.delayDisplay(f"Skipped: {reason}")
+            return
         fixed = slicer.util.loadVolume(str(sample_path("T1")))
         full = image_from_volume_node(fixed)
         depth = full.GetSize()[2]
@@ -383,15 +365,26 @@ class PartialVolumePreregistrationTest(ScriptedLoadableModuleTest):
         params.model = DEFAULT_MODEL if DEFAULT_MODEL in names else names[0]
         params.refineMetric, params.seed, params.device = "mse", 0, "auto"  # same modality
         self.assertEqual(logic.whyCannotRun(params), "")
+        import time
+
+        from RegistrationSuiteLib.mrml.runner import SUCCEEDED, ChildRun
+
+        spec = logic.runSpecFromParameterNode(params)  # what Apply does
+        run = ChildRun(spec, base_environment=slicer.util.startupEnvironment()).start()
         fractions = []
-        result, transformNode, tableNode = logic.runWithParameterNode(
-            params, progress=lambda f, m="": fractions.append(f))
+        while run.poll() == "running":
+            fractions.append(run.fraction)
+            slicer.app.processEvents()
+            time.sleep(0.05)
+        self.assertEqual(run.state, SUCCEEDED, str(run.error))
+        result, transformNode, tableNode = (run.outcome.result, run.outcome.nodes["transform"],
+                                            run.outcome.nodes["table"])
 
         movingToFixed = slicer.util.arrayFromTransformMatrix(transformNode)  # ToParent, RAS
         residual = movingToFixed @ appliedMovingToNew  # identity if recovered exactly
         self.assertLess(float(rotation_angle_deg(residual[:3, :3])), 4.0)
         self.assertLess(float(np.linalg.norm(residual[:3, :3] @ center + residual[:3, 3] - center)), 5.0)
-        self.assertTrue(fractions)
+        self.assertGreater(max(fractions), 0.0)
         self.assertEqual(tableNode.GetCellText(0, 0), "Verdict")
         self.assertEqual(moving.GetParentTransformNode(), transformNode)
         role = slicer.vtkMRMLTransformNode.GetMovingNodeReferenceRole()

@@ -12,6 +12,7 @@ import qt
 
 import slicer
 from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -19,7 +20,7 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 
-from RegistrationSuiteWidgets import PYTORCH_EXTENSION_MISSING, ensureTorch, torchStatus
+from RegistrationSuiteWidgets import PYTORCH_EXTENSION_MISSING, ensureTorch, reportErrors, torchStatus
 
 #
 # RegistrationSuite
@@ -30,14 +31,15 @@ class RegistrationSuite(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Registration Suite")
-        self.parent.categories = ["Registration"]
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Registration")]
         self.parent.dependencies = []
-        self.parent.contributors = ["RegistrationSuite contributors"]
+        self.parent.contributors = ["RegistrationSuite contributors (RegistrationSuite project)"]
         self.parent.helpText = _("""
 Overview of the RegistrationSuite extension: published image registration methods, one module each, sharing
 one Python library (also usable outside Slicer as the <code>registration-suite</code> command-line tool).
 <br><br>
-This panel lists the methods (click one to open it) and shows whether PyTorch is installed and can use a
+This panel lists the methods (click one to open it), a "Which method do I need?" table (points or images?
+partial scan? multimodal? deformation expected?), and shows whether PyTorch is installed and can use a
 GPU. PyTorch is installed through the PyTorch extension (SlicerPyTorch), which picks a build that matches
 your GPU driver; nothing is installed without asking you.
 <br><br>
@@ -112,11 +114,11 @@ class RegistrationSuiteWidget(ScriptedLoadableModuleWidget):
                 else _("PyTorch is already installed."))
 
     def onCheckTorchButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Failed to load PyTorch."), waitCursor=True):
+        with reportErrors(_("Failed to load PyTorch."), waitCursor=True):
             self.updateTorchStatus(importTorch=True)
 
     def onInstallTorchButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Failed to install PyTorch."), waitCursor=True):
+        with reportErrors(_("Failed to install PyTorch."), waitCursor=True):
             torch = ensureTorch(askConfirmation=True)
             self.updateTorchStatus(importTorch=torch is not None)
 
@@ -136,7 +138,7 @@ class RegistrationSuiteWidget(ScriptedLoadableModuleWidget):
         self.ui.modelsMessageLabel.text = message
 
     def onRefreshModelsButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Failed to read the model files."), waitCursor=True):
+        with reportErrors(_("Failed to read the model files."), waitCursor=True):
             self.updateModels(readDetails=torchStatus()["installed"])
             if not torchStatus()["installed"]:
                 self.ui.modelsMessageLabel.text = _("Install PyTorch to read the models' kind and summary.")
@@ -146,7 +148,7 @@ class RegistrationSuiteWidget(ScriptedLoadableModuleWidget):
                                               _("Model files (*.pt)"))
         if not path:
             return
-        with slicer.util.tryWithErrorDisplay(_("Failed to add the model file."), waitCursor=True):
+        with reportErrors(_("Failed to add the model file."), waitCursor=True):
             if ensureTorch(askConfirmation=True) is None:  # the file is checked with torch before it is copied
                 return
             destination = self.logic.userModelPath(path)
@@ -157,7 +159,7 @@ class RegistrationSuiteWidget(ScriptedLoadableModuleWidget):
             self.updateModels(readDetails=True)
 
     def onOpenModelsFolderButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Failed to open the user models folder."), waitCursor=True):
+        with reportErrors(_("Failed to open the user models folder."), waitCursor=True):
             folder = self.logic.userModelsFolder(create=True)
             qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(folder)))
 
@@ -166,11 +168,13 @@ class RegistrationSuiteWidget(ScriptedLoadableModuleWidget):
         if not userRows:
             self.updateModels(readDetails="torch" in sys.modules)
             return
-        question = _("Delete the {count} model file(s) and their model cards in\n{folder}?\n\nShipped models are "
-                     "kept. This cannot be undone.").format(count=len(userRows), folder=self.logic.userModelsFolder())
+        question = _("Delete the model files and model cards that RegistrationSuite installed in\n{folder}?\n\n"
+                     "Only files added with 'Add model' (and unchanged since) are deleted; files you copied there "
+                     "yourself and the shipped models are kept. This cannot be undone.").format(
+            folder=self.logic.userModelsFolder())
         if not slicer.util.confirmOkCancelDisplay(question, windowTitle=_("Clear user models")):
             return
-        with slicer.util.tryWithErrorDisplay(_("Failed to clear the user models folder."), waitCursor=True):
+        with reportErrors(_("Failed to clear the user models folder."), waitCursor=True):
             self.logic.clearUserModels()
         self.updateModels(readDetails="torch" in sys.modules)
 
@@ -229,6 +233,33 @@ class RegistrationSuiteLogic(ScriptedLoadableModuleLogic):
          "and non-rigid, WBIR 2022)."),
     )
 
+    #: "Which method do I need?": ``(your case, module names in the order to run them, note)``. Every module
+    #: named here is one of :attr:`METHODS`; the hub panel shows this table below the list of methods.
+    METHOD_GUIDE = (
+        ("Points, surfaces or organ label maps (not intensities)", ("OrganPointCloudRegistration",),
+         "each organ deforms with its own elasticity"),
+        ("Histology slides (2D, different stains)", ("HistologyRegistration",), "run alone"),
+        ("Partial scan (the moving image covers only part of the fixed one)", ("PartialVolumePreregistration",),
+         "then Deformable if soft tissue moved"),
+        ("Whole scans, same or different modality, unknown starting pose", ("GlobalRigidSearch",),
+         "multimodal, no initialisation needed"),
+        ("Deformation expected (soft tissue, follow-up, atlas)", ("GlobalRigidSearch", "DeformableRegistration"),
+         "rigid first; its transform is the deformable step's initial transform"),
+        ("Many pairs (a cohort)", (), "command line: registration-suite batch --pairs COHORT.csv"),
+    )
+
+    def methodGuideHtml(self) -> str:
+        """The "Which method do I need?" decision table, each module a link when it is loaded."""
+        rows = []
+        for case, modules, note in self.METHOD_GUIDE:
+            titles = dict((m, t) for m, t, _s in self.METHODS)
+            steps = " → ".join(
+                f'<a href="{m}">{html.escape(titles[m])}</a>' if self.isModuleAvailable(m)
+                else f"{html.escape(titles[m])} <i>({_('planned')})</i>" for m in modules)
+            rows.append(f"<tr><td>{html.escape(case)}</td><td>{steps}</td><td>{html.escape(note)}</td></tr>")
+        return (f"<p><b>{_('Which method do I need?')}</b></p><table border='1' cellpadding='3' cellspacing='0'>"
+                f"<tr><th>{_('Your case')}</th><th>{_('Use')}</th><th>{_('Note')}</th></tr>" + "".join(rows) + "</table>")
+
     @staticmethod
     def isModuleAvailable(moduleName) -> bool:
         """``True`` if the module is loaded in this Slicer session."""
@@ -243,7 +274,7 @@ class RegistrationSuiteLogic(ScriptedLoadableModuleLogic):
             else:
                 head = f"<b>{html.escape(title)}</b> <i>({_('planned')})</i>"
             lines.append(f"<li>{head}: {html.escape(summary)}</li>")
-        return "<ul>" + "".join(lines) + "</ul>"
+        return "<ul>" + "".join(lines) + "</ul>" + self.methodGuideHtml()
 
     @staticmethod
     def userModelsFolder(userDir=None, create=False) -> Path:

@@ -1,28 +1,41 @@
 """Helpers shared by the RegistrationSuite Slicer modules' widgets (Slicer layer only).
 
 This package runs only inside 3D Slicer: it may import ``qt`` and ``slicer`` at top level. The Qt-free core
-(``RegistrationSuiteLib``) must never import it.
+(``RegistrationSuiteLib``) must never import it. No threads here: runs go to a child process.
 
-- :mod:`.background`: run a registration in a worker thread and poll it from a ``qt.QTimer``, so the GUI
-  stays responsive and the run can be cancelled; ``BackgroundRunMixin`` is the widgets' Apply ↔ Cancel.
+- :mod:`.childrun`: run a registration in a child process (``RegistrationSuiteLib.mrml.runner.ChildRun``),
+  polled from a ``qt.QTimer``; ``ChildRunMixin`` is the widgets' Apply ↔ Cancel, progress and error display.
 - :mod:`.torchsupport`: torch status and installation through the PyTorch extension (``PyTorchUtils``).
 - :mod:`.sampledata`: register the volumes shipped in ``RegistrationSuiteLib/data`` with Sample Data.
 - :mod:`.results`: one-line summaries of a ``RegistrationResult`` for the modules' result labels.
+
+Slicer APIs newer than the oldest supported Slicer, and the guard each call uses, are listed in
+``RegistrationSuiteLib.mrml.slicer_versions`` (checked in CI).
 """
 
-from .background import BackgroundRunMixin, BackgroundTask, setApplyButtonRunning
+from .childrun import ChildRunMixin, reportErrors, setApplyButtonRunning, showError
 from .results import formatResultSummary
 from .sampledata import registerSampleVolumes
-from .torchsupport import PYTORCH_EXTENSION_MISSING, ensureTorch, pyTorchUtilsAvailable, torchStatus
+from .torchsupport import (
+    PYTORCH_EXTENSION_MISSING,
+    ensureTorch,
+    pyTorchUtilsAvailable,
+    torchReadyForRun,
+    torchSkipReason,
+    torchStatus,
+)
 
 __all__ = [
     "PYTORCH_EXTENSION_MISSING",
-    "BackgroundRunMixin",
-    "BackgroundTask",
+    "ChildRunMixin",
     "ensureTorch",
     "formatResultSummary",
     "pyTorchUtilsAvailable",
+    "reportErrors",
     "registerSampleVolumes",
     "setApplyButtonRunning",
+    "showError",
+    "torchReadyForRun",
+    "torchSkipReason",
     "torchStatus",
 ]

@@ -29,7 +29,10 @@ def registerSampleVolumes(category, samples, iconsPath):
 
     from RegistrationSuiteLib.sample_data import sample_path
 
-    SampleData.SampleDataLogic.registerCustomSampleDataCategory(category, title=category)
+    # Newer than the oldest supported Slicer (see RegistrationSuiteLib.mrml.slicer_versions.NEWER_APIS): before
+    # 5.12 the category is created by registerCustomSampleDataSource itself.
+    if hasattr(SampleData.SampleDataLogic, "registerCustomSampleDataCategory"):
+        SampleData.SampleDataLogic.registerCustomSampleDataCategory(category, title=category)
     for sampleName, sampleKey, thumbnail in samples:
         path = sample_path(sampleKey)
         SampleData.SampleDataLogic.registerCustomSampleDataSource(

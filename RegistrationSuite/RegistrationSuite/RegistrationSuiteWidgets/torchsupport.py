@@ -56,23 +56,41 @@ def torchStatus(importTorch=False):
     return status
 
 
+def torchReadyForRun():
+    """Before Apply: ``True`` when torch is installed (the child process imports it; the PyTorch extension
+    is then not needed). Otherwise offer to install it through the PyTorch extension (the user confirms),
+    or say that the extension is missing; ``False`` when nothing should run."""
+    if torchStatus()["installed"]:
+        return True
+    return ensureTorch(askConfirmation=True) is not None
+
+
+def torchSkipReason():
+    """For module tests: why a test needing torch cannot run ("" when it can). Never installs anything:
+    a test must not download torch (``installTorch(askConfirmation=False)`` would, silently)."""
+    return "" if torchStatus()["installed"] else "torch is not installed (install it from the PyTorch extension)"
+
+
 def ensureTorch(askConfirmation=True):
     """Return the torch module, installing it through PyTorchUtils if needed (after the user confirms).
+
+    Only for the user's Apply (:func:`torchReadyForRun`) and the hub module's install button, never from a
+    test: with ``askConfirmation=False`` PyTorchUtils downloads torch and torchvision without asking.
 
     Returns:
         the ``torch`` module, or ``None`` if the PyTorch extension is missing (the user is told) or the user
         declined the installation.
     """
+    if torchStatus()["installed"]:  # torch is usable without the extension (e.g. pip-installed)
+        import torch
+
+        return torch
     try:
         import PyTorchUtils
     except ImportError:
         slicer.util.errorDisplay(PYTORCH_EXTENSION_MISSING)
         return None
     logic = PyTorchUtils.PyTorchUtilsLogic()
-    if logic.torchInstalled():
-        import torch
-
-        return torch
     torch = logic.installTorch(askConfirmation=askConfirmation)
     if torch is None:
         logging.info("RegistrationSuite: torch installation declined; nothing was run")

@@ -236,3 +236,44 @@ def test_resample_single_slice_volumes(headless_scene):
     assert resampled.GetDimension() == 2
     diff = sitk.GetArrayFromImage(resampled)[3:-3, 3:-3] - sitk.GetArrayFromImage(fixed_image)[3:-3, 3:-3]
     assert np.abs(diff).max() < 0.05 * sitk.GetArrayFromImage(fixed_image).max()
+
+
+def test_failing_resample_restores_passed_transform_and_moving(volumes):
+    """Issue 8 §2.8: a run that fails after writing the passed output transform (here: the resampled volume)
+    restores the transform, leaves the moving volume where it was and removes nothing the user passed."""
+    scene, fixed, moving, fixed_image = volumes
+    output = set_linear_transform(None, np.diag([2.0, 1.0, 1.0, 1.0]), scene, "previous")
+    state, moving_state = restorable(output), restorable(moving)
+    resampled = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "resampled")
+    count = scene.GetNumberOfNodes()
+    with mock.patch(CORE, create=True, return_value=known_result(fixed_image)), \
+            mock.patch("RegistrationSuiteLib.mrml.logic.resample_volume", side_effect=RuntimeError("disk full")), \
+            pytest.raises(RuntimeError, match="disk full"):
+        GlobalRigidSearchLogic().register(fixed, moving, outputTransformNode=output, outputVolumeNode=resampled,
+                                          placeMovingUnderTransform=True)
+    assert restorable(output) == state
+    assert restorable(moving) == moving_state
+    assert output.GetNodeReferenceID(slicer.vtkMRMLTransformNode.GetMovingNodeReferenceRole()) is None
+    assert scene.GetNumberOfNodes() == count
+    # Without a passed output, the node created for the run is removed again.
+    with mock.patch(CORE, create=True, return_value=known_result(fixed_image)), \
+            mock.patch("RegistrationSuiteLib.mrml.logic.resample_volume", side_effect=RuntimeError("disk full")), \
+            pytest.raises(RuntimeError):
+        GlobalRigidSearchLogic().register(fixed, moving, outputVolumeNode=resampled)
+    assert scene.GetNumberOfNodes() == count
+
+
+def test_register_with_outputs_places_moving_and_resamples(volumes):
+    scene, fixed, moving, fixed_image = volumes
+    resampled = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "resampled")
+    with mock.patch(CORE, create=True, return_value=known_result(fixed_image)):
+        result = GlobalRigidSearchLogic().register(fixed, moving, outputVolumeNode=resampled,
+                                                   placeMovingUnderTransform=True)
+    node = scene.GetNodeByID(result.diagnostics["output_transform_node_id"])
+    assert moving.GetParentTransformNode() is node
+    assert resampled.GetImageData().GetDimensions() == fixed.GetImageData().GetDimensions()
+
+
+def restorable(node):
+    """What a rollback restores (a restore modifies the node, so its modification time is not compared)."""
+    return {k: np.asarray(v).tolist() for k, v in snapshot(node).items() if k != "mtime"}

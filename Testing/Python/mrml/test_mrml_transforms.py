@@ -201,3 +201,45 @@ def test_registration_references(headless_scene):
     assert node.GetNumberOfNodeReferences(moving_role) == 1
     set_registration_references(node, fixed, None)
     assert node.GetNodeReference(moving_role) is None
+
+
+def smooth_affine_field():
+    """A displacement field u(p) = t + A (p - c) (LPS, mm) on an oblique, anisotropic grid: linear
+    interpolation reproduces it (and the field of its inverse) exactly between grid points."""
+    reference = sitk.Image([9, 8, 7], sitk.sitkFloat32)
+    reference.SetSpacing((3.0, 4.0, 5.0))
+    reference.SetOrigin((10.0, -20.0, 5.0))
+    rotation = np.array(sitk.Euler3DTransform((0, 0, 0), 0.2, -0.1, 0.3).GetMatrix()).reshape(3, 3)
+    reference.SetDirection(tuple(rotation.ravel()))
+    centre = np.array(reference.TransformContinuousIndexToPhysicalPoint((4.0, 3.5, 3.0)))
+    a = np.array([[0.03, -0.01, 0.0], [0.02, 0.01, -0.015], [0.0, 0.01, 0.02]])
+    shift = np.array([2.0, -1.5, 1.0])
+    points = np.array([[[reference.TransformIndexToPhysicalPoint((i, j, k)) for i in range(9)] for j in range(8)]
+                       for k in range(7)])
+    field = sitk.GetImageFromArray(shift + (points - centre) @ a.T, isVector=True)
+    field.CopyInformation(reference)
+    affine = np.eye(4)
+    affine[:3, :3] = np.eye(3) + a
+    affine[:3, 3] = shift - a @ centre
+    return sitk.DisplacementFieldTransform(field), reference, affine  # affine: p ↦ p + u(p)
+
+
+@pytest.mark.parametrize("storage", ["FromParent", "ToParent"])
+def test_grid_read_back_in_both_storage_directions(headless_scene, storage):
+    """A grid node stored as ToParent (as Slicer's DICOM import makes them) reads back as the inverse mapping:
+    the FromParent direction, not the stored grid with its direction ignored."""
+    field, reference, affine = smooth_affine_field()
+    stored = set_grid_transform_from_sitk(None, field, headless_scene, "stored FromParent")
+    node = stored
+    if storage == "ToParent":
+        grid = slicer.vtkOrientedGridTransform()
+        grid.DeepCopy(stored.GetTransformFromParent())
+        node = headless_scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "stored ToParent")
+        node.SetAndObserveTransformToParent(grid)  # ToParent(p) = p + u(p)  ⇒  FromParent = its inverse
+    back = sitk_transform_from_node(node)
+    assert isinstance(back, sitk.DisplacementFieldTransform)
+    expected = affine if storage == "FromParent" else np.linalg.inv(affine)
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        p = np.array(reference.TransformContinuousIndexToPhysicalPoint(tuple(rng.uniform(1.0, 5.0, 3))))
+        np.testing.assert_allclose(back.TransformPoint(tuple(p)), apply_affine(expected, p[None])[0], atol=1e-3)

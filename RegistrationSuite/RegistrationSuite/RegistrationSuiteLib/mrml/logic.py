@@ -24,6 +24,7 @@ import SimpleITK as sitk
 from ..errors import InputError
 from ..result import RegistrationResult
 from .masks import mask_from_node
+from .rollback import rollback_on_error
 from .transforms import (
     DEFAULT_TRANSFORM_NAME,
     set_registration_references,
@@ -75,6 +76,8 @@ class RegistrationLogicBase:
         movingMaskNode=None,
         progress=None,
         cancel=None,
+        *,
+        finish=None,
     ) -> RegistrationResult:
         """Register the moving volume to the fixed one and write the output transform node.
 
@@ -85,6 +88,8 @@ class RegistrationLogicBase:
             fixedMaskNode, movingMaskNode: optional labelmap volume or segmentation nodes (any segment).
             progress: ``progress(fraction, message)`` callback.
             cancel: callable returning ``True`` to stop (raises ``RegistrationCancelled``).
+            finish: optional ``finish(result, transformNode, rollback)`` writing further outputs; if it
+                raises, the transform node is restored (or removed) too (:mod:`.rollback`).
 
         Returns:
             The method's :class:`RegistrationResult`; its output node is in
@@ -94,7 +99,12 @@ class RegistrationLogicBase:
         inputs = self.prepare_inputs(fixedVolumeNode, movingVolumeNode, fixedMaskNode, movingMaskNode)
         result = self.run_method(inputs, config, progress, cancel)
         self._note_parent_transforms(result, fixedVolumeNode, movingVolumeNode, outputTransformNode)
-        node = self.apply_result(result, inputs, scene, fixedVolumeNode, movingVolumeNode, outputTransformNode)
+        with rollback_on_error(scene, [outputTransformNode]) as rollback:
+            node = self.apply_result(result, inputs, scene, fixedVolumeNode, movingVolumeNode, outputTransformNode)
+            if outputTransformNode is None:
+                rollback.created(node)
+            if finish is not None:
+                finish(result, node, rollback)
         result.diagnostics["output_transform_node_id"] = node.GetID()
         return result
 
@@ -191,9 +201,65 @@ class GlobalRigidSearchLogic(RegistrationLogicBase):
     method_module = "RegistrationSuiteLib.methods.global_rigid"
 
     def default_config(self):
-        """``GlobalRigidConfig()`` (imported when first needed: the method pulls in torch)."""
-        config_class = getattr(importlib.import_module(self.method_module), "GlobalRigidConfig", None)
-        return None if config_class is None else config_class()
+        """``GlobalRigidConfig()`` (its module imports no torch)."""
+        return importlib.import_module(self.method_module + ".config").GlobalRigidConfig()
+
+    def register(self, fixedVolumeNode, movingVolumeNode, config=None, outputTransformNode=None,
+                 fixedMaskNode=None, movingMaskNode=None, progress=None, cancel=None, *,
+                 outputVolumeNode=None, placeMovingUnderTransform: bool = False) -> RegistrationResult:
+        """In-process run (see :meth:`RegistrationLogicBase.register`), plus ``outputVolumeNode`` (the moving
+        volume resampled on the fixed grid) and ``placeMovingUnderTransform``. If any output fails, every
+        passed node is restored and created nodes are removed."""
+        def finish(result, transformNode, rollback):
+            if outputVolumeNode is not None:
+                rollback.add(outputVolumeNode)
+                self.resample_volume(movingVolumeNode, fixedVolumeNode, transformNode, outputVolumeNode)
+                result.diagnostics["output_volume_node_id"] = outputVolumeNode.GetID()
+            if placeMovingUnderTransform:
+                rollback.add(movingVolumeNode)
+                movingVolumeNode.SetAndObserveTransformNodeID(transformNode.GetID())
+
+        return super().register(fixedVolumeNode, movingVolumeNode, config, outputTransformNode, fixedMaskNode,
+                                movingMaskNode, progress, cancel, finish=finish)
+
+    def run_spec(self, fixedVolumeNode, movingVolumeNode, config=None, outputTransformNode=None,
+                 fixedMaskNode=None, movingMaskNode=None, outputVolumeNode=None,
+                 placeMovingUnderTransform: bool = False):
+        """Declare a child-process run of ``registration-suite rigid-search`` (see :mod:`.runner`).
+
+        Same arguments as :meth:`register`, plus ``outputVolumeNode`` (receives the moving volume resampled on
+        the fixed grid) and ``placeMovingUnderTransform``. Returns a :class:`~.runner.RunSpec`; the output
+        transform is ``outcome.nodes["transform"]``.
+        """
+        from .runner import NodeInput, NodeOutput, RunSpec
+
+        self._check_nodes(fixedVolumeNode, movingVolumeNode, outputTransformNode)
+        config = config if config is not None else self.default_config()
+        check_cli_expressible(config, ("min_overlap", "seed", "device", "num_rotations"), "rigid-search")
+        options = ["--min-overlap", repr(float(config.min_overlap)), "--seed", str(int(config.seed)),
+                   "--device", str(config.device), "--rotations", ",".join(str(int(n)) for n in config.num_rotations)]
+        outputs = [NodeOutput("--output", "transform", node=outputTransformNode, key="transform",
+                              name=self.output_name, references=("fixed", "moving"))]
+        if outputVolumeNode is not None:
+            outputs.append(NodeOutput("--output-resampled", "volume", node=outputVolumeNode, key="resampled",
+                                      reference="fixed"))
+
+        def finish(outcome, rollback):
+            node = outcome.nodes["transform"]
+            self._note_parent_transforms(outcome.result, fixedVolumeNode, movingVolumeNode, outputTransformNode)
+            outcome.result.diagnostics["output_transform_node_id"] = node.GetID()
+            if placeMovingUnderTransform:
+                movingVolumeNode.SetAndObserveTransformNodeID(node.GetID())
+
+        return RunSpec(
+            command="rigid-search",
+            inputs=[NodeInput("--fixed", fixedVolumeNode, "volume", key="fixed"),
+                    NodeInput("--moving", movingVolumeNode, "volume", key="moving"),
+                    NodeInput("--fixed-mask", fixedMaskNode, "mask", reference="fixed"),
+                    NodeInput("--moving-mask", movingMaskNode, "mask", reference="moving")],
+            options=options, outputs=outputs, finish=finish,
+            touches=[movingVolumeNode] if placeMovingUnderTransform else [],
+        )
 
     def run_method(self, inputs: RegistrationInputs, config, progress, cancel) -> RegistrationResult:
         module = importlib.import_module(self.method_module)
@@ -251,6 +317,28 @@ def resample_volume(
         labelmap=labelmap,
         node=outputNode,
     )
+
+
+def check_cli_expressible(config, fields, command: str) -> None:
+    """Raise ``InputError`` when ``config`` differs from its defaults outside ``fields``: the child-process
+    run passes only these to ``registration-suite <command>``, and must not silently drop the others."""
+    import dataclasses
+
+    import numpy as np
+
+    default = type(config)()
+
+    def differs(a, b) -> bool:
+        try:
+            return bool(a != b)
+        except ValueError:  # arrays
+            return not np.array_equal(np.asarray(a, dtype=object), np.asarray(b, dtype=object))
+
+    changed = [f.name for f in dataclasses.fields(config)
+               if f.name not in fields and differs(getattr(config, f.name), getattr(default, f.name))]
+    if changed:
+        raise InputError(f"config: {command} in a child process takes only {', '.join(fields)}; "
+                         f"got changed {', '.join(changed)} (run in-process with register() instead)")
 
 
 def _node_kind(node) -> str:

@@ -9,8 +9,9 @@ fixed/moving registration references. Optionally a hardened copy of the moving s
 in the fixed space.
 
 The node guarantees of :class:`~.logic.RegistrationLogicBase` hold: inputs are never modified; on error or
-cancellation no node is added (nodes are only created once the core has returned a result, and a failing
-transformed copy removes the transform node it created).
+cancellation no node is added (nodes are only created once the core has returned a result; a failing write
+restores passed nodes and removes created ones: :mod:`.rollback`). :meth:`OrganPointCloudLogic.run_spec`
+declares the same run for a child process (:mod:`.runner`, what the Slicer module's Apply does).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..errors import InputError
 from ..io.points import LabeledPoints
 from ..result import RegistrationResult
 from .logic import RegistrationLogicBase, _describe
+from .rollback import rollback_on_error
 from .points import MODEL_LABEL_ARRAY, apply_grid_transform_copy, registration_input_from_node, segment_labels
 from .volumes import image_from_volume_node
 
@@ -322,32 +324,97 @@ class OrganPointCloudLogic(RegistrationLogicBase):
         if outputTransformNode is not None and outputTransformNode.GetScene() is None:
             outputTransformNode = None  # deleted meanwhile: create a new node rather than write into a dead one
         self._note_parent_transforms(result, fixedNode, movingNode, outputTransformNode)
-        node = self.apply_result(result, inputs, scene, fixedNode, movingNode, outputTransformNode)
+        with rollback_on_error(scene, [outputTransformNode]) as rollback:
+            node = self.apply_result(result, inputs, scene, fixedNode, movingNode, outputTransformNode)
+            if outputTransformNode is None:
+                rollback.created(node)
+            copies = self.transformed_copy(result, movingNode, node, scene, rollback) if transformedMovingCopy else None
         result.diagnostics["output_transform_node_id"] = node.GetID()
-        copies = None
-        if transformedMovingCopy:
-            try:
-                copies = apply_grid_transform_copy(movingNode, node, scene)
-            except Exception:
-                if outputTransformNode is None:
-                    scene.RemoveNode(node)
-                    result.diagnostics.pop("output_transform_node_id", None)
-                raise
-            ids = [c.GetID() for c in (copies if isinstance(copies, list) else [copies])]
-            result.diagnostics["transformed_moving_node_ids"] = ids
         return node, copies
 
-    def apply_result(self, result, inputs, scene, fixedNode, movingNode, outputTransformNode=None):
-        """The base's output node; lists of model nodes are all referenced (first by ``SetNodeReferenceID``)."""
-        node = super().apply_result(result, inputs, scene, _first(fixedNode), _first(movingNode), outputTransformNode)
+    @staticmethod
+    def transformed_copy(result, movingNode, transformNode, scene, rollback):
+        """A hardened copy of the moving node(s) in the fixed space; new nodes are recorded in ``rollback``."""
+        copies = apply_grid_transform_copy(movingNode, transformNode, scene)
+        created = copies if isinstance(copies, list) else [copies]
+        for copy in created:
+            rollback.created(copy)
+        result.diagnostics["transformed_moving_node_ids"] = [c.GetID() for c in created]
+        return copies
+
+    def add_list_references(self, transformNode, fixedNode, movingNode) -> None:
+        """Lists of model nodes: every node after the first is referenced too (fixed/moving roles)."""
         import slicer
 
         for role, nodes in ((slicer.vtkMRMLTransformNode.GetFixedNodeReferenceRole(), fixedNode),
                             (slicer.vtkMRMLTransformNode.GetMovingNodeReferenceRole(), movingNode)):
             if isinstance(nodes, (list, tuple)):
                 for extra in nodes[1:]:
-                    node.AddNodeReferenceID(role, extra.GetID())
+                    transformNode.AddNodeReferenceID(role, extra.GetID())
+
+    def run_spec(self, fixedNode, movingNode, config=None, outputTransformNode=None, organs=None,
+                 transformedMovingCopy: bool = False, placeMovingUnderTransform: bool = False):
+        """Declare a child-process run of ``registration-suite organ-points`` (see :mod:`.runner`).
+
+        Same arguments as :meth:`register`, plus ``placeMovingUnderTransform``. The organs are exported as
+        label images or labelled LPS points (as :meth:`prepare_inputs` takes them); per-organ Λ/B and a
+        coherence matrix become ``--lambda-mm``/``--beta-mm`` ``LABEL:MM`` lists and a ``--coherence`` CSV.
+        """
+        from .logic import check_cli_expressible
+        from .runner import NodeInput, NodeOutput, RunSpec
+
+        self._check_nodes(fixedNode, movingNode, outputTransformNode)
+        config = self.resolve_config(config, organs)
+        check_cli_expressible(config, ("labels", "points_per_organ", "lambda_mm", "beta_mm", "coherence", "omega",
+                                       "grid_spacing_mm", "seed", "device"), "organ-points")
+        params = {"labels": config.labels, "points_per_organ": int(config.points_per_organ), "seed": int(config.seed)}
+        options = ["--points-per-organ", str(int(config.points_per_organ)), "--lambda-mm", _mm_option(config.lambda_mm),
+                   "--beta-mm", _mm_option(config.beta_mm), "--omega", repr(float(config.omega)),
+                   "--grid-spacing", repr(float(config.grid_spacing_mm)), "--seed", str(int(config.seed)),
+                   "--device", str(config.device)]
+        if config.labels is not None:
+            options += ["--labels", ",".join(str(int(v)) for v in config.labels)]
+        coherence = None
+        if isinstance(config.coherence, str):
+            options += ["--coherence", config.coherence]
+        else:
+            coherence = np.asarray(config.coherence, dtype=float)
+
+        def finish(outcome, rollback):
+            node = outcome.nodes["transform"]
+            self.add_list_references(node, fixedNode, movingNode)
+            self._note_parent_transforms(outcome.result, fixedNode, movingNode, outputTransformNode)
+            outcome.result.diagnostics["output_transform_node_id"] = node.GetID()
+            if transformedMovingCopy:
+                outcome.nodes["copy"] = self.transformed_copy(outcome.result, movingNode, node, outcome.scene, rollback)
+            if placeMovingUnderTransform:
+                for moving in movingNode if isinstance(movingNode, (list, tuple)) else [movingNode]:
+                    moving.SetAndObserveTransformNodeID(node.GetID())
+
+        touches = list(movingNode) if isinstance(movingNode, (list, tuple)) else [movingNode]
+        return RunSpec(
+            "organ-points",
+            inputs=[NodeInput("--fixed", fixedNode, "labels", key="fixed", params=params),
+                    NodeInput("--moving", movingNode, "labels", key="moving", params=params),
+                    NodeInput("--coherence", coherence, "matrix", key="coherence")],
+            options=options,
+            outputs=[NodeOutput("--output", "transform", node=outputTransformNode, key="transform",
+                                name=self.output_name, references=("fixed", "moving"))],
+            finish=finish, touches=touches if placeMovingUnderTransform else [],
+        )
+
+    def apply_result(self, result, inputs, scene, fixedNode, movingNode, outputTransformNode=None):
+        """The base's output node; lists of model nodes are all referenced (first by ``SetNodeReferenceID``)."""
+        node = super().apply_result(result, inputs, scene, _first(fixedNode), _first(movingNode), outputTransformNode)
+        self.add_list_references(node, fixedNode, movingNode)
         return node
+
+
+def _mm_option(value) -> str:
+    """``--lambda-mm``/``--beta-mm`` text: one number, or ``LABEL:MM,...`` for per-organ values."""
+    if isinstance(value, Mapping):
+        return ",".join(f"{int(k)}:{float(v)!r}" for k, v in value.items())
+    return repr(float(value))
 
 
 def _first(nodes):

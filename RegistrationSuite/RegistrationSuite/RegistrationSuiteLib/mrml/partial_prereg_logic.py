@@ -12,11 +12,13 @@ transform, and the logic writes:
 
 The node guarantees of :class:`~.logic.RegistrationLogicBase` hold: inputs are never modified; on error or
 cancellation no node is added and passed output nodes keep their content (nodes are written only after the
-core returned, and nodes created by a failing write are removed again).
+core returned; passed nodes are snapshotted before the first write and restored, and created nodes removed, if
+any later write fails: :mod:`.rollback`).
 
-A run can be split for a worker thread: :meth:`PartialPreregLogic.prepare_run` (main thread: nodes → images,
-model name → file), :meth:`~PartialPreregLogic.compute_run` (any thread: no MRML) and
-:meth:`~PartialPreregLogic.finish_run` (main thread: result → nodes).
+In-process: :meth:`PartialPreregLogic.register` (or :meth:`~PartialPreregLogic.prepare_run`,
+:meth:`~PartialPreregLogic.compute_run`, :meth:`~PartialPreregLogic.finish_run`). In a child process (what the
+Slicer module's Apply does): :meth:`~PartialPreregLogic.run_spec` declares the ``partial-prereg`` run for
+:mod:`.runner`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import List, Optional
 from ..errors import InputError
 from ..result import RegistrationResult
 from .logic import RegistrationInputs, RegistrationLogicBase, _describe
+from .rollback import rollback_on_error
 
 METHOD_MODULE = "RegistrationSuiteLib.methods.partial_prereg"
 #: Model kind of the TSPM patch-position network (``RegistrationSuiteLib.models.model_file``).
@@ -324,6 +327,17 @@ class PartialPreregLogic(RegistrationLogicBase):
                     diagnosticsTableNode=None, outputVolumeNode=None) -> PartialPreregRun:
         """Main thread: check nodes and options, copy the voxels, resolve the model file."""
         scene = self._check_nodes(fixedVolumeNode, movingVolumeNode, outputTransformNode)
+        self._check_extra_outputs(fixedVolumeNode, movingVolumeNode, diagnosticsTableNode, outputVolumeNode)
+        config = config if config is not None else self.default_config()
+        base = self.prepare_inputs(fixedVolumeNode, movingVolumeNode)
+        if base.dimension != 3:
+            raise InputError("movingVolumeNode: partial-volume preregistration needs 3D volumes, got single slices")
+        inputs = PartialPreregInputs(base.fixed_image, base.moving_image, model=resolve_model_argument(model))
+        return PartialPreregRun(scene, fixedVolumeNode, movingVolumeNode, outputTransformNode, diagnosticsTableNode,
+                                outputVolumeNode, config, inputs)
+
+    @staticmethod
+    def _check_extra_outputs(fixedVolumeNode, movingVolumeNode, diagnosticsTableNode, outputVolumeNode) -> None:
         if diagnosticsTableNode is not None and (not hasattr(diagnosticsTableNode, "IsA")
                                                  or not diagnosticsTableNode.IsA("vtkMRMLTableNode")):
             raise InputError(f"diagnosticsTableNode: expected a table node, got {_describe(diagnosticsTableNode)}")
@@ -332,13 +346,6 @@ class PartialPreregLogic(RegistrationLogicBase):
                 raise InputError(f"outputVolumeNode: expected a scalar volume node, got {_describe(outputVolumeNode)}")
             if outputVolumeNode in (fixedVolumeNode, movingVolumeNode):
                 raise InputError("outputVolumeNode: expected a new volume node, got the fixed or moving volume itself")
-        config = config if config is not None else self.default_config()
-        base = self.prepare_inputs(fixedVolumeNode, movingVolumeNode)
-        if base.dimension != 3:
-            raise InputError("movingVolumeNode: partial-volume preregistration needs 3D volumes, got single slices")
-        inputs = PartialPreregInputs(base.fixed_image, base.moving_image, model=resolve_model_argument(model))
-        return PartialPreregRun(scene, fixedVolumeNode, movingVolumeNode, outputTransformNode, diagnosticsTableNode,
-                                outputVolumeNode, config, inputs)
 
     def compute_run(self, run: PartialPreregRun, progress=None, cancel=None) -> RegistrationResult:
         """Any thread: the core registration; touches no MRML."""
@@ -358,7 +365,8 @@ class PartialPreregLogic(RegistrationLogicBase):
     def finish_run(self, run: PartialPreregRun, result: RegistrationResult):
         """Main thread: write the transform, the diagnostics table (and the resampled volume).
 
-        Returns ``(transformNode, tableNode)``. Nodes this call created are removed again if a later write fails.
+        Returns ``(transformNode, tableNode)``. If any write fails, passed nodes are restored and nodes this call
+        created are removed.
         """
         for label, node in (("fixedVolumeNode", run.fixedVolumeNode), ("movingVolumeNode", run.movingVolumeNode)):
             if node.GetScene() is None:
@@ -368,27 +376,82 @@ class PartialPreregLogic(RegistrationLogicBase):
         outputNode, tableNode, volumeNode = alive  # deleted meanwhile: create new ones rather than write dead ones
         summary = summarize_diagnostics(result)  # before any write: a failure here leaves the scene untouched
         self._note_parent_transforms(result, run.fixedVolumeNode, run.movingVolumeNode, outputNode)
-        created = []
-        try:
+        # Every passed node is snapshotted first: a failure at any write restores them all (and removes new ones).
+        with rollback_on_error(run.scene, [outputNode, tableNode, volumeNode]) as rollback:
             transformNode = self.apply_result(result, run.inputs, run.scene, run.fixedVolumeNode,
                                               run.movingVolumeNode, outputNode)
-            created += [transformNode] if outputNode is None else []
-            table = diagnostics_table(result, tableNode, run.scene, summary=summary,
-                                      name=run.scene.GenerateUniqueName(self.table_name))
-            created += [table] if tableNode is None else []
+            if outputNode is None:
+                rollback.created(transformNode)
+            table = self.write_diagnostics(result, summary, run.scene, tableNode, rollback)
             if volumeNode is not None:
                 self.resample_volume(run.movingVolumeNode, run.fixedVolumeNode, transformNode, volumeNode)
                 result.diagnostics["output_volume_node_id"] = volumeNode.GetID()
-        except Exception:
-            for node in created:
-                run.scene.RemoveNode(node)
-            raise
+        self._record_outputs(result, summary, transformNode, table)
+        return transformNode, table
+
+    def write_diagnostics(self, result, summary, scene, tableNode, rollback):
+        """The diagnostics table (a new node is recorded in ``rollback``)."""
+        table = diagnostics_table(result, tableNode, scene, summary=summary,
+                                  name=scene.GenerateUniqueName(self.table_name))
+        if tableNode is None:
+            rollback.created(table)
+        return table
+
+    @staticmethod
+    def _record_outputs(result, summary, transformNode, table) -> None:
         result.diagnostics["output_transform_node_id"] = transformNode.GetID()
         result.diagnostics["diagnostics_table_node_id"] = table.GetID()
         result.diagnostics["verdict"] = summary.to_dict()
         # The core already warns about its own reasons (same wording); add only the ones found here.
         result.warnings += [w for w in (f"doubtful result: {r}" for r in summary.reasons) if w not in result.warnings]
-        return transformNode, table
+
+    def run_spec(self, fixedVolumeNode, movingVolumeNode, config=None, outputTransformNode=None, model=None,
+                 diagnosticsTableNode=None, outputVolumeNode=None, placeMovingUnderTransform: bool = False):
+        """Declare a child-process run of ``registration-suite partial-prereg`` (see :mod:`.runner`).
+
+        Same arguments as :meth:`register` (``model``: a name or ``.pt`` path, not a loaded model), plus
+        ``placeMovingUnderTransform``. Outputs: ``outcome.nodes["transform"]`` and, after the finish step,
+        ``outcome.nodes["table"]``.
+        """
+        from .logic import check_cli_expressible
+        from .runner import NodeInput, NodeOutput, RunSpec
+
+        self._check_nodes(fixedVolumeNode, movingVolumeNode, outputTransformNode)
+        self._check_extra_outputs(fixedVolumeNode, movingVolumeNode, diagnosticsTableNode, outputVolumeNode)
+        config = config if config is not None else self.default_config()
+        check_cli_expressible(config, ("num_patches", "min_patches", "refine", "seed", "device", "local_search"),
+                              "partial-prereg")
+        if config.min_patches != min(20, max(6, config.num_patches)):
+            raise InputError(f"config: partial-prereg in a child process uses min_patches = min(20, max(6, "
+                             f"num_patches)), got min_patches={config.min_patches}")
+        model_path = resolve_model_argument(model)
+        if model_path is not None and not isinstance(model_path, Path):
+            raise InputError("model: a child-process run needs a model name or .pt path, got a loaded model")
+        options = ["--refine", config.refine, "--patches", str(int(config.num_patches)),
+                   "--seed", str(int(config.seed)), "--device", str(config.device)]
+        options += [] if config.local_search else ["--no-local-search"]
+        options += ["--model", str(model_path)] if model_path is not None else []
+        outputs = [NodeOutput("--output", "transform", node=outputTransformNode, key="transform",
+                              name=self.output_name, references=("fixed", "moving"))]
+        if outputVolumeNode is not None:
+            outputs.append(NodeOutput("--output-resampled", "volume", node=outputVolumeNode, key="resampled",
+                                      reference="fixed"))
+
+        def finish(outcome, rollback):
+            result, transformNode = outcome.result, outcome.nodes["transform"]
+            summary = summarize_diagnostics(result)
+            self._note_parent_transforms(result, fixedVolumeNode, movingVolumeNode, outputTransformNode)
+            table = self.write_diagnostics(result, summary, outcome.scene, diagnosticsTableNode, rollback)
+            outcome.nodes["table"] = table
+            self._record_outputs(result, summary, transformNode, table)
+            if placeMovingUnderTransform:
+                movingVolumeNode.SetAndObserveTransformNodeID(transformNode.GetID())
+
+        touches = [n for n in (diagnosticsTableNode, movingVolumeNode if placeMovingUnderTransform else None) if n]
+        return RunSpec("partial-prereg",
+                       inputs=[NodeInput("--fixed", fixedVolumeNode, "volume", key="fixed"),
+                               NodeInput("--moving", movingVolumeNode, "volume", key="moving")],
+                       options=options, outputs=outputs, finish=finish, touches=touches)
 
 
 __all__ = [

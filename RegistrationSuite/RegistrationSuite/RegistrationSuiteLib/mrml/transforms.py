@@ -283,8 +283,10 @@ def save_transform_node(transformNode, path) -> Path:
 def sitk_transform_from_node(transformNode, *, dimension: int = 3) -> sitk.Transform:
     """The LPS fixed→moving SimpleITK transform of a transform node (its own ToParent; parents ignored).
 
-    Linear nodes give an ``AffineTransform``; a grid stored as FromParent a ``DisplacementFieldTransform``;
-    anything else is written to a temporary ``.h5`` and read back by SimpleITK.
+    Linear nodes give an ``AffineTransform``; a grid node a ``DisplacementFieldTransform`` in either storage
+    direction (stored as FromParent: its own displacements; stored as ToParent: the FromParent inverse sampled on
+    the stored grid's points, to the accuracy of VTK's iterative inverse); anything else is written to a
+    temporary ``.h5`` and read back by SimpleITK.
 
     Args:
         dimension: 2 to return the in-plane part of a transform that is the identity along z (2D
@@ -301,12 +303,64 @@ def sitk_transform_from_node(transformNode, *, dimension: int = 3) -> sitk.Trans
         m = moving_to_fixed_ras_to_fixed_to_moving_lps(slicer.util.arrayFromVTKMatrix(to_parent))
         return sitk_affine_from_matrix(_restrict_matrix(m, dimension))
     from_parent = transformNode.GetTransformFromParent()
-    if from_parent is not None and from_parent.IsA("vtkOrientedGridTransform"):
+    if _is_stored_grid(from_parent):
         return _sitk_field_transform(from_parent, dimension)
+    geometry = _grid_geometry(transformNode)
+    if geometry is not None:
+        # A grid stored as ToParent (Slicer's DICOM import makes these) or with its inverse flag set: the
+        # FromParent direction is an inverse computed on the fly, so sample it on the stored grid's points.
+        return _sitk_field_transform(_sampled_grid(from_parent, geometry), dimension)
     transform = _read_through_file(transformNode)
     if dimension == 2:
         raise InputError("dimension: 2D read-back supports linear and grid (FromParent) transforms only")
     return transform
+
+
+def _is_stored_grid(transform) -> bool:
+    """``True`` for a grid transform whose own displacements are the FromParent mapping (no inverse flag)."""
+    return (transform is not None and transform.IsA("vtkOrientedGridTransform")
+            and transform.GetDisplacementGrid() is not None and not transform.GetInverseFlag())
+
+
+def _grid_geometry(transformNode):
+    """The ``vtkOrientedGridTransform`` that holds a grid node's displacement grid, whichever direction it is
+    stored in (``None`` for other transforms)."""
+    for transform in (transformNode.GetTransformToParent(), transformNode.GetTransformFromParent()):
+        if (transform is not None and transform.IsA("vtkOrientedGridTransform")
+                and transform.GetDisplacementGrid() is not None):
+            return transform
+    return None
+
+
+def _sampled_grid(from_parent, geometry):
+    """A FromParent ``vtkOrientedGridTransform`` on ``geometry``'s grid: displacement ``FromParent(p) - p`` at
+    every grid point ``p`` (RAS), evaluated through VTK (inverses included)."""
+    import slicer
+    import vtk
+    from vtk.util import numpy_support
+
+    grid = geometry.GetDisplacementGrid()
+    i, j, k = grid.GetDimensions()
+    direction = slicer.util.arrayFromVTKMatrix(geometry.GetGridDirectionMatrix())[:3, :3]
+    kk, jj, ii = np.meshgrid(np.arange(k), np.arange(j), np.arange(i), indexing="ij")
+    index = np.stack([ii, jj, kk], axis=-1).reshape(-1, 3).astype(float)
+    points = np.asarray(grid.GetOrigin()) + (index * np.asarray(grid.GetSpacing())) @ direction.T
+    source = vtk.vtkPoints()
+    source.SetData(numpy_support.numpy_to_vtk(np.ascontiguousarray(points), deep=True))
+    mapped = vtk.vtkPoints()
+    from_parent.TransformPoints(source, mapped)
+    displacement = numpy_support.vtk_to_numpy(mapped.GetData()).astype(np.float64) - points
+    sampled = vtk.vtkImageData()
+    sampled.SetDimensions(i, j, k)
+    sampled.SetSpacing(grid.GetSpacing())
+    sampled.SetOrigin(grid.GetOrigin())
+    scalars = numpy_support.numpy_to_vtk(np.ascontiguousarray(displacement), deep=True)
+    scalars.SetNumberOfComponents(3)
+    sampled.GetPointData().SetScalars(scalars)
+    out = slicer.vtkOrientedGridTransform()
+    out.SetDisplacementGridData(sampled)
+    out.SetGridDirectionMatrix(geometry.GetGridDirectionMatrix())
+    return out
 
 
 def _restrict_matrix(m: np.ndarray, dimension: int) -> np.ndarray:

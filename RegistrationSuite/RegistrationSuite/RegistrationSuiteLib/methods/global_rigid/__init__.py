@@ -10,9 +10,20 @@ Example::
     from RegistrationSuiteLib.methods.global_rigid import GlobalRigidConfig, register_global_rigid
     result = register_global_rigid("t1.nii.gz", "flair.nii.gz", GlobalRigidConfig(seed=0))
     aligned = sitk.Resample(moving, fixed, result.transform)
+
+Only the configuration is imported eagerly (no torch); :func:`register_global_rigid` loads torch on first use.
 """
 
 from .config import GlobalRigidConfig
-from .register import register_global_rigid
+
+_LAZY = {"register_global_rigid": "register"}
 
 __all__ = ["GlobalRigidConfig", "register_global_rigid"]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,24 +11,31 @@ Example::
     from RegistrationSuiteLib.methods.partial_prereg import PartialPreregConfig, register_partial_prereg
     result = register_partial_prereg("t2.nii.gz", "t1_crop.nii.gz", PartialPreregConfig(refine="mi"))
     aligned = sitk.Resample(moving, fixed, result.transform)
+
+Only the configuration is imported eagerly (no torch); the network, template and registration load on first use.
 """
 
 from .config import PartialPreregConfig
-from .network import DEFAULT_MODEL, PatchNetConfig, PatchPositionNet, TSPMModel, load_tspm_model
-from .patches import IntensityConfig
-from .register import register_partial_prereg
-from .template import Template, build_template, load_template
 
-__all__ = [
-    "DEFAULT_MODEL",
-    "IntensityConfig",
-    "PartialPreregConfig",
-    "PatchNetConfig",
-    "PatchPositionNet",
-    "TSPMModel",
-    "Template",
-    "build_template",
-    "load_template",
-    "load_tspm_model",
-    "register_partial_prereg",
-]
+_LAZY = {
+    "DEFAULT_MODEL": "network",
+    "IntensityConfig": "patches",
+    "PatchNetConfig": "network",
+    "PatchPositionNet": "network",
+    "TSPMModel": "network",
+    "Template": "template",
+    "build_template": "template",
+    "load_template": "template",
+    "load_tspm_model": "network",
+    "register_partial_prereg": "register",
+}
+
+__all__ = ["PartialPreregConfig", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

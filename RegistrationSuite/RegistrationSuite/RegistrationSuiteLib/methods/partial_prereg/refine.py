@@ -24,9 +24,14 @@ import SimpleITK as sitk
 
 from ...errors import InputError
 from ...geometry import Grid, affine_matrix_from_sitk, apply_affine
+from ...seeding import itk_seed, itk_threads
 
 LEVELS = ((4, 2.0), (2, 1.0), (1, 0.0))  # (shrink factor, smoothing sigma in mm), coarse to fine
 SAMPLES = 20_000  # metric samples per iteration (random, re-drawn every iteration); enough for 6 parameters
+# ITK's multi-threaded Mattes MI is not bit-reproducible (see seeding.itk_threads): with 2 threads, four runs of
+# the same fixed → template refinement differed by up to 2e-5 (matrix entries, mm). One thread makes it
+# bit-reproducible; with SAMPLES points per iteration the cost is small (README "Reproducibility").
+ITK_THREADS = 1
 
 
 @dataclass
@@ -39,6 +44,8 @@ class RefineOutcome:
         before, after: metric value at the start and the end (same evaluation, same overlap rule).
         overlap_before, overlap_after: fraction of the fixed mask (or image) inside the moving domain.
         seconds: run time.
+        skipped_levels: one note per level ITK's optimiser could not run (e.g. too many metric samples mapped
+            outside the moving image); that level left the transform unchanged, and the caller reports it.
     """
 
     fixed_to_moving: np.ndarray
@@ -48,6 +55,7 @@ class RefineOutcome:
     overlap_before: float
     overlap_after: float
     seconds: float
+    skipped_levels: tuple = ()
 
     @property
     def improved(self) -> bool:
@@ -56,7 +64,7 @@ class RefineOutcome:
     def to_dict(self) -> dict:
         return {"metric": self.metric, "before": self.before, "after": self.after, "improved": self.improved,
                 "overlap_before": self.overlap_before, "overlap_after": self.overlap_after,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "skipped_levels": list(self.skipped_levels)}
 
 
 def overlap_mask(fixed: sitk.Image, moving: sitk.Image, fixed_to_moving: np.ndarray,
@@ -99,12 +107,14 @@ def _sampling(mask: sitk.Image, shrink: int, samples: int) -> float:
 
 def _method(metric: str, iterations: int, seed: int, sampling: float) -> sitk.ImageRegistrationMethod:
     reg = sitk.ImageRegistrationMethod()
+    reg.SetNumberOfThreads(ITK_THREADS)
     if metric == "mi":
         reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
     else:
         reg.SetMetricAsMeanSquares()
     reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(sampling, seed)
+    # SimpleITK reads seed 0 as 'seed from the wall clock': map every seed (0 included) to a fixed non-zero one.
+    reg.SetMetricSamplingPercentage(sampling, itk_seed(seed))
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsRegularStepGradientDescent(
         learningRate=2.0, minStep=1e-3, numberOfIterations=int(iterations), relaxationFactor=0.5,
@@ -128,7 +138,8 @@ def evaluate_metric(fixed: sitk.Image, moving: sitk.Image, fixed_to_moving: np.n
     reg = _method(metric, 1, seed, _sampling(mask, 1, 4 * SAMPLES))
     reg.SetMetricFixedMask(mask)
     reg.SetInitialTransform(_euler(fixed_to_moving, Grid.from_image(fixed).center()), inPlace=False)
-    value = float(reg.MetricEvaluate(fixed, moving))
+    with itk_threads(ITK_THREADS):
+        value = float(reg.MetricEvaluate(fixed, moving))
     return -value if metric == "mi" else value
 
 
@@ -170,29 +181,36 @@ def refine_rigid(
     if overlap_before == 0:
         raise InputError("refine: the images do not overlap at the initial transform")
     before = evaluate_metric(fixed, moving, current, metric, fixed_mask=fixed_mask, seed=seed)
+    skipped = []
     for k, (shrink, sigma) in enumerate(levels):
         if progress is not None:
             progress.report(k / len(levels), f"refining ({metric}) level {k + 1}/{len(levels)}")
         mask = overlap_mask(fixed, moving, current, fixed_mask)
         if not np.any(sitk.GetArrayViewFromImage(mask)):
             break
-        current = _run_level(fixed, moving, current, mask, metric, shrink, sigma, iterations, seed + k, samples)
+        with itk_threads(ITK_THREADS):
+            current, note = _run_level(fixed, moving, current, mask, metric, shrink, sigma, iterations, seed + k,
+                                       samples)
+        if note:
+            skipped.append(f"level {k + 1}/{len(levels)} (shrink {shrink}, {sigma:g} mm) not refined: {note}")
     after = evaluate_metric(fixed, moving, current, metric, fixed_mask=fixed_mask, seed=seed)
     if np.isfinite(before) and not (after < before if metric == "mse" else after > before):
         current, after = np.asarray(fixed_to_moving, dtype=float), before  # never return a worse result
     overlap_after = _fraction(overlap_mask(fixed, moving, current, fixed_mask), fixed_mask)
     return RefineOutcome(current, metric, float(before), float(after), overlap_before, overlap_after,
-                         time.perf_counter() - t0)
+                         time.perf_counter() - t0, tuple(skipped))
 
 
-def _run_level(fixed, moving, current, mask, metric, shrink, sigma, iterations, seed, samples) -> np.ndarray:
+def _run_level(fixed, moving, current, mask, metric, shrink, sigma, iterations, seed, samples):
+    """One refinement level: ``(matrix, note)``; ``note`` is ``""`` unless ITK could not run the level, in
+    which case the matrix is ``current`` unchanged and the note says why (never silently)."""
     idx = np.argwhere(sitk.GetArrayViewFromImage(mask) > 0)[:, ::-1].astype(float)
     center = apply_affine(Grid.from_image(fixed).index_to_world(), idx.mean(axis=0)[None])[0]
     if metric == "nmi":
         from .refine_nmi import nmi_level
 
         return nmi_level(fixed, moving, current, mask, center, shrink=shrink, sigma=sigma,
-                         iterations=iterations, seed=seed)
+                         iterations=iterations, seed=seed), ""
     reg = _method(metric, iterations, seed, _sampling(mask, shrink, samples))
     reg.SetMetricFixedMask(mask)
     reg.SetShrinkFactorsPerLevel([int(shrink)])
@@ -203,6 +221,7 @@ def _run_level(fixed, moving, current, mask, metric, shrink, sigma, iterations, 
         reg.Execute(fixed, moving)
     except RuntimeError as exc:  # e.g. "too many samples map outside moving image buffer"
         if "outside" in str(exc) or "sample" in str(exc).lower():
-            return current
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            return current, (lines[-1] if lines else "ITK error")[:200]
         raise
-    return affine_matrix_from_sitk(tx)
+    return affine_matrix_from_sitk(tx), ""

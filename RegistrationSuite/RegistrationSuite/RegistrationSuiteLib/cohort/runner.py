@@ -1,0 +1,190 @@
+"""One pair of a batch: the CLI command in a child process, outputs published atomically in ``D/<id>/``.
+
+Why a child process per pair: a crash, a hang or an out-of-memory kill of one registration then ends that
+child only, never the Dask worker (whose other pairs, and whose connection to the scheduler, survive), and
+each pair runs exactly the command a user would run by hand. The cost is one interpreter start per pair
+(measured in BENCHMARKS.md against calling the CLI directly).
+
+Folder of a pair (all written in ``D/.tmp/<id>-<random>/`` and renamed to ``D/<id>/`` when complete):
+``transform.h5`` and ``summary.json`` (success), ``error.json`` (failure: one-line message, exit code),
+``pair.json`` (status, input hash, command, time, peak memory, attempts), ``stderr.log``, ``previews/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+TRANSFORM = "transform.h5"
+SUMMARY = "summary.json"
+ERROR = "error.json"
+RECORD = "pair.json"
+ATTEMPTS = ".batch/attempts.jsonl"
+
+
+def log_attempt(out_root, **event) -> None:
+    """Append one JSON line to ``D/.batch/attempts.jsonl`` (one ``write`` with O_APPEND: lines never mix)."""
+    path = Path(out_root) / ATTEMPTS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps({"time": round(time.time(), 3), "pid": os.getpid(), "host": socket.gethostname(), **event}) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Replace ``final`` by the complete folder ``tmp`` (a previous result is moved aside, then removed)."""
+    trash = None
+    if final.exists():
+        trash = final.parent / ".tmp" / f"old-{final.name}-{uuid.uuid4().hex[:8]}"
+        os.rename(final, trash)
+    os.rename(tmp, final)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def _status_text(code: int) -> str:
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+        return f"killed by signal {name}" + (" (out of memory?)" if -code == signal.SIGKILL else "")
+    return f"exit code {code}"
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident memory of a process and its children in bytes (0 when psutil is absent or it ended)."""
+    try:
+        import psutil
+
+        p = psutil.Process(pid)
+        return sum(q.memory_info().rss for q in [p, *p.children(recursive=True)])
+    except Exception:  # noqa: BLE001 - the process may end between the calls; memory is best-effort here
+        return 0
+
+
+def run_child(argv: list, folder: Path, *, threads: int, memory_limit: int = 0, poll: float = 0.1) -> dict:
+    """Run ``python -m RegistrationSuiteLib.cohort.child <this pid> -- argv`` with stdout/stderr in ``folder``.
+
+    Returns ``{"code", "seconds", "peak_rss_mb", "memory_killed"}``; a child whose memory (RSS) exceeds
+    ``memory_limit`` bytes is killed (``memory_killed`` True).
+    """
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = str(max(1, threads))
+    cmd = [sys.executable, "-m", "RegistrationSuiteLib.cohort.child", str(os.getpid()), "--", *argv]
+    t0 = time.perf_counter()
+    peak, killed = 0, False
+    with open(folder / "stdout.log", "wb") as out, open(folder / "stderr.log", "wb") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            rss = _tree_rss(proc.pid)
+            peak = max(peak, rss)
+            if memory_limit and rss > memory_limit and not killed:
+                killed = True
+                proc.kill()
+            time.sleep(poll)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    peak = max(peak, usage.ru_maxrss * 1024)  # ru_maxrss is in KiB on Linux
+    return {"code": proc.returncode, "seconds": time.perf_counter() - t0, "peak_rss_mb": round(peak / 2**20, 1),
+            "memory_killed": killed}
+
+
+def run_pair(job: dict) -> dict:
+    """Run one pair (the Dask task, or called directly without Dask); never raises for a failed pair.
+
+    ``job``: ``id``, ``argv`` (the CLI command without ``--output``/``--json``), ``out_root``, ``hash``,
+    ``fixed``, ``moving``, ``threads``, ``memory_limit`` (bytes, 0 = none), ``signal_retries``, ``previews``.
+    Returns the pair's record (also written to ``D/<id>/pair.json``).
+    """
+    root = Path(job["out_root"])
+    previous = _read_record(root / job["id"])
+    if job.get("run_token") and previous.get("run_token") == job["run_token"] and previous.get("status") == "done":
+        # Dask recomputes a finished task whose result lived on a worker that died; the pair is already
+        # published by this batch run, so the task is idempotent: it returns the record, nothing runs twice.
+        log_attempt(root, id=job["id"], event="already-done")
+        return previous
+    tmp = root / ".tmp" / f"{job['id']}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    log_attempt(root, id=job["id"], event="start")
+    argv = [*job["argv"], "--output", str(tmp / TRANSFORM), "--json"]
+    if job["argv"][0] == "pipeline":  # keep each step's transforms and summary beside the composed one
+        argv += ["--output-dir", str(tmp / "steps")]
+    attempts, run = 0, {}
+    while True:  # a child killed by a signal (e.g. the OOM killer) is retried; ordinary failures are not
+        attempts += 1
+        run = run_child(argv, tmp, threads=job.get("threads", 1), memory_limit=job.get("memory_limit", 0))
+        if run["code"] >= 0 or run["memory_killed"] or attempts > job.get("signal_retries", 0):
+            break
+    record = {"id": job["id"], "hash": job["hash"], "fixed": job["fixed"], "moving": job["moving"],
+              "command": job["argv"], "exit_code": run["code"], "time_s": round(run["seconds"], 3),
+              "peak_memory_mb": run["peak_rss_mb"], "child_attempts": attempts, "worker": socket.gethostname(),
+              "run_token": job.get("run_token")}
+    if run["code"] == 0 and (tmp / TRANSFORM).exists():
+        record.update(_success(tmp, job))
+    else:
+        message = _last_error_line(tmp / "stderr.log") or _status_text(run["code"])
+        if run["memory_killed"]:
+            message = f"exceeded the memory limit of {job['memory_limit'] / 2**30:.1f} GiB per worker (killed)"
+        record.update(status="failed", message=message)
+        write_json(tmp / ERROR, {"message": message, "exit_code": run["code"], "status": _status_text(run["code"])})
+    write_json(tmp / RECORD, record)
+    publish(tmp, root / job["id"])
+    log_attempt(root, id=job["id"], event=record["status"])
+    return record
+
+
+def _success(folder: Path, job: dict) -> dict:
+    lines = (folder / "stdout.log").read_text(errors="replace").strip().splitlines()
+    summary = {}
+    for line in reversed(lines):
+        try:
+            summary = json.loads(line)
+            break
+        except ValueError:
+            continue
+    write_json(folder / SUMMARY, summary)
+    out = {"status": "done", "message": ""}
+    from .quality import doubtful_reasons, folding_percent
+
+    out["doubtful"] = doubtful_reasons(summary)
+    out["score"], out["confidence"] = summary.get("score"), summary.get("confidence")
+    try:
+        import SimpleITK as sitk
+
+        out["folding_percent"] = folding_percent(sitk.ReadTransform(str(folder / TRANSFORM)))
+        if job.get("previews", True):
+            from .previews import render_pair_previews
+
+            render_pair_previews(job["fixed"], job["moving"], folder / TRANSFORM, folder / "previews")
+    except Exception as exc:  # noqa: BLE001 - a preview must never turn a finished registration into a failure
+        out["preview_error"] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def _read_record(folder: Path) -> dict:
+    try:
+        return json.loads((folder / RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _last_error_line(path: Path) -> str:
+    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()] if path.exists() else []
+    msgs = [ln for ln in lines if not ln.startswith("[") and "WARNING" not in ln]
+    return (msgs or lines or [""])[-1][:500]
+
+
+def write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=1, default=str))

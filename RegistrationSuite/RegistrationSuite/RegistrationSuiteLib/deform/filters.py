@@ -1,0 +1,69 @@
+"""Separable smoothing and corner-aligned resizing of ``(N, C, *S)`` tensors (2D or 3D)."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_AVG = {2: F.avg_pool2d, 3: F.avg_pool3d}
+
+
+def _per_axis(value, d: int, name: str) -> list:
+    values = [float(value)] * d if isinstance(value, (int, float)) else [float(v) for v in value]
+    if len(values) != d:
+        raise ValueError(f"{name}: expected one value or {d}, got {value}")
+    return values
+
+
+def gaussian_smooth(x: torch.Tensor, sigma: Union[float, Sequence[float]]) -> torch.Tensor:
+    """Gaussian smoothing with standard deviation ``sigma`` (voxels, one value or one per tensor axis),
+    separable, border replicated, kernel truncated at 3σ. ``sigma = 0`` leaves an axis untouched."""
+    d = x.dim() - 2
+    sigmas = _per_axis(sigma, d, "sigma")
+    c = x.shape[1]
+    for axis, s in enumerate(sigmas):
+        if s <= 0:
+            continue
+        r = max(1, int(math.ceil(3.0 * s)))
+        t = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
+        k = torch.exp(-0.5 * (t / s) ** 2)
+        k = k / k.sum()
+        shape = [1] * d
+        shape[axis] = 2 * r + 1
+        weight = k.view(1, 1, *shape).expand(c, 1, *shape)
+        pad = [0, 0] * d
+        pad[2 * (d - 1 - axis)] = pad[2 * (d - 1 - axis) + 1] = r  # F.pad counts from the last axis
+        x = _CONV[d](F.pad(x, pad, mode="replicate"), weight, groups=c)
+    return x
+
+
+def box_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Mean over a ``(2r+1)^d`` window (only voxels inside the image count at the border)."""
+    d = x.dim() - 2
+    if radius <= 0:
+        return x
+    k = 2 * int(radius) + 1
+    return _AVG[d](x, k, stride=1, padding=int(radius), count_include_pad=False)
+
+
+def level_shape(shape: Sequence[int], factor: float) -> tuple:
+    """Spatial shape of a pyramid level ``factor`` times coarser that keeps the corner voxels:
+    ``ceil((n - 1) / factor) + 1`` (at least 2 when ``n >= 2``)."""
+    return tuple(int(n) if n < 2 else max(2, int(math.ceil((int(n) - 1) / float(factor))) + 1) for n in shape)
+
+
+def resize_image(x: torch.Tensor, shape: Sequence[int], *, smooth: bool = True) -> torch.Tensor:
+    """Corner-aligned (``align_corners=True``) linear resize to spatial ``shape``; when shrinking, Gaussian
+    pre-smoothing with σ = 0.5 × shrink factor per axis avoids aliasing."""
+    d = x.dim() - 2
+    shape = tuple(int(n) for n in shape)
+    if shape == tuple(x.shape[2:]):
+        return x
+    if smooth:
+        sig = [0.5 * (a - 1) / (b - 1) if b > 1 and a > b else 0.0 for a, b in zip(x.shape[2:], shape)]
+        x = gaussian_smooth(x, sig)
+    return F.interpolate(x, size=shape, mode="bilinear" if d == 2 else "trilinear", align_corners=True)

@@ -1,0 +1,252 @@
+"""Benchmark of the cohort batch machinery (``registration-suite batch``) on this machine.
+
+Cohort: every ordered pair of the stroke subject's T1/T2/FLAIR (``../shared/data/brain/stroke``, one 1 mm
+grid) on one axial slice (2D, so the benchmark stays short on 2 shared cores); the moving image of each pair
+is its modality seen through a known rigid transform (rotation ±15–30°, shift ±15 mm) on its own 1.25 mm
+grid, so each pair has a known non-identity fixed→moving answer. Method: ``rigid-search --device cpu --rotations 300,60,3`` (a reduced
+search, to keep the benchmark short).
+
+Measured (each figure written by this script into its own BENCHMARKS.md section):
+- wall time of the whole cohort: the CLI called directly pair after pair, the batch machinery without Dask,
+  a Dask local cluster with 1, 2 (and 4) worker processes (previews and report off, so the work is the same);
+- per-pair overhead of the batch machinery against calling the CLI directly, each pair run both ways back to
+  back (the machine is shared: slow load changes then hit both alike);
+- peak memory of a pair's child process against the per-worker limit;
+- ``--resume`` of the finished batch (the whole ``registration-suite batch`` command, interpreter start included);
+- fault test: a Dask batch of 2 workers where one worker process is killed (SIGKILL) while running a pair;
+  every pair must complete exactly once (attempt log) with a correct transform.
+
+Usage::
+
+    nice -n 10 python Testing/Benchmarks/bench_cohort.py [--workers 1,2,4] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from RegistrationSuiteLib.cohort.batch import BatchOptions
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, markdown_table, require_shared_data, update_benchmarks_md  # noqa: E402
+
+MODALITIES = ("T1", "T2", "FLAIR")
+CLI = [sys.executable, "-m", "RegistrationSuiteLib"]
+COMMAND = ["rigid-search", "--device", "cpu", "--rotations", "300,60,3"]
+OUT = REPO / "Testing" / "Benchmarks" / "output" / "cohort"
+
+
+def _slice(image: sitk.Image, z: int) -> sitk.Image:
+    """Axial slice ``z`` as a 2D image (1 mm pixels, identity direction, origin at 0)."""
+    out = sitk.GetImageFromArray(sitk.GetArrayFromImage(image)[z].astype(np.float32))
+    out.SetSpacing(image.GetSpacing()[:2])
+    return out
+
+
+def make_cohort(slices=(70,), seed: int = 0) -> dict:
+    """Write the images and ``cohort.csv``; returns ``{id: (fixed path, truth 3x3)}``."""
+    from RegistrationSuiteLib.geometry import rigid_about_center, sitk_affine_from_matrix
+
+    stroke = require_shared_data("brain", "stroke")
+    rng = np.random.default_rng(seed)
+    img = {m: sitk.ReadImage(str(stroke / f"{m}.nii.gz")) for m in MODALITIES}
+    d = OUT / "data"
+    d.mkdir(parents=True, exist_ok=True)
+    rows, truths = [], {}
+    for z in slices:
+        for a, b in itertools.permutations(MODALITIES, 2):
+            pid = f"{a}-{b}-z{z}"
+            fixed, source = _slice(img[a], z), _slice(img[b], z)
+            center = fixed.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in fixed.GetSize()])
+            angle = np.deg2rad(rng.uniform(15, 30) * rng.choice([-1, 1]))
+            rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+            truth = rigid_about_center(rot, center, rng.uniform(-15, 15, 2))
+            # moving(y) = B(truth⁻¹(y)) on its own grid (1.25 mm pixels): truth maps fixed points onto it
+            grid = sitk.Image([int(s / 1.25) for s in fixed.GetSize()], sitk.sitkFloat32)
+            grid.SetSpacing((1.25, 1.25))
+            grid.SetOrigin((-6.0, 4.0))
+            moving = sitk.Resample(source, grid, sitk_affine_from_matrix(np.linalg.inv(truth)), sitk.sitkLinear, 0.0)
+            sitk.WriteImage(fixed, str(d / f"{pid}_fixed.nii.gz"))
+            sitk.WriteImage(moving, str(d / f"{pid}_moving.nii.gz"))
+            rows.append(f"{pid},data/{pid}_fixed.nii.gz,data/{pid}_moving.nii.gz")
+            truths[pid] = (d / f"{pid}_fixed.nii.gz", truth)
+    (OUT / "cohort.csv").write_text("id,fixed,moving\n" + "\n".join(rows) + "\n")
+    return truths
+
+
+def corner_error(fixed_path, transform_path, truth) -> float:
+    from RegistrationSuiteLib.geometry import Grid, affine_matrix_from_sitk, apply_affine
+
+    corners = Grid.from_image(sitk.ReadImage(str(fixed_path))).corners()
+    tx = sitk.ReadTransform(str(transform_path))
+    est = affine_matrix_from_sitk(tx, tx.GetDimension())
+    return float(np.linalg.norm(apply_affine(est, corners) - apply_affine(truth, corners), axis=1).mean())
+
+
+def _direct(pid: str, fixed: Path, folder: Path) -> float:
+    t = time.perf_counter()
+    subprocess.run(CLI + COMMAND + ["--fixed", str(fixed), "--moving", str(fixed).replace("_fixed", "_moving"),
+                                    "--output", str(folder / f"{pid}.h5"), "--json", "--quiet"], check=True,
+                   capture_output=True)
+    return time.perf_counter() - t
+
+
+def _machinery(pid: str, fixed: Path, folder: Path) -> float:
+    """One pair through the batch machinery (child wrapper, memory polling, atomic folder, records), no Dask."""
+    from RegistrationSuiteLib.cohort.batch import BatchOptions, plan
+    from RegistrationSuiteLib.cohort.pairs import Pair
+    from RegistrationSuiteLib.cohort.runner import run_pair
+
+    pair = Pair(pid, str(fixed), str(fixed).replace("_fixed", "_moving"))
+    (job,), _ = plan([pair], BatchOptions(command=COMMAND, previews=False), folder)
+    t = time.perf_counter()
+    record = run_pair(job)
+    if record["status"] != "done":
+        sys.exit(f"{pid}: {record['message']}")
+    return time.perf_counter() - t
+
+
+def run_interleaved(truths: dict) -> tuple:
+    """Per pair, the CLI called directly and the same pair through the batch machinery, back to back (order
+    alternating), so slow changes of the machine's load hit both alike. Returns (direct s, machinery s) lists."""
+    d = OUT / "interleaved"
+    d.mkdir(exist_ok=True)
+    direct, machinery = [], []
+    for k, (pid, (fixed, _)) in enumerate(truths.items()):
+        first, second = (_direct, _machinery) if k % 2 == 0 else (_machinery, _direct)
+        a, b = first(pid, fixed, d), second(pid, fixed, d)
+        direct.append(a if first is _direct else b)
+        machinery.append(b if first is _direct else a)
+    return direct, machinery
+
+
+def run_api(workers: int, use_dask: bool, name: str) -> float:
+    import shutil
+
+    from RegistrationSuiteLib.cohort.batch import BatchOptions, run_batch
+    from RegistrationSuiteLib.cohort.pairs import read_pairs
+
+    out = OUT / name
+    shutil.rmtree(out, ignore_errors=True)
+    opts = BatchOptions(command=COMMAND, workers=workers, use_dask=use_dask, previews=False, progress=False)
+    t0 = time.perf_counter()
+    outcome = run_batch(read_pairs(OUT / "cohort.csv"), opts, out, log=lambda *a, **k: None)
+    wall = time.perf_counter() - t0
+    bad = [r["id"] for r in outcome["records"] if r["status"] != "done"]
+    if bad:
+        sys.exit(f"{name}: pairs failed: {bad}")
+    return wall
+
+
+def resume_seconds(name: str) -> tuple:
+    out = OUT / name
+    t0 = time.perf_counter()
+    proc = subprocess.run(CLI + ["batch", "--pairs", str(OUT / "cohort.csv"), "--output-dir", str(out), "--resume",
+                                 "--no-report", "--json", "--quiet", "--options=" + " ".join(COMMAND[1:])], capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    return wall, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def fault_test(truths: dict) -> dict:
+    import shutil
+
+    out = OUT / "fault"
+    shutil.rmtree(out, ignore_errors=True)
+    proc = subprocess.Popen(CLI + ["batch", "--pairs", str(OUT / "cohort.csv"), "--output-dir", str(out), "--workers", "2",
+                                   "--retries", "1", "--options=" + " ".join(COMMAND[1:]), "--json", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log, victim = out / ".batch" / "attempts.jsonl", None
+    while victim is None and proc.poll() is None:
+        starts = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+        starts = [a for a in starts if a["event"] == "start"]
+        if len(starts) >= 3:  # the third pair: the batch is under way on both workers
+            victim = starts[-1]
+            time.sleep(2.0)  # mid-pair
+            os.kill(victim["pid"], signal.SIGKILL)
+        time.sleep(0.05)
+    stdout, stderr = proc.communicate()
+    attempts = [json.loads(x) for x in log.read_text().splitlines()]
+    done = {p: sum(a["id"] == p and a["event"] == "done" for a in attempts) for p in truths}
+    errors = {p: corner_error(truths[p][0], out / p / "transform.h5", truths[p][1]) for p in truths if done[p]}
+    return {"exit": proc.returncode, "victim": victim["id"] if victim else None,
+            "starts_of_victim": sum(a["id"] == (victim or {}).get("id") and a["event"] == "start" for a in attempts),
+            "completed_once": all(v == 1 for v in done.values()), "max_error": max(errors.values()) if errors else None,
+            "report": (out / "report.html").is_file()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workers", default="1,2,4")
+    ap.add_argument("--write", action="store_true", help="write the BENCHMARKS.md section")
+    args = ap.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    truths = make_cohort()
+    n = len(truths)
+    load0 = os.getloadavg()[0]
+    per_direct, per_machinery = run_interleaved(truths)
+    direct = sum(per_direct)
+    print(f"direct {direct:.1f} s, machinery {sum(per_machinery):.1f} s", flush=True)
+    rows, walls = [], {}
+    walls["batch machinery without Dask (interleaved with direct)"] = sum(per_machinery)
+    for w in [int(x) for x in args.workers.split(",")]:
+        walls[f"Dask local, {w} worker(s)"] = run_api(w, True, f"dask{w}")
+        print(walls, flush=True)
+    errors = [corner_error(truths[p][0], OUT / "dask1" / p / "transform.h5", truths[p][1]) for p in truths]
+    last = max(int(x) for x in args.workers.split(","))
+    with open(OUT / f"dask{last}" / "summary.csv", newline="") as f:
+        peak = max(float(r["peak_memory_mb"]) for r in csv.DictReader(f))
+    resume_wall, resume_out = resume_seconds("dask1")
+    fault = fault_test(truths)
+    load1 = os.getloadavg()[0]
+    rel = [(m - d) / d for m, d in zip(per_machinery, per_direct)]
+    base = walls.get("Dask local, 1 worker(s)", direct)
+    for name, wall in [("CLI directly, pair after pair", direct), *walls.items()]:
+        overhead = (wall - direct) / n
+        rows.append([name, f"{wall:.1f}", f"{wall / n:.1f}", f"{overhead:+.2f} s ({100 * overhead / (direct / n):+.1f} %)",
+                     f"{base / wall:.2f}×"])
+    body = "\n".join([
+        "## Cohort batches (`bench_cohort.py`)",
+        f"Cohort: {n} 2D pairs, every ordered pair of the stroke T1/T2/FLAIR on one axial slice, each moving image "
+        "under a known rigid transform (±15–30°, ±15 mm) on its own 1.25 mm grid; `" + " ".join(COMMAND) + "` per "
+        "pair (one interpreter per pair, as a user's loop would); previews and report off in "
+        f"the timed runs. Machine: {os.cpu_count()} cores shared with other jobs (1-min load average {load0:.1f} at the "
+        f"start, {load1:.1f} at the end), so timings are noisy.",
+        "",
+        markdown_table(["run", "wall s", "s / pair", "overhead per pair vs direct", "speed-up vs Dask 1 worker"], rows),
+        "",
+        f"- Per-pair overhead of the batch machinery (child wrapper, memory polling, atomic pair folder, records), "
+        f"each pair run directly and through the machinery back to back: median "
+        f"{100 * np.median(rel):+.1f} %, range {100 * min(rel):+.1f} to {100 * max(rel):+.1f} % (target ≤ 10 %).",
+        f"- Peak memory of a pair's child process (Dask {last} workers run): {peak:.0f} MB, limit "
+        f"{BatchOptions().memory_per_worker / 2**20:.0f} MiB per worker.",
+        f"- Accuracy (Dask 1 worker run): mean corner error {np.mean(errors):.2f} mm, max {np.max(errors):.2f} mm "
+        f"over {n} pairs.",
+        f"- `--resume` of the finished batch ({resume_out['reused']} of {resume_out['pairs']} pairs reused, "
+        f"{resume_out['ran']} run): {resume_wall:.2f} s for the whole command (target ≤ 5 s).",
+        f"- Fault test (2 workers, one worker process killed with SIGKILL 2 s into pair `{fault['victim']}`): exit code "
+        f"{fault['exit']}, that pair started {fault['starts_of_victim']} times, every pair completed exactly once: "
+        f"{'yes' if fault['completed_once'] else 'NO'}, max corner error {fault['max_error']:.2f} mm, report written: "
+        f"{'yes' if fault['report'] else 'no'}.",
+    ])
+    print(body)
+    (OUT / "bench_cohort.json").write_text(json.dumps({"walls": walls, "direct": direct, "per_pair_direct": per_direct,
+                                                         "per_pair_machinery": per_machinery,
+                                                         "errors": errors, "resume_s": resume_wall, "fault": fault}, indent=1))
+    if args.write:
+        update_benchmarks_md("cohort", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""Cohort batches: a local Dask cluster of 2 worker processes, failures recorded, --resume, a killed worker."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from RegistrationSuiteLib.cli.main import main
+from RegistrationSuiteLib.cohort import batch as batch_mod
+from RegistrationSuiteLib.cohort.pairs import read_pairs
+from RegistrationSuiteLib.errors import InputError
+
+from tiny_cases import corner_error_mm, known_pair_2d
+
+CLI = [sys.executable, "-m", "RegistrationSuiteLib"]
+ANGLES = {"p0": (12.0, (4.0, -2.0)), "p1": (-28.0, (-3.0, 5.0)), "p2": (35.0, (6.0, 1.0))}
+
+
+def _write_cohort(folder: Path, ids=("p0", "p1", "p2"), bad: bool = True) -> dict:
+    """Tiny 2D pairs with known non-identity truths (relative paths in the CSV), plus an unreadable one."""
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    truths, rows = {}, []
+    for pid in ids:
+        angle, shift = ANGLES[pid]
+        fixed, moving, truth = known_pair_2d(angle_deg=angle, shift_mm=shift)
+        sitk.WriteImage(fixed, str(folder / "img" / f"{pid}_f.nii.gz"))
+        sitk.WriteImage(moving, str(folder / "img" / f"{pid}_m.nii.gz"))
+        truths[pid] = (fixed, truth)
+        rows.append(f"{pid},img/{pid}_f.nii.gz,img/{pid}_m.nii.gz")
+    if bad:
+        (folder / "img" / "broken.nii.gz").write_bytes(b"not an image")
+        rows.append("bad,img/p0_f.nii.gz,img/broken.nii.gz")
+    (folder / "cohort.csv").write_text("id,fixed,moving\n" + "\n".join(rows) + "\n")
+    return truths
+
+
+def _attempts(out: Path) -> list:
+    path = out / ".batch" / "attempts.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _summary(out: Path) -> dict:
+    with open(out / "summary.csv", newline="") as f:
+        return {row["id"]: row for row in csv.DictReader(f)}
+
+
+@pytest.fixture(scope="module")
+def finished_batch(tmp_path_factory):
+    """One batch on a local cluster of 2 worker processes: 3 good pairs and one unreadable file."""
+    pytest.importorskip("distributed", reason="needs Dask: pip install 'registration-suite[cluster]'")
+    d = tmp_path_factory.mktemp("cohort")
+    truths = _write_cohort(d)
+    out = d / "D"
+    proc = subprocess.run(CLI + ["batch", "--pairs", str(d / "cohort.csv"), "--output-dir", str(out), "--workers", "2",
+                                 "--memory-per-worker", "2GB", "--options=--device cpu", "--json"],
+                          capture_output=True, text=True, timeout=600)
+    return d, out, truths, proc
+
+
+@pytest.mark.slow
+def test_local_cluster_batch_records_failure_and_finishes_the_others(finished_batch):
+    d, out, truths, proc = finished_batch
+    assert proc.returncode == 1, proc.stderr  # one pair failed
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["mode"] == "dask-local" and result["workers"] == 2 and result["failed"] == ["bad"]
+    assert "dashboard:" in proc.stderr and "[batch] 3/4 done, 1 failed" in proc.stderr
+    # the workers were two distinct processes
+    assert len({a["pid"] for a in _attempts(out)}) == 2
+    for pid, (fixed, truth) in truths.items():
+        assert corner_error_mm(fixed, sitk.ReadTransform(str(out / pid / "transform.h5")), truth) < 1.5
+        assert json.loads((out / pid / "pair.json").read_text())["status"] == "done"
+    err = json.loads((out / "bad" / "error.json").read_text())
+    assert err["exit_code"] == 2 and "broken.nii.gz" in err["message"] and "\n" not in err["message"]
+    rows = _summary(out)
+    assert list(rows) == ["p0", "p1", "p2", "bad"] and rows["bad"]["status"] == "failed"
+    assert all(float(rows[p]["score"]) > 0 and float(rows[p]["peak_memory_mb"]) > 10 for p in truths)
+    assert not any((out / ".tmp").iterdir()) if (out / ".tmp").exists() else True
+
+
+class _ReportParser(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.section, self.images, self.rows, self._in_tbody = None, {}, [], False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "div" and a.get("class") == "pair":
+            self.section = a["id"].removeprefix("pair-")
+            self.images[self.section] = []
+        if tag == "img" and self.section:
+            self.images[self.section].append(a.get("src", ""))
+        if tag == "tbody":
+            self._in_tbody = True
+        if tag == "a" and self._in_tbody and a.get("href", "").startswith("#pair-"):
+            self.rows.append(a["href"][6:])
+
+    def handle_endtag(self, tag):
+        if tag == "tbody":
+            self._in_tbody = False
+
+
+@pytest.mark.slow
+def test_report_parses_and_shows_every_pair(finished_batch):
+    d, out, truths, _ = finished_batch
+    text = (out / "report.html").read_text()
+    parser = _ReportParser()
+    parser.feed(text)
+    parser.close()
+    assert parser.rows[0] == "bad" and sorted(parser.rows) == ["bad", "p0", "p1", "p2"]  # failed first
+    for pid in truths:  # checkerboard + edge overlay, embedded
+        assert len(parser.images[pid]) == 2 and all(s.startswith("data:image/png;base64,iVBOR") for s in parser.images[pid])
+    # the failed pair (unreadable moving image) is shown with its error, no image can be drawn
+    assert "broken.nii.gz" in text and parser.images["bad"] == []
+    assert "http://" not in text and "https://" not in text  # self-contained
+    # `registration-suite report D` rewrites it
+    os.remove(out / "report.html")
+    assert main(["report", str(out)]) == 0 and (out / "report.html").is_file()
+
+
+@pytest.mark.slow
+def test_resume_skips_finished_and_redoes_changed_input(finished_batch, tmp_path):
+    d, out, truths, _ = finished_batch
+    before = {p: (out / p / "pair.json").stat().st_mtime_ns for p in truths}
+    n_attempts = len(_attempts(out))
+    # p1's moving image changes (another known rotation): its hash changes, it must be redone
+    fixed, moving, truth = known_pair_2d(angle_deg=-15.0, shift_mm=(2.0, 2.0))
+    sitk.WriteImage(moving, str(d / "img" / "p1_m.nii.gz"))
+    code = main(["batch", "--pairs", str(d / "cohort.csv"), "--output-dir", str(out), "--workers", "1", "--resume",
+                 "--options=--device cpu", "--quiet", "--no-report"])
+    assert code == 1  # "bad" is still bad and is retried (failed pairs are never reused)
+    started = [a["id"] for a in _attempts(out)[n_attempts:] if a["event"] == "start"]
+    assert sorted(started) == ["bad", "p1"]
+    assert (out / "p0" / "pair.json").stat().st_mtime_ns == before["p0"]
+    assert (out / "p2" / "pair.json").stat().st_mtime_ns == before["p2"]
+    assert corner_error_mm(fixed, sitk.ReadTransform(str(out / "p1" / "transform.h5")), truth) < 1.5
+    rows = _summary(out)
+    assert rows["p0"]["reused"] == "yes" and rows["p1"]["reused"] == "no"
+
+
+@pytest.mark.slow
+def test_killed_worker_pair_is_retried(tmp_path):
+    """The worker that already finished a pair is killed while running its next one: that pair is retried and
+    the finished one (whose result Dask lost with the worker) is not registered a second time."""
+    pytest.importorskip("distributed")
+    truths = _write_cohort(tmp_path, ids=("p0", "p1", "p2"), bad=False)
+    out = tmp_path / "D"
+    proc = subprocess.Popen(CLI + ["batch", "--pairs", str(tmp_path / "cohort.csv"), "--output-dir", str(out),
+                                   "--workers", "2", "--retries", "1", "--options=--device cpu", "--json", "--no-report"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    victim, deadline = None, time.time() + 300
+    while victim is None and time.time() < deadline and proc.poll() is None:
+        starts = [a for a in _attempts(out) if a["event"] == "start"]
+        if len(starts) >= 3:  # the third pair starts on the worker that finished one of the first two
+            victim = starts[2]
+            time.sleep(0.5)  # let its child start, so the kill hits the pair mid-way
+            os.kill(victim["pid"], signal.SIGKILL)
+        time.sleep(0.05)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert victim is not None, stderr
+    assert proc.returncode == 0, stderr
+    attempts = _attempts(out)
+    starts = [a for a in attempts if a["id"] == victim["id"] and a["event"] == "start"]
+    done = {p: sum(a["id"] == p and a["event"] == "done" for a in attempts) for p in truths}
+    assert len(starts) == 2 and starts[1]["pid"] != victim["pid"]  # retried on another (or restarted) worker
+    assert done == {p: 1 for p in truths}  # every pair registered exactly once
+    for pid, (fixed, truth) in truths.items():
+        assert corner_error_mm(fixed, sitk.ReadTransform(str(out / pid / "transform.h5")), truth) < 1.5
+
+
+def test_in_process_without_dask_and_memory_limit(tmp_path, monkeypatch, capsys):
+    _write_cohort(tmp_path, ids=("p0",), bad=False)
+    monkeypatch.setattr(batch_mod, "dask_available", lambda: False)
+    code = main(["batch", "--pairs", str(tmp_path / "cohort.csv"), "--output-dir", str(tmp_path / "D"), "--workers", "2"])
+    assert code == 2 and "pip install" in capsys.readouterr().err
+    # one worker runs in this process; a child over its memory limit is killed and recorded, not fatal
+    code = main(["batch", "--pairs", str(tmp_path / "cohort.csv"), "--output-dir", str(tmp_path / "D"), "--workers", "1",
+                 "--memory-per-worker", "40MB", "--no-report", "--no-previews", "--json"])
+    out = capsys.readouterr()
+    assert code == 1 and json.loads(out.out.strip())["mode"] == "in-process"
+    err = json.loads((tmp_path / "D" / "p0" / "error.json").read_text())
+    assert "memory limit" in err["message"] and err["exit_code"] < 0
+
+
+def test_cohort_csv_checks_and_per_row_options(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "mask.nii.gz").write_bytes(b"x")
+    (tmp_path / "c.csv").write_text("id,fixed,moving,fixed_mask,seed\na1,f.nii,m.nii,sub/mask.nii.gz,3\na2,f.nii,m.nii,,\n")
+    pairs = read_pairs(tmp_path / "c.csv")
+    assert pairs[0].fixed == str((tmp_path / "f.nii").resolve())
+    assert pairs[0].extra == {"--fixed-mask": str((tmp_path / "sub" / "mask.nii.gz").resolve()), "--seed": "3"}
+    assert pairs[1].extra == {}
+    for text, needle in [("id,fixed\na,b\n", "missing moving"), ("id,fixed,moving\na,f,m\na,f,m\n", "duplicate"),
+                         ("id,fixed,moving\n../x,f,m\n", "names a folder"), ("id,fixed,moving\n", "no rows")]:
+        (tmp_path / "c.csv").write_text(text)
+        with pytest.raises(InputError, match=needle):
+            read_pairs(tmp_path / "c.csv")
+
+
+def test_auto_workers_bounded_by_cores_memory_and_pairs():
+    cores = len(os.sched_getaffinity(0))
+    assert batch_mod.auto_workers(100, 1) == cores
+    assert batch_mod.auto_workers(1, 1) == 1
+    assert batch_mod.auto_workers(100, 10**15) == 1  # nothing fits: still one
+    assert batch_mod.parse_memory("4GB") == 4 * 10**9 and batch_mod.parse_memory("512MiB") == 512 * 2**20
+    with pytest.raises(InputError):
+        batch_mod.parse_memory("lots")
+
+
+@pytest.mark.slow
+def test_batch_of_chains_keeps_each_step(tmp_path):
+    truths = _write_cohort(tmp_path, ids=("p2",), bad=False)
+    code = main(["batch", "--pairs", str(tmp_path / "cohort.csv"), "--output-dir", str(tmp_path / "D"), "--workers", "1",
+                 "--steps", "rigid-search", "--options", "rigid-search:--device cpu", "--quiet", "--no-report", "--no-previews"])
+    assert code == 0
+    fixed, truth = truths["p2"]
+    folder = tmp_path / "D" / "p2"
+    assert corner_error_mm(fixed, sitk.ReadTransform(str(folder / "transform.h5")), truth) < 1.5
+    assert (folder / "steps" / "01_rigid-search.step.h5").is_file()
+    assert json.loads((folder / "summary.json").read_text())["method"] == "pipeline"
+
+
+def test_task_recomputed_after_worker_loss_does_not_register_again(tmp_path):
+    """Dask recomputes a finished task whose result was held by a worker that died: the pair was published by
+    this batch run (same run token), so the task returns its record and starts no child."""
+    from RegistrationSuiteLib.cohort.runner import run_pair
+
+    (tmp_path / "p0").mkdir()
+    record = {"id": "p0", "status": "done", "run_token": "abc", "hash": "h"}
+    (tmp_path / "p0" / "pair.json").write_text(json.dumps(record))
+    job = {"id": "p0", "argv": ["rigid-search", "--fixed", "missing.nii", "--moving", "missing.nii"],
+           "out_root": str(tmp_path), "hash": "h", "fixed": "f", "moving": "m", "run_token": "abc"}
+    assert run_pair(job) == record
+    assert [a["event"] for a in _attempts(tmp_path)] == ["already-done"]
+    # another batch run (another token) does run it: here the inputs are missing, so it fails and says why
+    failed = run_pair({**job, "run_token": "other", "previews": False})
+    assert failed["status"] == "failed" and "missing.nii" in failed["message"]
+    assert [a["event"] for a in _attempts(tmp_path)] == ["already-done", "start", "failed"]

@@ -1,0 +1,151 @@
+"""Initial transforms and composition (fixed→moving, ITK order) and the valid chains."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from RegistrationSuiteLib.cohort.chain import (VALID_CHAINS, check_chain, compose_fixed_to_moving, linear_transform,
+                                               prewarp_moving, step_of_composed)
+from RegistrationSuiteLib.errors import InputError
+from RegistrationSuiteLib.geometry import affine_matrix_from_sitk
+
+from tiny_cases import corner_error_mm, known_pair_2d, rigid_2d
+
+CLI = [sys.executable, "-m", "RegistrationSuiteLib"]
+
+
+def _oblique_volume():
+    rng = np.random.default_rng(3)
+    img = sitk.GetImageFromArray(rng.random((12, 14, 16)).astype(np.float32))
+    img.SetSpacing((0.9, 1.3, 2.5))
+    img.SetOrigin((10.0, -4.0, 7.0))
+    r = sitk.Euler3DTransform()
+    r.SetRotation(0.2, -0.3, 0.4)
+    img.SetDirection(r.GetMatrix())
+    return img
+
+
+def _points(img, n=50, seed=0):
+    rng = np.random.default_rng(seed)
+    size = np.asarray(img.GetSize())
+    return [img.TransformContinuousIndexToPhysicalPoint((rng.random(3) * (size - 1)).tolist()) for _ in range(n)]
+
+
+@pytest.mark.parametrize("rigid_initial", [True, False])
+def test_prewarp_then_step_equals_composed_resampling(rigid_initial):
+    """Resampling the pre-warped moving image with S equals resampling the original with T0∘S."""
+    moving = _oblique_volume()
+    fixed = sitk.Image(moving)  # the fixed grid: same geometry is enough for the identity to hold pointwise
+    t0 = sitk.Euler3DTransform((0, 0, 0), 0.3, 0.1, -0.2, (3.0, -2.0, 1.5))
+    if not rigid_initial:
+        t0 = sitk.AffineTransform(3)
+        t0.SetMatrix((1.1, 0.05, 0, 0, 0.95, 0, 0.02, 0, 1.0))
+        t0.SetTranslation((2.0, 1.0, -1.0))
+    step = sitk.Euler3DTransform((12.0, 1.0, 20.0), -0.1, 0.2, 0.05, (1.0, 2.0, -3.0))
+    pre = prewarp_moving(moving, t0, fixed)
+    assert pre.how == ("header" if rigid_initial else "resampled")
+    composed = compose_fixed_to_moving(t0, step)
+    # Evaluate both at fixed points: M'(S(x)) must equal M(T0(S(x))).
+    interp = sitk.sitkLinear
+    a = sitk.Resample(pre.image, fixed, step, interp, -1.0, sitk.sitkFloat32)
+    b = sitk.Resample(moving, fixed, composed, interp, -1.0, sitk.sitkFloat32)
+    a, b = sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b)
+    both = (a != -1.0) & (b != -1.0)
+    assert both.sum() > 50
+    # header pre-warp is exact; resampling twice adds interpolation error only
+    tol = 1e-4 if rigid_initial else 0.35
+    assert np.abs(a[both] - b[both]).mean() < tol
+    if rigid_initial:
+        assert np.abs(a[both] - b[both]).max() < 1e-4
+
+
+def test_compose_order_and_split_known_answer():
+    t0 = sitk.Euler3DTransform((0, 0, 0), 0.0, 0.0, np.pi / 2, (10.0, 0.0, 0.0))
+    step = sitk.TranslationTransform(3, (1.0, 0.0, 0.0))
+    composed = compose_fixed_to_moving(t0, step)
+    # x=(0,0,0): step → (1,0,0); t0 rotates 90° about z → (0,1,0), then +10 in x → (10,1,0)
+    np.testing.assert_allclose(composed.TransformPoint((0, 0, 0)), (10.0, 1.0, 0.0), atol=1e-9)
+    assert composed.GetName() == "Euler3DTransform"
+    back = step_of_composed(composed, t0)
+    np.testing.assert_allclose(affine_matrix_from_sitk(back), affine_matrix_from_sitk(step), atol=1e-9)
+
+
+def test_compose_with_displacement_field_keeps_components():
+    field = sitk.Image([8, 8, 8], sitk.sitkVectorFloat64, 3)
+    arr = np.zeros((8, 8, 8, 3))
+    arr[..., 0] = 2.0
+    field = sitk.GetImageFromArray(arr, isVector=True)
+    dft = sitk.DisplacementFieldTransform(sitk.Image(field))
+    t0 = sitk.TranslationTransform(3, (0.0, 5.0, 0.0))
+    composed = compose_fixed_to_moving(t0, dft)
+    np.testing.assert_allclose(composed.TransformPoint((3.0, 3.0, 3.0)), (5.0, 8.0, 3.0), atol=1e-9)
+    assert step_of_composed(composed, t0).GetName() == "DisplacementFieldTransform"
+
+
+def test_linear_transform_types():
+    assert linear_transform(np.diag([1.0, 1.0, 1.0, 1.0])).GetName() == "Euler3DTransform"
+    assert linear_transform(np.diag([1.2, 1.0, 1.0, 1.0])).GetName() == "AffineTransform"
+    assert linear_transform(np.diag([-1.0, 1.0, 1.0, 1.0])).GetName() == "AffineTransform"  # reflection
+
+
+@pytest.mark.parametrize("steps", VALID_CHAINS)
+def test_valid_chains_accepted(steps):
+    assert check_chain(steps) == steps
+
+
+@pytest.mark.parametrize("steps,why", [(("deformable", "rigid-search"), "never before"),
+                                       (("rigid-search", "organ-points"), "point sets"),
+                                       (("rigid-search", "partial-prereg"), "")])
+def test_invalid_chains_refused_naming_valid_ones(steps, why):
+    with pytest.raises(InputError) as exc:
+        check_chain(steps)
+    assert "rigid-search,deformable" in str(exc.value) and why in str(exc.value)
+
+
+def test_unavailable_step_refused():
+    with pytest.raises(InputError, match="not available"):
+        check_chain(("rigid-search", "deformable"), available=("rigid-search", "partial-prereg"))
+
+
+def test_rigid_search_initial_transform_known_answer(tmp_path):
+    """The written transform is T0∘S and recovers the non-identity truth; the step's own is T0⁻¹∘truth."""
+    fixed, moving, truth = known_pair_2d(angle_deg=20.0, shift_mm=(6.0, -4.0))
+    sitk.WriteImage(fixed, str(tmp_path / "f.nii.gz"))
+    sitk.WriteImage(moving, str(tmp_path / "m.nii.gz"))
+    center = fixed.TransformContinuousIndexToPhysicalPoint([s / 2 for s in fixed.GetSize()])
+    t0 = rigid_2d(-35.0, (10.0, 3.0), center)  # far from the truth: the step has real work to do
+    sitk.WriteTransform(t0, str(tmp_path / "t0.tfm"))
+    out = tmp_path / "t.h5"
+    proc = subprocess.run(CLI + ["rigid-search", "--fixed", str(tmp_path / "f.nii.gz"), "--moving", str(tmp_path / "m.nii.gz"),
+                                 "--initial-transform", str(tmp_path / "t0.tfm"), "--output", str(out), "--json",
+                                 "--output-diagnostics", str(tmp_path / "d.json"),
+                                 "--device", "cpu", "--quiet", "--output-report", str(tmp_path / "r.html")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    estimate = sitk.ReadTransform(str(out))
+    assert corner_error_mm(fixed, estimate, truth) < 1.5
+    info = json.loads((tmp_path / "d.json").read_text())["diagnostics"]["initial_transform"]
+    assert info["prewarp"] == "header"
+    step = np.array(info["step_fixed_to_moving_lps"])
+    expected_step = np.linalg.inv(affine_matrix_from_sitk(t0, 2)) @ affine_matrix_from_sitk(truth, 2)
+    assert np.rad2deg(abs(np.arctan2(expected_step[1, 0], expected_step[0, 0]))) > 40  # non-identity step
+    np.testing.assert_allclose(step[:2, :2], expected_step[:2, :2], atol=0.02)
+    # --output-report: one self-contained page with the checkerboard and the edge overlay
+    page = (tmp_path / "r.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 2 and "http" not in page.replace("http-equiv", "")
+
+
+def test_initial_transform_dimension_mismatch_is_input_error(tmp_path):
+    fixed, moving, _ = known_pair_2d()
+    sitk.WriteImage(fixed, str(tmp_path / "f.nii.gz"))
+    sitk.WriteImage(moving, str(tmp_path / "m.nii.gz"))
+    sitk.WriteTransform(sitk.Euler3DTransform(), str(tmp_path / "t0.tfm"))
+    proc = subprocess.run(CLI + ["rigid-search", "--fixed", str(tmp_path / "f.nii.gz"), "--moving", str(tmp_path / "m.nii.gz"),
+                                 "--initial-transform", str(tmp_path / "t0.tfm"), "--output", str(tmp_path / "t.h5")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "3D transform for 2D" in proc.stderr
+    assert not (tmp_path / "t.h5").exists()

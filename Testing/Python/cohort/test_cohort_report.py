@@ -1,0 +1,76 @@
+"""Review images and quality figures: PNG encoding, Jacobian/folding known answers, previews per dimension."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from RegistrationSuiteLib.cohort.png import encode_png
+from RegistrationSuiteLib.cohort.previews import render_pair_previews
+from RegistrationSuiteLib.cohort.quality import doubtful_reasons, folding_percent
+
+from tiny_cases import known_pair_2d
+
+
+def test_png_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (17, 23, 3), dtype=np.uint8)
+    (tmp_path / "a.png").write_bytes(encode_png(rgb))
+    back = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "a.png")))
+    np.testing.assert_array_equal(back, rgb)
+
+
+def _linear_field(shape, slope, spacing=(2.0, 1.0, 1.5)):
+    """u_x = slope · x (mm): det J = 1 + slope everywhere."""
+    img = sitk.Image(list(shape), sitk.sitkFloat32)
+    img.SetSpacing(spacing)
+    x = np.arange(shape[0]) * spacing[0]
+    arr = np.zeros(tuple(reversed(shape)) + (3,))
+    arr[..., 0] = slope * x[None, None, :]
+    field = sitk.GetImageFromArray(arr, isVector=True)
+    field.CopyInformation(img)
+    return sitk.DisplacementFieldTransform(field)
+
+
+@pytest.mark.parametrize("slope,expected", [(0.5, 0.0), (-2.0, 100.0)])
+def test_folding_percent_known_answer(slope, expected):
+    assert folding_percent(_linear_field((10, 8, 6), slope)) == pytest.approx(expected)
+
+
+def test_folding_none_for_linear_and_found_inside_composite():
+    assert folding_percent(sitk.Euler3DTransform()) is None
+    composite = sitk.CompositeTransform(3)
+    composite.AddTransform(sitk.TranslationTransform(3, (1.0, 0, 0)))
+    composite.AddTransform(_linear_field((10, 8, 6), -2.0))
+    assert folding_percent(composite) == pytest.approx(100.0)
+
+
+def test_doubtful_reasons_from_any_place():
+    assert doubtful_reasons({"doubtful": ["a"]}) == ["a"]
+    assert doubtful_reasons({"diagnostics": {"doubtful": ["b"]}}) == ["b"]
+    assert doubtful_reasons({"warnings": ["doubtful result: c", "other"]}) == ["doubtful result: c"]
+    assert doubtful_reasons({"warnings": []}) == []
+
+
+def test_previews_3d_three_planes_and_jacobian(tmp_path):
+    rng = np.random.default_rng(1)
+    fixed = sitk.GetImageFromArray(rng.random((12, 20, 16)).astype(np.float32))
+    fixed.SetSpacing((1.0, 1.0, 3.0))  # anisotropic: drawn with square millimetres
+    moving = sitk.GetImageFromArray(rng.random((14, 18, 16)).astype(np.float32))
+    out = render_pair_previews(fixed, moving, _linear_field((16, 20, 12), 0.2, (1.0, 1.0, 3.0)), tmp_path)
+    assert set(out) == {"checkerboard", "edges", "jacobian"}
+    cb = sitk.GetArrayFromImage(sitk.ReadImage(str(out["checkerboard"])))
+    # three planes side by side (4-pixel gaps), each scaled to square millimetres with its longer side 220 px:
+    # axial 20 x 16 mm → 220 x 176, coronal 36 x 16 mm → 220 x 98, sagittal 36 x 20 mm → 220 x 122
+    assert cb.shape == (220, 176 + 98 + 122 + 2 * 4, 3)
+    jac = sitk.GetArrayFromImage(sitk.ReadImage(str(out["jacobian"]))).astype(float)
+    # det J = 1.2 (expansion): reddish, not white, not black
+    inner = jac[jac.shape[0] // 2, 5]
+    assert inner[0] == 255 and inner[2] < 230
+
+
+def test_previews_2d_one_plane_and_checkerboard_alternates(tmp_path):
+    fixed, moving, truth = known_pair_2d()
+    out = render_pair_previews(fixed, moving, truth, tmp_path)
+    assert set(out) == {"checkerboard", "edges"}
+    cb = sitk.GetArrayFromImage(sitk.ReadImage(str(out["checkerboard"])))
+    assert cb.ndim == 3 and cb.shape[1] < 2 * cb.shape[0]  # one plane (the slide)
