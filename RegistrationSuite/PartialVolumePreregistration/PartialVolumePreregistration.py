@@ -373,7 +373,8 @@ class PartialVolumePreregistrationTest(ScriptedLoadableModuleTest):
 
         from RegistrationSuiteLib.mrml.runner import SUCCEEDED, ChildRun
 
-        run = ChildRun(logic.runSpecFromParameterNode(params)).start()  # what Apply does
+        spec = logic.runSpecFromParameterNode(params)  # what Apply does
+        run = ChildRun(spec, base_environment=slicer.util.startupEnvironment()).start()
         fractions = []
         while run.poll() == "running":
             fractions.append(run.fraction)

@@ -13,7 +13,6 @@ from RegistrationSuiteLib.cli import common, main as cli_main, rigid_search
 from RegistrationSuiteLib.cli.main import main
 from RegistrationSuiteLib.geometry import sitk_affine_from_matrix
 from RegistrationSuiteLib.result import RegistrationResult
-from RegistrationSuiteLib.sample_data import sample_path
 
 
 @pytest.fixture

@@ -125,7 +125,8 @@ def resample_moving(fixed: sitk.Image, moving: sitk.Image, result: RegistrationR
             to their range. ``None`` keeps ``moving``'s type.
     """
     interp = sitk.sitkNearestNeighbor if labels else sitk.sitkLinear
-    out = sitk.Resample(moving, fixed, result.transform, interp, 0.0, sitk.sitkFloat64 if not labels else moving.GetPixelID())
+    work_type = moving.GetPixelID() if labels else sitk.sitkFloat64
+    out = sitk.Resample(moving, fixed, result.transform, interp, 0.0, work_type)
     return cast_like(out, moving.GetPixelID() if pixel_id is None else pixel_id)
 
 

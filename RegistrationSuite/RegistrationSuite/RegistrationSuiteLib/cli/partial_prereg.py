@@ -69,7 +69,8 @@ def run(args) -> int:
     )
     result = compose_result(result, initial, moving.image, args.initial_transform, how)
     result.warnings[:0] = fixed.warnings + moving.warnings
-    written = write_outputs(args, fixed.image, moving.image, result, outputs=outputs, moving_pixel_id=moving.pixel_id)
+    written = write_outputs(args, fixed.image, moving.image, result, outputs=outputs,
+                            moving_pixel_id=moving.pixel_id)
     write_output_report(args, result)
     ransac = result.diagnostics.get("ransac")
     ref = result.diagnostics.get("refinement", {})
