@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InputError
-from .common import StderrProgress, print_result
+from ..seeding import SEED_PROMISE
+from .common import add_device_argument, add_summary_arguments, print_result
+from .progress_lines import progress_for
 
 HELP = "register two histology slides (H&E / IHC, rotation + mirror search, affine, non-rigid)"
 FIELD_IMAGE_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr", ".nii", ".nii.gz")
@@ -18,10 +20,11 @@ def add_parser(sub):
         help=HELP,
         description=(
             "Registers two slides of consecutive or re-stained sections: tissue mask and optical-density "
-            "features, a full rotation search (0-359 degrees, optional mirror), affine refinement and a non-rigid "
-            "instance optimisation. Writes a 2D displacement-field transform (ITK) mapping fixed points to "
-            "moving points in physical units (µm when the files carry a pixel size, else 1 unit = 1 level-0 "
-            "pixel), or the field image itself when --output ends in an image extension."
+            "features, a full rotation search (0-359 degrees, optional mirror), affine refinement and an optional "
+            "non-rigid instance optimisation (--io-steps). Writes a 2D displacement-field transform (ITK) mapping "
+            "fixed points to moving points in physical units (µm when a TIFF carries a pixel size, LPS mm for "
+            "images with a geometry header such as NRRD, else 1 unit = 1 level-0 pixel), or the field image "
+            "itself when --output ends in an image extension."
         ),
     )
     p.add_argument("--fixed", required=True, help="fixed slide (PNG/JPG/TIFF, pyramidal TIFF/OME-TIFF/SVS)")
@@ -33,11 +36,14 @@ def add_parser(sub):
     p.add_argument("--moving-landmarks", help="moving landmarks, ANHIR CSV, to map into the fixed slide")
     p.add_argument("--output-fixed-landmarks",
                    help="write the moving landmarks' positions in the fixed slide (inverse mapping, CSV)")
+    p.add_argument("--fixed-points", help="fixed points in physical units (CSV x,y,z,label, LPS; z is kept), e.g. "
+                   "markups exported by the Slicer module")
+    p.add_argument("--output-points", help="write the fixed points' positions in the moving slide (CSV x,y,z,label)")
     level = p.add_mutually_exclusive_group()
     level.add_argument("--level", type=int, help="pyramid level to read (0 = full resolution)")
     level.add_argument("--resolution-um", type=float, help="working pixel size in µm (picks the pyramid level)")
-    p.add_argument("--working-size", type=int, default=512,
-                   help="longest side in pixels of the finest working level (default 512)")
+    p.add_argument("--working-size", type=int, default=256,
+                   help="longest side in pixels of the finest working level (default 256)")
     p.add_argument("--model", default="none", help="multi-magnification network (none: classical stages only)")
     p.add_argument("--mirror", default="auto", choices=["auto", "no", "yes"],
                    help="also search mirrored sections (default auto)")
@@ -46,10 +52,10 @@ def add_parser(sub):
                    help="non-rigid instance optimisation steps per level (0 = affine only)")
     p.add_argument("--output-resampled", help="write the moving slide warped onto the fixed one (colours kept)")
     p.add_argument("--output-checkerboard", help="write a fixed / warped-moving checkerboard (PNG)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--device", default="auto", help="compute device: auto, cpu, cuda[:N]")
+    p.add_argument("--seed", type=int, default=0, help=f"random seed (default 0); {SEED_PROMISE}")
+    add_device_argument(p)
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest on busy machines)")
-    p.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
+    add_summary_arguments(p)
     p.set_defaults(run=run)
     return p
 
@@ -59,22 +65,20 @@ def _suffix(path: str) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
 
 
-def check_arguments(args) -> None:
-    """Every check that needs no registration, before anything runs or is written."""
+def check_arguments(args):
+    """Every check that needs no registration, before anything runs; returns the run's :class:`OutputSet`
+    (paths checked: folder, extension, not an input, not twice the same file)."""
+    from ..io.outputs import IMAGE_SUFFIXES, OutputSet
     from ..io.transforms import TRANSFORM_SUFFIXES
+    from .common import check_no_input_overwrite
+
+    check_no_input_overwrite(args)
 
     if _suffix(args.output) not in TRANSFORM_SUFFIXES + FIELD_IMAGE_SUFFIXES:
         raise InputError(f"--output: expected a transform ({', '.join(TRANSFORM_SUFFIXES)}) or a field image "
                          f"({', '.join(FIELD_IMAGE_SUFFIXES)}), got {args.output}")
-    for attr in ("output", "output_landmarks", "output_fixed_landmarks", "output_resampled", "output_checkerboard"):
-        value = getattr(args, attr)
-        if value and not Path(value).resolve().parent.is_dir():
-            raise InputError(f"--{attr.replace('_', '-')}: folder does not exist: {Path(value).parent}")
-    for attr in ("output_resampled", "output_checkerboard"):
-        value = getattr(args, attr)
-        if value and _suffix(value) not in PNG_LIKE + FIELD_IMAGE_SUFFIXES:
-            raise InputError(f"--{attr.replace('_', '-')}: expected an image file (.png, .tif, .mha, ...), got {value}")
-    for given, wanted in (("fixed_landmarks", "output_landmarks"), ("moving_landmarks", "output_fixed_landmarks")):
+    for given, wanted in (("fixed_landmarks", "output_landmarks"), ("moving_landmarks", "output_fixed_landmarks"),
+                          ("fixed_points", "output_points")):
         if bool(getattr(args, given)) != bool(getattr(args, wanted)):
             raise InputError(f"--{given.replace('_', '-')} and --{wanted.replace('_', '-')} go together; got only one")
     if args.model not in (None, "none", "None"):
@@ -82,6 +86,19 @@ def check_arguments(args) -> None:
                          "use --model none")
     if args.io_steps is not None and args.io_steps < 0:
         raise InputError(f"--io-steps: expected an integer >= 0, got {args.io_steps}")
+    inputs = {f"--{a.replace('_', '-')}": getattr(args, a) for a in ("fixed", "moving", "fixed_landmarks",
+                                                                       "moving_landmarks", "fixed_points")
+              if getattr(args, a)}
+    outputs = OutputSet(inputs)
+    outputs.add("--output", args.output, TRANSFORM_SUFFIXES + FIELD_IMAGE_SUFFIXES)
+    for option, suffixes in (("--output-landmarks", (".csv",)), ("--output-fixed-landmarks", (".csv",)),
+                             ("--output-points", (".csv",)),
+                             ("--output-resampled", IMAGE_SUFFIXES), ("--output-checkerboard", PNG_LIKE),
+                             ("--output-diagnostics", (".json",))):
+        value = getattr(args, option[2:].replace("-", "_"))
+        if value:
+            outputs.add(option, value, suffixes)
+    return outputs
 
 
 def build_config(args):
@@ -96,9 +113,10 @@ def build_config(args):
 
 
 def run(args) -> int:
+    from ..io.points import read_points
     from ..methods.histology import read_landmarks, read_slide, register_histology
 
-    check_arguments(args)
+    outputs = check_arguments(args)
     config = build_config(args)
     fixed = read_slide(args.fixed, "fixed", level=config.level, resolution_um=config.resolution_um,
                        target_size=config.working_size)
@@ -108,44 +126,47 @@ def run(args) -> int:
                 if args.fixed_landmarks else None)
     moving_lm = (read_landmarks(args.moving_landmarks, "--moving-landmarks", size=moving.level0_size)
                  if args.moving_landmarks else None)
-    result = register_histology(fixed, moving, config, progress=StderrProgress(not args.quiet))
-    write_outputs(args, result, fixed_lm, moving_lm)
+    fixed_points = read_points(args.fixed_points, "--fixed-points") if args.fixed_points else None
+    result = register_histology(fixed, moving, config, progress=progress_for(args))
+    write_outputs(args, outputs, result, fixed_lm, moving_lm, fixed_points)
     d = result.diagnostics
     print_result(args, result, [
         f"rotation {d['rotation_deg']:.1f}°{' (mirrored)' if d['mirrored'] else ''}  NCC {d['ncc_before']:.3f} → "
         f"{d['ncc_after']:.3f}  time {result.timings['total']:.1f} s",
-        f"fixed→moving field ({'µm' if result.unit == 'um' else 'level-0 pixels'}) written to {args.output}",
+        f"fixed→moving field ({ {'um': 'µm', 'mm': 'mm, LPS'}.get(result.unit, 'level-0 pixels')}) written to "
+        f"{args.output}",
     ])
     return 0
 
 
-def write_outputs(args, result, fixed_lm, moving_lm) -> None:
-    """Write every requested output (each atomically); the transform/field last: its presence means success."""
-    import SimpleITK as sitk
+def write_outputs(args, outputs, result, fixed_lm, moving_lm, fixed_points=None) -> list:
+    """Write every requested output as one set (staged, then renamed together: all or none)."""
+    from ..io import write_image, write_points, write_transform
+    from ..methods.histology import (checkerboard, transfer_landmarks, transfer_landmarks_inverse, transfer_points,
+                                     warped_moving, write_landmarks)
+    from .common import write_diagnostics_and_commit
 
-    from ..io import write_image, write_transform
-    from ..methods.histology import (checkerboard, transfer_landmarks, transfer_landmarks_inverse, warped_moving,
-                                     write_landmarks)
-
-    outputs = []
-    if fixed_lm is not None:
-        write_landmarks(transfer_landmarks(result, fixed_lm), args.output_landmarks)
-        outputs.append(args.output_landmarks)
-    if moving_lm is not None:
-        write_landmarks(transfer_landmarks_inverse(result, moving_lm), args.output_fixed_landmarks)
-        outputs.append(args.output_fixed_landmarks)
-    if args.output_resampled or args.output_checkerboard:
-        warped = warped_moving(result)
-        if args.output_resampled:
-            write_image(warped, args.output_resampled)
-            outputs.append(args.output_resampled)
-        if args.output_checkerboard:
-            write_image(checkerboard(result, warped), args.output_checkerboard)
-            outputs.append(args.output_checkerboard)
-    if _suffix(args.output) in FIELD_IMAGE_SUFFIXES:
-        field = result.transform.GetDisplacementField()
-        write_image(field, args.output)
-    else:
-        write_transform(result.transform, args.output)
-    outputs.append(args.output)
-    result.diagnostics["outputs"] = outputs
+    with outputs:
+        if fixed_lm is not None:
+            with outputs.stage("--output-landmarks") as tmp:
+                write_landmarks(transfer_landmarks(result, fixed_lm), tmp)
+        if moving_lm is not None:
+            with outputs.stage("--output-fixed-landmarks") as tmp:
+                write_landmarks(transfer_landmarks_inverse(result, moving_lm), tmp)
+        if fixed_points is not None:
+            with outputs.stage("--output-points") as tmp:
+                write_points(transfer_points(result, fixed_points), tmp)
+        if "--output-resampled" in outputs or "--output-checkerboard" in outputs:
+            warped = warped_moving(result)
+            if "--output-resampled" in outputs:
+                with outputs.stage("--output-resampled") as tmp:
+                    write_image(warped, tmp)
+            if "--output-checkerboard" in outputs:
+                with outputs.stage("--output-checkerboard") as tmp:
+                    write_image(checkerboard(result, warped), tmp)
+        with outputs.stage("--output") as tmp:
+            if _suffix(args.output) in FIELD_IMAGE_SUFFIXES:
+                write_image(result.transform.GetDisplacementField(), tmp)
+            else:
+                write_transform(result.transform, tmp)
+        return write_diagnostics_and_commit(outputs, result)

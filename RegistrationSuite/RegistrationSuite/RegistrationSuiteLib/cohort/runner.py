@@ -109,6 +109,12 @@ def run_pair(job: dict) -> dict:
     Returns the pair's record (also written to ``D/<id>/pair.json``).
     """
     root = Path(job["out_root"])
+    previous = _read_record(root / job["id"])
+    if job.get("run_token") and previous.get("run_token") == job["run_token"] and previous.get("status") == "done":
+        # Dask recomputes a finished task whose result lived on a worker that died; the pair is already
+        # published by this batch run, so the task is idempotent: it returns the record, nothing runs twice.
+        log_attempt(root, id=job["id"], event="already-done")
+        return previous
     tmp = root / ".tmp" / f"{job['id']}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     log_attempt(root, id=job["id"], event="start")
@@ -123,7 +129,8 @@ def run_pair(job: dict) -> dict:
             break
     record = {"id": job["id"], "hash": job["hash"], "fixed": job["fixed"], "moving": job["moving"],
               "command": job["argv"], "exit_code": run["code"], "time_s": round(run["seconds"], 3),
-              "peak_memory_mb": run["peak_rss_mb"], "child_attempts": attempts, "worker": socket.gethostname()}
+              "peak_memory_mb": run["peak_rss_mb"], "child_attempts": attempts, "worker": socket.gethostname(),
+              "run_token": job.get("run_token")}
     if run["code"] == 0 and (tmp / TRANSFORM).exists():
         record.update(_success(tmp, job))
     else:
@@ -131,8 +138,8 @@ def run_pair(job: dict) -> dict:
         if run["memory_killed"]:
             message = f"exceeded the memory limit of {job['memory_limit'] / 2**30:.1f} GiB per worker (killed)"
         record.update(status="failed", message=message)
-        _write_json(tmp / ERROR, {"message": message, "exit_code": run["code"], "status": _status_text(run["code"])})
-    _write_json(tmp / RECORD, record)
+        write_json(tmp / ERROR, {"message": message, "exit_code": run["code"], "status": _status_text(run["code"])})
+    write_json(tmp / RECORD, record)
     publish(tmp, root / job["id"])
     log_attempt(root, id=job["id"], event=record["status"])
     return record
@@ -147,7 +154,7 @@ def _success(folder: Path, job: dict) -> dict:
             break
         except ValueError:
             continue
-    _write_json(folder / SUMMARY, summary)
+    write_json(folder / SUMMARY, summary)
     out = {"status": "done", "message": ""}
     from .quality import doubtful_reasons, folding_percent
 
@@ -166,11 +173,18 @@ def _success(folder: Path, job: dict) -> dict:
     return out
 
 
+def _read_record(folder: Path) -> dict:
+    try:
+        return json.loads((folder / RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def _last_error_line(path: Path) -> str:
     lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()] if path.exists() else []
     msgs = [ln for ln in lines if not ln.startswith("[") and "WARNING" not in ln]
     return (msgs or lines or [""])[-1][:500]
 
 
-def _write_json(path: Path, obj) -> None:
+def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=1, default=str))

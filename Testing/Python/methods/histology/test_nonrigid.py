@@ -10,8 +10,6 @@ from RegistrationSuiteLib.methods.histology.slides import from_array
 
 from .conftest import DAB_OD, HE_OD, stain, tissue_density
 
-pytest.importorskip("RegistrationSuiteLib.deform", reason="needs the shared deform module (branch deformable)")
-
 AMPLITUDE = 5.0  # pixels
 
 

@@ -61,3 +61,26 @@ def test_wildly_different_sizes_without_pixel_size():
     big = from_array(stain(tissue_density(512), HE_OD), name="moving")
     with pytest.raises(InputError, match="sizes differ by a factor 8.0 and the files carry no pixel size"):
         register_histology(small, big, HistologyConfig(**FAST))
+
+
+def test_header_geometry_mapping_in_lps_mm(tmp_path):
+    """NRRD slides (as the Slicer module exports them): the transform maps fixed LPS mm to moving LPS mm."""
+    import SimpleITK as sitk
+
+    d = tissue_density(256)
+    matrix = rotation(25.0)
+    offset = about_centre(matrix, (128, 128), (4.0, 7.0))
+    paths = []
+    for name, arr, origin in (("fixed", stain(d, HE_OD), (10.0, -5.0)),
+                              ("moving", stain(moving_density(d, matrix, offset), DAB_OD), (-3.0, 20.0))):
+        image = sitk.GetImageFromArray(arr, isVector=True)
+        image.SetSpacing((0.25, 0.25))
+        image.SetOrigin(origin)
+        paths.append(str(tmp_path / f"{name}.nrrd"))
+        sitk.WriteImage(image, paths[-1])
+    result = register_histology(paths[0], paths[1], HistologyConfig(**FAST))
+    assert result.unit == "mm"
+    pixel = POINTS[1]
+    expected_px = matrix @ pixel + offset
+    got = result.transform.TransformPoint(tuple(np.array([10.0, -5.0]) + 0.25 * pixel))
+    np.testing.assert_allclose(got, np.array([-3.0, 20.0]) + 0.25 * expected_px, atol=0.25)

@@ -74,3 +74,25 @@ def test_damaged_tiff_is_one_line_error(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(InputError, match="file not found"):
         read_slide(tmp_path / "nope.png", "fixed")
+
+
+def test_header_geometry_of_nrrd(tmp_path, rgb):
+    """Slides exported from Slicer (NRRD, LPS): pixel size and origin come from the header (unit mm)."""
+    image = sitk.GetImageFromArray(rgb, isVector=True)
+    image.SetSpacing((0.5, 0.5))
+    image.SetOrigin((10.0, -5.0))
+    sitk.WriteImage(image, str(tmp_path / "s.nrrd"))
+    slide = read_slide(tmp_path / "s.nrrd", "fixed")
+    assert slide.unit == "mm" and slide.pixel_size == 0.5
+    np.testing.assert_allclose(slide.level0_to_physical(np.array([[0.0, 0.0], [4.0, 2.0]])), [[10, -5], [12, -4]])
+    np.testing.assert_allclose(slide.origin, [10.0, -5.0])
+    image.SetDirection((-1.0, 0.0, 0.0, -1.0))  # a Slicer (RAS) slide exported to LPS
+    sitk.WriteImage(image, str(tmp_path / "f.nrrd"))
+    flipped = read_slide(tmp_path / "f.nrrd", "fixed")
+    np.testing.assert_array_equal(flipped.pixels, rgb[::-1, ::-1])
+    corner = image.TransformIndexToPhysicalPoint((127, 127))  # the flipped array's pixel (0, 0)
+    np.testing.assert_allclose(flipped.level0_to_physical(np.zeros((1, 2)))[0], corner)
+    image.SetDirection((0.0, 1.0, 1.0, 0.0))
+    sitk.WriteImage(image, str(tmp_path / "r.nrrd"))
+    with pytest.raises(InputError, match="fixed: r.nrrd has rotated axes"):
+        read_slide(tmp_path / "r.nrrd", "fixed")

@@ -24,6 +24,7 @@ _LAZY = {
     "relative_tre": "landmarks",
     "transfer_landmarks": "outputs",
     "transfer_landmarks_inverse": "outputs",
+    "transfer_points": "outputs",
     "warped_moving": "outputs",
     "checkerboard": "outputs",
 }

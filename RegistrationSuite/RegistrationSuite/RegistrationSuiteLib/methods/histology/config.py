@@ -28,15 +28,20 @@ class HistologyConfig:
         resolution_um: requested working pixel size in µm (needs a pixel size in the files): the finest
             pyramid level not finer than needed is read, then resampled.
         working_size: longest side (pixels) of the fixed image in the finest working level of the affine and
-            non-rigid stages; larger slides are downsampled to it (the output field lives on that grid).
+            non-rigid stages; larger slides are downsampled to it (the output field lives on that grid). On the
+            two ANHIR pairs the affine stage was as accurate at 256 as at 512 and 1024 (median rTRE 0.25 / 0.50 %,
+            0.27 / 0.52 %, 0.30 / – %) and several times faster.
         search_size: longest side (pixels) of the common canvas of the rotation search (coarse, fast).
         rotation_step_deg: angular step of the full 0–359° search (the best angles are then refined).
         mirror: ``"auto"`` also tries the mirrored moving slide (flipped sections), ``"no"`` never, ``"yes"``
             only mirrored.
-        candidates: best rotation-search candidates refined by the affine stage (the best NCC wins).
+        candidates: rotation-search candidates kept per search channel (outline, density, edges) and mirror
+            state, all refined on the coarsest affine level; the best structure NCC continues.
         affine_levels: pyramid levels of the affine refinement (coarsest at ``search_size``).
         affine_iterations: Adam iterations per affine level.
-        io_steps: iterations of the non-rigid instance optimisation per level (0 = affine only).
+        io_steps: iterations of the non-rigid instance optimisation per level (0 = affine only, the default:
+            on the two ANHIR pairs every setting tried raised the feature similarity but not the landmark
+            accuracy, see BENCHMARKS.md).
         io_levels: pyramid levels of the instance optimisation (finest = ``working_size``).
         io_learning_rate: Adam step of the dense displacement (pixels of the current level).
         io_smoothness: weight of the bending (curvature) regulariser of the non-rigid displacement.
@@ -53,17 +58,17 @@ class HistologyConfig:
 
     level: Optional[int] = None
     resolution_um: Optional[float] = None
-    working_size: int = 512
+    working_size: int = 256
     search_size: int = 160
     rotation_step_deg: float = 2.0
     mirror: str = "auto"
-    candidates: int = 3
+    candidates: int = 2
     affine_levels: int = 3
     affine_iterations: int = 80
     io_steps: int = 0
-    io_levels: int = 2
+    io_levels: int = 3
     io_learning_rate: float = 0.3
-    io_smoothness: float = 1.0
+    io_smoothness: float = 5.0
     io_similarity: str = "lncc"
     io_radius: int = 3
     model: Optional[str] = None

@@ -21,6 +21,16 @@ def transfer_landmarks(result, fixed_xy: np.ndarray) -> np.ndarray:
     return result.moving_slide.physical_to_level0(moved.reshape(-1, 2))
 
 
+def transfer_points(result, points):
+    """:class:`~RegistrationSuiteLib.io.points.LabeledPoints` in the fixed slide's physical frame (x, y; z and
+    labels kept) → their positions in the moving slide's physical frame."""
+    from ...io.points import LabeledPoints
+
+    xyz = np.asarray(points.points, dtype=float).copy()
+    xyz[:, :2] = [result.transform.TransformPoint((float(x), float(y))) for x, y in xyz[:, :2]]
+    return LabeledPoints(xyz, points.labels)
+
+
 def transfer_landmarks_inverse(result, moving_xy: np.ndarray, *, iterations: int = 50,
                                tolerance_px: float = 1e-3) -> np.ndarray:
     """Moving level-0 pixel positions ``(N, 2)`` → fixed level-0 pixels, by solving ``T(x) = y`` per point.

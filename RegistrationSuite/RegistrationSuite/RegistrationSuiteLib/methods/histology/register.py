@@ -46,7 +46,7 @@ class HistologyResult(RegistrationResult):
     Attributes:
         fixed_slide, moving_slide: the levels read (pixels and geometry).
         affine: ``(3, 3)`` fixed → moving homogeneous matrix of the initial alignment (physical units).
-        unit: ``"um"`` or ``"px"`` (1 unit = 1 level-0 pixel).
+        unit: ``"um"``, ``"mm"`` or ``"px"`` (1 unit = 1 level-0 pixel).
     """
 
     fixed_slide: Optional[Slide] = None
@@ -100,37 +100,34 @@ def register_histology(fixed: SlideInput, moving: SlideInput, config: Optional[H
         after = _feature_ncc(pf, pm, best, displacement)
     prog.report(1.0, "done")
     t_end = time.perf_counter()
-    unit_note = ("physical unit: µm" if f_slide.unit == "um"
-                 else "no pixel size in the files: 1 unit = 1 level-0 pixel")
+    unit_note = {"um": "physical unit: µm", "mm": "physical unit: mm (LPS, from the image headers)"}.get(
+        f_slide.unit, "no pixel size in the files: 1 unit = 1 level-0 pixel")
     return HistologyResult(
-        method="histology",
-        transform=transform,
-        fixed_grid=field_grid,
-        moving_grid=None,
-        score=after,
+        method="histology", transform=transform, fixed_grid=field_grid, score=after,
         confidence=float(np.clip(best.score, 0.0, 1.0)),
         timings={"prepare": t_prep - t0, "initial": t_init - t_prep, "instance_optimisation": t_io - t_init,
                  "field": t_end - t_io, "total": t_end - t0},
-        diagnostics={
-            "unit": f_slide.unit,
-            "working_spacing": spacing,
-            "rotation_deg": affine_angle_deg(best.matrix),
-            "search_angle_deg": best.angle_deg,
-            "mirrored": bool(best.mirrored),
-            "affine_fixed_to_moving": best.homogeneous().tolist(),
-            "search_fixed_to_moving": start.homogeneous().tolist(),
-            "candidates": [{"angle_deg": c.angle_deg, "mirrored": c.mirrored, "score": c.score} for c in scored],
-            "ncc_before": before,
-            "ncc_after": after,
-            "instance_optimisation": io_info,
-            "config": cfg.to_dict(),
-        },
+        diagnostics=_diagnostics(cfg, f_slide, spacing, best, start, scored, before, after, io_info),
         warnings=f_slide.notes + m_slide.notes + [unit_note],
-        fixed_slide=f_slide,
-        moving_slide=m_slide,
-        affine=best.homogeneous(),
-        unit=f_slide.unit,
+        fixed_slide=f_slide, moving_slide=m_slide, affine=best.homogeneous(), unit=f_slide.unit,
     )
+
+
+def _diagnostics(cfg, f_slide, spacing, best, start, scored, before, after, io_info) -> dict:
+    return {
+        "unit": f_slide.unit,
+        "working_spacing": spacing,
+        "rotation_deg": affine_angle_deg(best.matrix),
+        "search_angle_deg": best.angle_deg,
+        "mirrored": bool(best.mirrored),
+        "affine_fixed_to_moving": best.homogeneous().tolist(),
+        "search_fixed_to_moving": start.homogeneous().tolist(),
+        "candidates": [{"angle_deg": c.angle_deg, "mirrored": c.mirrored, "score": c.score} for c in scored],
+        "ncc_before": before,
+        "ncc_after": after,
+        "instance_optimisation": io_info,
+        "config": cfg.to_dict(),
+    }
 
 
 @contextlib.contextmanager
@@ -166,7 +163,7 @@ def _initial(pf: Prepared, pm: Prepared, cfg: HistologyConfig, prog) -> tuple:
     with torch_threads(cfg.num_threads):
         return initial_alignment([pf.mask, pf.density, edges_f], [pm.mask, pm.density, edges_m],
                                  pf.pyramid[:n][::-1], pm.pyramid[:n][::-1], step_deg=cfg.rotation_step_deg,
-                                 mirror=cfg.mirror, keep=max(1, cfg.candidates - 1), pixels=cfg.search_size,
+                                 mirror=cfg.mirror, keep=cfg.candidates, pixels=cfg.search_size,
                                  iterations=cfg.affine_iterations, progress=prog)
 
 

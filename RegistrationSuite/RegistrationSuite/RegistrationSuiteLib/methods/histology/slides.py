@@ -1,8 +1,10 @@
 """Reading whole-slide images: PNG/JPG/TIFF, and pyramidal TIFF/OME-TIFF/SVS through ``tifffile`` (pure pip).
 
 Frames. A :class:`Slide` holds one pyramid level. Its *physical* frame is the one every output uses: level-0
-pixel ``(x, y)`` (ANHIR landmark coordinates, pixel centres at integers) sits at ``(x, y) * pixel_size``,
-in µm when the file carries a pixel size, otherwise in level-0 pixels (``unit == "px"``, 1 unit = 1 pixel).
+pixel ``(x, y)`` (ANHIR landmark coordinates, pixel centres at integers) sits at ``origin0 + (x, y) * pixel_size``,
+in µm when a TIFF carries a pixel size, in mm (LPS, ``unit == "mm"``) for images with a geometry header
+(NRRD/MHA/NIfTI, e.g. slides exported from Slicer), otherwise in level-0 pixels (``unit == "px"``, 1 unit =
+1 pixel, ``origin0 = 0``).
 A pixel ``(i, j)`` of a level downsampled by ``f`` covers level-0 pixels ``[i f, (i + 1) f)``, so its centre is
 at level-0 ``i f + (f - 1) / 2``: spacing ``f · pixel_size`` and origin ``(f - 1) / 2 · pixel_size``.
 """
@@ -30,7 +32,8 @@ class Slide:
     Attributes:
         pixels: ``(H, W, C)`` array as stored (uint8/uint16/float), ``C`` = 3 (RGB) or 1 (grey).
         pixel_size: physical size of a level-0 pixel (µm, or 1.0 when ``unit == "px"``).
-        unit: ``"um"`` or ``"px"``.
+        unit: ``"um"``, ``"mm"`` (geometry header) or ``"px"``.
+        origin0: physical position ``(2,)`` of level-0 pixel (0, 0) (0 except for images with a header).
         downsample: ``(fx, fy)`` level-0 pixels per pixel of ``pixels``.
         level: pyramid level read; ``levels``: how many the file has.
         level0_size: ``(W0, H0)`` of level 0 (landmarks are checked against it).
@@ -46,6 +49,7 @@ class Slide:
     level0_size: tuple = (0, 0)
     source: str = "<array>"
     notes: list = field(default_factory=list)
+    origin0: tuple = (0.0, 0.0)
 
     @property
     def size(self) -> tuple:
@@ -60,15 +64,15 @@ class Slide:
     @property
     def origin(self) -> np.ndarray:
         """Physical position of pixel ``(0, 0)``'s centre."""
-        return (np.asarray(self.downsample, dtype=float) - 1.0) / 2.0 * self.pixel_size
+        return np.asarray(self.origin0, float) + (np.asarray(self.downsample, dtype=float) - 1.0) / 2.0 * self.pixel_size
 
     def level0_to_physical(self, xy: np.ndarray) -> np.ndarray:
         """Level-0 pixel coordinates ``(N, 2)`` (x, y) → physical ``(N, 2)``."""
-        return np.asarray(xy, dtype=float) * self.pixel_size
+        return np.asarray(self.origin0, float) + np.asarray(xy, dtype=float) * self.pixel_size
 
     def physical_to_level0(self, xy: np.ndarray) -> np.ndarray:
         """Physical ``(N, 2)`` → level-0 pixel coordinates ``(N, 2)``."""
-        return np.asarray(xy, dtype=float) / self.pixel_size
+        return (np.asarray(xy, dtype=float) - np.asarray(self.origin0, float)) / self.pixel_size
 
     def rgb_float(self) -> np.ndarray:
         """``(H, W, C)`` float32 in [0, 1]."""
@@ -132,7 +136,39 @@ def _read_plain(path: Path, name: str, level, resolution_um) -> Slide:
     if resolution_um is not None:
         raise InputError(f"{name}: --resolution-um needs a pixel size in the file; {path.name} carries none (use --level)")
     pixels = _as_hwc(arr, name, path.name)
-    return Slide(pixels, level0_size=(pixels.shape[1], pixels.shape[0]), source=str(path))
+    slide = Slide(pixels, level0_size=(pixels.shape[1], pixels.shape[0]), source=str(path))
+    if path.suffix.lower() not in PLAIN_SUFFIXES:
+        _header_geometry(slide, image, name, path.name)
+    return slide
+
+
+def _header_geometry(slide: Slide, image, name: str, file: str) -> None:
+    """Pixel size (mm) and origin from an image header (NRRD/MHA/NIfTI).
+
+    Axes flipped by the direction matrix (e.g. a slide created in Slicer's RAS frame and exported to LPS has
+    direction diag(−1, −1)) are flipped back in the array, so that the slide's axes follow x and y; the
+    level-0 pixel coordinates of landmarks then refer to the flipped array. Rotated axes are refused.
+    """
+    d = image.GetDimension()
+    spacing = np.asarray(image.GetSpacing()[:2], float)
+    origin = np.asarray(image.GetOrigin()[:2], float)
+    direction = np.asarray(image.GetDirection(), float).reshape(d, d)[:2, :2]
+    signs = np.sign(np.diag(direction))
+    if not (np.allclose(direction, np.diag(signs), atol=1e-6) and np.all(signs != 0)):
+        raise InputError(f"{name}: {file} has rotated axes (direction {direction.ravel().round(3).tolist()}); "
+                         "resample it to an axis-aligned grid first")
+    if not np.isclose(spacing[0], spacing[1], rtol=1e-3):
+        raise InputError(f"{name}: {file} has non-square pixels ({spacing[0]:g} x {spacing[1]:g}); resample it first")
+    size = np.array([slide.pixels.shape[1], slide.pixels.shape[0]], float)
+    for axis, sign in enumerate(signs):  # axis 0 = x = array axis 1
+        if sign < 0:
+            slide.pixels = np.flip(slide.pixels, axis=1 - axis)
+            origin[axis] -= (size[axis] - 1) * spacing[axis]
+    if np.any(signs < 0):
+        slide.notes.append(f"{name}: axes flipped to follow x and y (direction {np.diag(direction).tolist()})")
+    if np.allclose(spacing, 1.0) and np.allclose(origin, 0.0):
+        return  # no geometry beyond the pixel grid
+    slide.pixel_size, slide.unit, slide.origin0 = float(spacing[0]), "mm", (float(origin[0]), float(origin[1]))
 
 
 # ---------------------------------------------------------------------------------------------- TIFF
@@ -274,6 +310,7 @@ def _set_unit(slide: Slide, pixel_size_um: Optional[float], name: str) -> None:
 
 
 def _describe(slide: Slide, name: str) -> str:
-    unit = f"{slide.pixel_size:g} µm/pixel at level 0" if slide.unit == "um" else "no pixel size (1 unit = 1 pixel)"
+    unit = {"um": f"{slide.pixel_size:g} µm/pixel at level 0", "mm": f"{slide.pixel_size:g} mm/pixel (image header)"}.get(
+        slide.unit, "no pixel size (1 unit = 1 pixel)")
     w, h = slide.size
     return f"{name}: level {slide.level} of {slide.levels} read ({w}x{h} pixels), {unit}"
