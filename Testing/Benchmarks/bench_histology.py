@@ -153,6 +153,8 @@ def _search_init(pair: str):
 def _sitk(pair: str, bspline: bool, rotation_search: bool) -> np.ndarray:
     import SimpleITK as sitk
 
+    from RegistrationSuiteLib.seeding import itk_seed
+
     fixed_p, moving_p, fixed_lm, _ = _paths(pair)
     fixed, moving = _grey(fixed_p), _grey(moving_p)
     if rotation_search:
