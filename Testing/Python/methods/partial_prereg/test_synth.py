@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from RegistrationSuiteLib.errors import InputError
-from RegistrationSuiteLib.methods.partial_prereg.synth import SynthConfig, synthetic_contrast, thick_slices, tissue_stack
+from RegistrationSuiteLib.methods.partial_prereg.synth import (SynthConfig, synthetic_contrast, thick_slices,
+                                                               tissue_stack)
 
 PLAIN = SynthConfig(class_std=0.0, bias_strength=0.0, blur_sigma=(0.0, 0.0), thick_slice_probability=0.0,
                     noise_std=(0.0, 0.0), background_lift=0.0)

@@ -93,8 +93,9 @@ def local_rigid_search(
         CSNGF (normalised NGF similarity) and ``s_alt`` the best separate first-level peak: a candidate that
         places the moving image's corners more than :data:`DISTINCT_VOXELS` first-level voxels (mean) away from
         the best one, with no better candidate that close to it (0 when there is none). Each rotation keeps
-        only its best shift, so alternatives come from other rotations and other seeds' windows. Scale [0, 1]: 0 = an alternative pose scores as well (ambiguous), 1 = no
-        alternative scores at all; the same scale as the global search's confidence.
+        only its best shift, so alternatives come from other rotations and other seeds' windows. Scale [0, 1]:
+        0 = an alternative pose scores as well (ambiguous), 1 = no alternative scores at all; the same scale as
+        the global search's confidence.
         ``diagnostics["first_level"]`` holds ``best``, ``runner_up`` and ``runner_up_distance_mm``;
         ``diagnostics["candidates"]`` lists the refined candidates (best first) with the index of the seed
         each descends from, and ``diagnostics["seed_scores"]`` the CSNGF of every seed at its own pose

@@ -297,7 +297,8 @@ def _no_consensus(fixed, moving, a_mov: dict, tspm, fmask, cfg, diag, warnings, 
                                 "note": note}
             warnings.append(f"{message}; {note}")
             return {name: prior}
-        message += f"; the orientation prior's neighbourhood matched poorly (normalised NGF similarity {similarity:.2f})"
+        message += (f"; the orientation prior's neighbourhood matched poorly (normalised NGF similarity "
+                    f"{similarity:.2f})")
     if not cfg.fallback_to_global:
         raise RegistrationFailed(message)
     global_matrix, info = _global_fallback(fixed, moving, cfg, prog.sub(0.6, 0.9 if prior is not None else 1.0))
