@@ -44,7 +44,9 @@ def add_parser(sub):
     p.add_argument("--output-scene", help="write a Slicer scene bundle (.mrb)")
     p.add_argument("--max-memory-gb", type=float, default=4.0, help="refuse working grids needing more (default 4)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--device", default="auto", help="compute device: auto, cpu, cuda or cuda:N")
+    from .common import add_device_argument
+
+    add_device_argument(p)
     p.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
     p.set_defaults(run=run)
     return p

@@ -47,7 +47,9 @@ def add_parser(sub):
     p.add_argument("--output-resampled", help="write the moving slide warped onto the fixed one (colours kept)")
     p.add_argument("--output-checkerboard", help="write a fixed / warped-moving checkerboard (PNG)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--device", default="auto", help="compute device: auto, cpu, cuda[:N]")
+    from .common import add_device_argument
+
+    add_device_argument(p)
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest on busy machines)")
     p.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
     p.set_defaults(run=run)
