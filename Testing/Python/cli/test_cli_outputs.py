@@ -152,8 +152,10 @@ def test_exit_4_message_whole_with_debug_hint(monkeypatch, capsys):
 def test_device_option_same_everywhere(device, ok, capsys):
     from RegistrationSuiteLib.cli.main import build_parser
 
-    for command in ("rigid-search", "partial-prereg", "organ-points"):
+    for command in ("rigid-search", "partial-prereg", "organ-points", "deformable", "histology", "demo"):
         argv = [command, "--fixed", "f", "--moving", "m", "--output", "t.h5", "--device", device]
+        if command == "demo":
+            argv = ["demo", "--device", device]
         if ok:
             assert build_parser().parse_args(argv).device == device.lower()
         else:
