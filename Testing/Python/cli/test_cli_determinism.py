@@ -139,8 +139,9 @@ def run_case(case: Case, seed: int, folder: Path) -> sitk.Transform:
     """Run ``case`` with ``seed`` in a fresh process in ``folder``; returns the transform it wrote."""
     folder.mkdir(parents=True, exist_ok=True)
     case.make_inputs(folder)
+    # each run computes everything itself: an empty on-disk cache (partial-prereg caches fixed → template)
     env = dict(os.environ, OMP_NUM_THREADS=THREADS, MKL_NUM_THREADS=THREADS,
-               ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=THREADS)
+               ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=THREADS, REGISTRATION_SUITE_CACHE=str(folder / "cache"))
     proc = subprocess.run(CLI + list(case.args) + ["--seed", str(seed), "--quiet"], cwd=folder, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{case.name} (seed {seed}) failed: {proc.stderr[-2000:]}"
