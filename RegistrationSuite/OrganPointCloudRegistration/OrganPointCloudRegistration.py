@@ -89,8 +89,8 @@ class OrganPointCloudRegistrationParameterNode:
     organTable: str = ""
     coherence: Annotated[str, Choice(["independent", "global", "custom"])] = "independent"
     coherenceMatrix: str = ""
-    defaultLambda: Annotated[float, WithinRange(0.1, 500.0)] = 10.0
-    defaultBeta: Annotated[float, WithinRange(0.1, 500.0)] = 30.0
+    defaultLambda: Annotated[float, WithinRange(0.1, 500.0)] = 3.0  # the library's defaults (see its config)
+    defaultBeta: Annotated[float, WithinRange(0.1, 500.0)] = 50.0
     pointsPerOrgan: Annotated[int, Minimum(4)] = 1500
     omega: Annotated[float, WithinRange(0.0, 0.99)] = 0.0
     gridSpacing: Annotated[float, WithinRange(0.5, 50.0)] = 3.0
@@ -405,7 +405,8 @@ class OrganPointCloudRegistrationTest(ScriptedLoadableModuleTest):
         self.assertEqual(logic.whyCannotRun(params), "")
         from RegistrationSuiteLib.mrml.runner import SUCCEEDED, ChildRun
 
-        run = ChildRun(logic.runSpecFromParameterNode(params)).start()  # what Apply does
+        spec = logic.runSpecFromParameterNode(params)  # what Apply does
+        run = ChildRun(spec, base_environment=slicer.util.startupEnvironment()).start()
         self.assertEqual(run.wait(timeout=600), SUCCEEDED, str(run.error))
         result, transformNode = run.outcome.result, run.outcome.nodes["transform"]
 

@@ -78,6 +78,7 @@ class RegistrationSuiteWidget(ScriptedLoadableModuleWidget):
         self.ui.addModelButton.connect("clicked(bool)", self.onAddModelButton)
         self.ui.openModelsFolderButton.connect("clicked(bool)", self.onOpenModelsFolderButton)
         self.ui.clearModelsButton.connect("clicked(bool)", self.onClearModelsButton)
+        self.ui.clearCacheButton.connect("clicked(bool)", self.onClearCacheButton)
         setupModelsTable(self.ui.modelsTable)
         self.updateMethods()
         self.updateTorchStatus(importTorch=False)
@@ -136,6 +137,19 @@ class RegistrationSuiteWidget(ScriptedLoadableModuleWidget):
         else:
             message = ""
         self.ui.modelsMessageLabel.text = message
+        self.updateCache()
+
+    def updateCache(self) -> None:
+        """Show the on-disk result cache's folder, entry count and size."""
+        usage = self.logic.resultCacheUsage()
+        self.ui.cacheLabel.text = _("Result cache: {entries} entries, {size:.1f} kB in {folder}").format(
+            entries=usage["entries"], size=usage["bytes"] / 1e3, folder=usage["folder"])
+        self.ui.clearCacheButton.enabled = usage["entries"] > 0
+
+    def onClearCacheButton(self) -> None:
+        with reportErrors(_("Failed to clear the result cache."), waitCursor=True):
+            self.logic.clearResultCache()
+        self.updateCache()
 
     def onRefreshModelsButton(self) -> None:
         with reportErrors(_("Failed to read the model files."), waitCursor=True):
@@ -168,8 +182,10 @@ class RegistrationSuiteWidget(ScriptedLoadableModuleWidget):
         if not userRows:
             self.updateModels(readDetails="torch" in sys.modules)
             return
-        question = _("Delete the {count} model file(s) and their model cards in\n{folder}?\n\nShipped models are "
-                     "kept. This cannot be undone.").format(count=len(userRows), folder=self.logic.userModelsFolder())
+        question = _("Delete the model files and model cards that RegistrationSuite installed in\n{folder}?\n\n"
+                     "Only files added with 'Add model' (and unchanged since) are deleted; files you copied there "
+                     "yourself and the shipped models are kept. This cannot be undone.").format(
+            folder=self.logic.userModelsFolder())
         if not slicer.util.confirmOkCancelDisplay(question, windowTitle=_("Clear user models")):
             return
         with reportErrors(_("Failed to clear the user models folder."), waitCursor=True):
@@ -273,6 +289,20 @@ class RegistrationSuiteLogic(ScriptedLoadableModuleLogic):
                 head = f"<b>{html.escape(title)}</b> <i>({_('planned')})</i>"
             lines.append(f"<li>{head}: {html.escape(summary)}</li>")
         return "<ul>" + "".join(lines) + "</ul>" + self.methodGuideHtml()
+
+    @staticmethod
+    def resultCacheUsage() -> dict:
+        """``{"folder", "entries", "bytes"}`` of the on-disk result cache (``RegistrationSuiteLib.cache``)."""
+        from RegistrationSuiteLib.cache import cache_usage
+
+        return cache_usage()
+
+    @staticmethod
+    def clearResultCache() -> int:
+        """Delete the on-disk result cache's entries; returns how many were removed."""
+        from RegistrationSuiteLib.cache import clear_cache
+
+        return clear_cache()
 
     @staticmethod
     def userModelsFolder(userDir=None, create=False) -> Path:

@@ -11,15 +11,17 @@ import SimpleITK as sitk
 
 def sitk_mattes_rigid(fixed: sitk.Image, moving: sitk.Image, *, sampling: float) -> np.ndarray:
     """SimpleITK Mattes-MI rigid registration from the geometric centres (3 levels, regular-step gradient
-    descent, ``sampling`` = fraction of the fixed voxels sampled at random, seed 0)."""
+    descent, ``sampling`` = fraction of the fixed voxels sampled at random, seed 0 — passed through
+    ``itk_seed`` because SimpleITK reads a literal 0 as "seed from the wall clock")."""
     from RegistrationSuiteLib.geometry import affine_matrix_from_sitk
+    from RegistrationSuiteLib.seeding import itk_seed
 
     init = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
                                              sitk.CenteredTransformInitializerFilter.GEOMETRY)
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(sampling, seed=0)
+    reg.SetMetricSamplingPercentage(sampling, seed=itk_seed(0))
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=300,
                                                  gradientMagnitudeTolerance=1e-6)

@@ -8,7 +8,9 @@ This package runs only inside 3D Slicer: it may import ``qt`` and ``slicer`` at 
 - :mod:`.torchsupport`: torch status and installation through the PyTorch extension (``PyTorchUtils``).
 - :mod:`.sampledata`: register the volumes shipped in ``RegistrationSuiteLib/data`` with Sample Data.
 - :mod:`.results`: one-line summaries of a ``RegistrationResult`` for the modules' result labels.
-- :mod:`.compat`: the Slicer APIs newer than the oldest supported Slicer, and their guards.
+
+Slicer APIs newer than the oldest supported Slicer, and the guard each call uses, are listed in
+``RegistrationSuiteLib.mrml.slicer_versions`` (checked in CI).
 """
 
 from .childrun import ChildRunMixin, reportErrors, setApplyButtonRunning, showError

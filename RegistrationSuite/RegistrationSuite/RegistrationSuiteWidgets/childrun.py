@@ -28,7 +28,10 @@ POLL_INTERVAL_MS = 100
 def showError(message, details=""):
     """One error line in a message box with ``details`` under "Details" (only logged when testing)."""
     logging.error("%s\n%s", message, details)
-    slicer.util.errorDisplay(message, detailedText=details or None)
+    if details:
+        slicer.util.errorDisplay(message, detailedText=details)
+    else:
+        slicer.util.errorDisplay(message)
 
 
 @contextmanager
@@ -37,17 +40,17 @@ def reportErrors(message, waitCursor=False):
     re-raised exception is only printed (and a ``SystemExit`` would end Slicer). Shows ``message`` and the
     error in one line, the traceback under "Details"."""
     if waitCursor:
-        qt.QApplication.setOverrideCursor(qt.Qt.WaitCursor)
+        slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
     try:
         yield
     except Exception as error:  # noqa: BLE001 - reported to the user, never re-raised in a slot
         if waitCursor:
-            qt.QApplication.restoreOverrideCursor()
+            slicer.app.restoreOverrideCursor()
             waitCursor = False
         showError(f"{message} {error}", traceback.format_exc())
     finally:
         if waitCursor:
-            qt.QApplication.restoreOverrideCursor()
+            slicer.app.restoreOverrideCursor()
 
 
 def setApplyButtonRunning(button, running, applyText=None, cancelText=None):
@@ -94,12 +97,12 @@ class ChildRunMixin:
         if not torchReadyForRun():
             return
         spec = self.logic.runSpecFromParameterNode(self._parameterNode)  # reads the parameter node
-        run = ChildRun(spec)
-        qt.QApplication.setOverrideCursor(qt.Qt.WaitCursor)
+        run = ChildRun(spec, base_environment=slicer.util.startupEnvironment())
+        slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
         try:
             run.start()  # exports the inputs, starts the child and returns at once
         finally:
-            qt.QApplication.restoreOverrideCursor()
+            slicer.app.restoreOverrideCursor()
         self._childRun = run
         if self._pollTimer is None:
             self._pollTimer = qt.QTimer()

@@ -10,7 +10,8 @@ def _number(value, fmt):
 
 
 def formatResultSummary(result, elapsedSeconds=None):
-    """One line with the score, confidence and time, then one line per warning.
+    """One line with the score, confidence and time, a "doubtful" line when the method listed reasons to check
+    the result (``diagnostics["doubtful"]``), then one line per warning.
 
     Args:
         result: a ``RegistrationResult``.
@@ -21,5 +22,8 @@ def formatResultSummary(result, elapsedSeconds=None):
         f"Score {_number(result.score, '.4f')}, confidence {_number(result.confidence, '.3f')}, "
         f"time {_number(seconds, '.1f')} s"
     ]
+    reasons = list((result.diagnostics or {}).get("doubtful") or [])
+    if reasons:
+        lines.append(f"DOUBTFUL result ({len(reasons)} reason(s) below): inspect the alignment before using it.")
     lines += [f"Warning: {w}" for w in result.warnings]
     return "\n".join(lines)

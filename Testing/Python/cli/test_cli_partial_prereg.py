@@ -23,27 +23,57 @@ def _run(args, cwd):
     return proc, lines
 
 
+def _moved_crop(tmp_path):
+    """A T1 crop whose header is moved by a known rigid transform (10°, (8, -6, 5) mm): the true fixed → moving
+    (T2 is co-registered with T1) is that transform, far from the identity."""
+    from RegistrationSuiteLib.geometry import Grid, rigid_about_center, rotation_from_quaternion
+
+    crop = sitk.RegionOfInterest(sitk.ReadImage(str(sample_path("T1"))), [44, 48, 36], [8, 12, 20])
+    center = np.array(Grid.from_image(crop).center())
+    half = np.radians(10.0) / 2
+    rotation = rotation_from_quaternion(np.r_[np.cos(half), np.sin(half) * np.array([0.6, 0.0, 0.8])][None])[0]
+    truth = rigid_about_center(rotation, center, [8.0, -6.0, 5.0])
+    moved = sitk.Image(crop)
+    moved.SetDirection((truth[:3, :3] @ np.array(crop.GetDirection()).reshape(3, 3)).ravel().tolist())
+    moved.SetOrigin((truth[:3, :3] @ np.array(crop.GetOrigin()) + truth[:3, 3]).tolist())
+    sitk.WriteImage(moved, str(tmp_path / "crop.nii.gz"))
+    corners = Grid.from_image(moved).corners()
+    return truth, corners
+
+
+def _corner_error(estimate, truth, corners):
+    from RegistrationSuiteLib.geometry import apply_affine
+
+    inv = np.linalg.inv
+    return np.linalg.norm(apply_affine(inv(estimate), corners) - apply_affine(inv(truth), corners), axis=1).mean()
+
+
 def test_partial_prereg_end_to_end(tmp_path):
-    moving = sitk.RegionOfInterest(sitk.ReadImage(str(sample_path("T1"))), [44, 48, 36], [8, 12, 20])
-    sitk.WriteImage(moving, str(tmp_path / "crop.nii.gz"))
+    truth, corners = _moved_crop(tmp_path)
+    assert _corner_error(np.eye(4), truth, corners) > 12.0  # the identity is far from the answer
     proc, _ = _run(["partial-prereg", "--fixed", str(sample_path("T2")), "--moving", "crop.nii.gz",
-                    "--output", "t.tfm", "--output-resampled", "r.nii.gz", "--json", "--device", "cpu"], tmp_path)
+                    "--output", "t.tfm", "--output-resampled", "r.nii.gz", "--json", "--device", "cpu",
+                    "--output-diagnostics", "d.json"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert summary["method"] == "partial_prereg" and summary["diagnostics"]["ransac"]["consensus"]
-    m = np.array(summary["fixed_to_moving_lps"])
-    assert np.abs(m[:3, 3]).max() < 4.0 and np.abs(m[:3, :3] - np.eye(3)).max() < 0.05  # identity is the truth
+    diagnostics = json.loads((tmp_path / "d.json").read_text())["diagnostics"]
+    assert summary["method"] == "partial_prereg" and diagnostics["ransac"]["consensus"]
+    assert _corner_error(np.array(summary["fixed_to_moving_lps"]), truth, corners) < 4.0
     assert (tmp_path / "t.tfm").exists() and (tmp_path / "r.nii.gz").exists()
-    assert summary["diagnostics"]["initialisation"]["chosen"].startswith("local_search_from_")
+    assert diagnostics["initialisation"]["chosen"].startswith("local_search_from_")
+    from RegistrationSuiteLib import cache
+
+    assert cache.cache_usage()["entries"] == 1  # the fixed → template alignment, for the next process
 
 
 def test_partial_prereg_without_local_search(tmp_path):
     moving = sitk.RegionOfInterest(sitk.ReadImage(str(sample_path("T1"))), [44, 48, 36], [8, 12, 20])
     sitk.WriteImage(moving, str(tmp_path / "crop.nii.gz"))
     proc, _ = _run(["partial-prereg", "--fixed", str(sample_path("T2")), "--moving", "crop.nii.gz",
-                    "--output", "t.tfm", "--no-local-search", "--json", "--device", "cpu"], tmp_path)
+                    "--output", "t.tfm", "--no-local-search", "--json", "--device", "cpu",
+                    "--output-diagnostics", "d.json"], tmp_path)
     assert proc.returncode == 0, proc.stderr
-    diagnostics = json.loads(proc.stdout.strip().splitlines()[-1])["diagnostics"]
+    diagnostics = json.loads((tmp_path / "d.json").read_text())["diagnostics"]
     assert "local_search" not in diagnostics
     assert diagnostics["initialisation"]["chosen"] in ("ransac", "orientation_prior")
 
@@ -56,17 +86,31 @@ def test_corrupt_model_one_line_error_and_no_output(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["bad.pt"]
 
 
-def test_moving_too_small_one_line_error_and_no_output(tmp_path):
-    small = sitk.RegionOfInterest(sitk.ReadImage(str(sample_path("T1"))), [10, 30, 30], [25, 25, 25])
+def test_moving_too_small_for_patches_is_registered_and_flagged(tmp_path):
+    # 20 x 50 x 50 mm: thinner than a 16³ patch at template scale (23.6 mm); not an input error
+    small = sitk.RegionOfInterest(sitk.ReadImage(str(sample_path("T1"))), [10, 25, 25], [25, 25, 25])
     sitk.WriteImage(small, str(tmp_path / "small.nii.gz"))
     proc, lines = _run(["partial-prereg", "--fixed", str(sample_path("T2")), "--moving", "small.nii.gz",
-                        "--output", "t.h5"], tmp_path)
-    assert proc.returncode == 2 and len(lines) == 1 and "too small for 16³ patches" in lines[0]
-    assert sorted(os.listdir(tmp_path)) == ["small.nii.gz"]
+                        "--output", "t.h5", "--json", "--device", "cpu", "--refine", "none"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert any("network was skipped" in r and "16³" in r for r in summary["doubtful"])
+    assert (tmp_path / "t.h5").exists() and 0.0 <= summary["confidence"] <= 1.0
+
+
+def test_cache_command_shows_and_clears(tmp_path, capsys):
+    from RegistrationSuiteLib import cache
+
+    cache.store_entry("tspm_fixed_to_template", "ab" * 32, {"template_to_fixed": np.eye(4).tolist()})
+    assert main(["cache", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out.strip())
+    assert shown["entries"] == 1 and shown["folder"] == str(cache.cache_dir()) and shown["removed"] is None
+    assert main(["cache", "--clear"]) == 0
+    assert "removed 1 cache entries" in capsys.readouterr().out and cache.cache_usage()["entries"] == 0
 
 
 def test_help(capsys):
-    for command in ("partial-prereg", "train-partial-prereg"):
+    for command in ("partial-prereg", "train-partial-prereg", "cache"):
         try:
             main([command, "--help"])
         except SystemExit as exc:

@@ -145,12 +145,13 @@ def test_rigid_search_initial_transform_known_answer(tmp_path):
     out = tmp_path / "t.h5"
     proc = subprocess.run(CLI + ["rigid-search", "--fixed", str(tmp_path / "f.nii.gz"), "--moving", str(tmp_path / "m.nii.gz"),
                                  "--initial-transform", str(tmp_path / "t0.tfm"), "--output", str(out), "--json",
-                                 "--device", "cpu", "--quiet", "--output-report", str(tmp_path / "r.html")], capture_output=True, text=True, timeout=300)
+                                 "--output-diagnostics", str(tmp_path / "d.json"),
+                                 "--device", "cpu", "--quiet", "--output-report", str(tmp_path / "r.html")],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     estimate = sitk.ReadTransform(str(out))
     assert corner_error_mm(fixed, estimate, truth) < 1.5
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    info = summary["diagnostics"]["initial_transform"]
+    info = json.loads((tmp_path / "d.json").read_text())["diagnostics"]["initial_transform"]
     assert info["prewarp"] == "header"
     step = np.array(info["step_fixed_to_moving_lps"])
     expected_step = np.linalg.inv(affine_matrix_from_sitk(t0, 2)) @ affine_matrix_from_sitk(truth, 2)

@@ -109,3 +109,37 @@ def test_failed_write_leaves_nothing(tmp_path, points):
     with pytest.raises(InputError, match="point file must end with"):
         write_points(points, tmp_path / "out.xyz")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix, system", [(".vtk", "RAS"), (".vtp", "RAS"), (".vtk", "LPS")])
+def test_points_written_by_slicer_read_in_lps(tmp_path, suffix, system):
+    """A model written the way 3D Slicer writes it (model storage node, RAS or LPS file) reads as LPS."""
+    slicer = pytest.importorskip("slicer", reason="needs slicer-core to write a file as Slicer does")
+    import vtk
+
+    from RegistrationSuiteLib.mrml.scene import close_headless_scene, create_headless_scene
+
+    ras = np.array([[10.0, 20.0, 30.0], [-5.0, 7.0, 1.0], [3.0, -4.0, 9.0]])
+    pts = vtk.vtkPoints()
+    for p in ras:
+        pts.InsertNextPoint(*p)
+    poly = vtk.vtkPolyData()
+    poly.SetPoints(pts)
+    lab = vtk.vtkIntArray()
+    lab.SetName("label")
+    for v in (1, 1, 2):
+        lab.InsertNextValue(v)
+    poly.GetPointData().AddArray(lab)
+    scene = create_headless_scene(set_global=False)
+    try:
+        model = scene.AddNewNodeByClass("vtkMRMLModelNode")
+        model.SetAndObservePolyData(poly)
+        storage = scene.AddNewNodeByClass("vtkMRMLModelStorageNode")
+        storage.SetCoordinateSystem(getattr(slicer.vtkMRMLStorageNode, f"CoordinateSystem{system}"))
+        storage.SetFileName(str(tmp_path / f"m{suffix}"))
+        assert storage.WriteData(model)
+    finally:
+        close_headless_scene(scene)
+    got = read_points(tmp_path / f"m{suffix}")
+    np.testing.assert_allclose(got.points, ras * [-1, -1, 1], atol=1e-5)  # the same points, in LPS
+    np.testing.assert_array_equal(got.labels, [1, 1, 2])

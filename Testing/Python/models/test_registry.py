@@ -52,10 +52,14 @@ def test_list_resolve_and_clear(folders, tmp_path):
     assert registry.resolve_model(str(user / "beta.pt")) == user / "beta.pt"
     with pytest.raises(InputError, match="no model named 'gamma'; available: alpha, beta, broken"):
         registry.resolve_model("gamma")
+    installed = registry.install_model(_save(tmp_path / "gamma.pt"), user_dir=user)
+    (user / "manual.md").write_text("someone's notes, not a model card we installed")
     removed = registry.clear_user_models()
-    assert {p.name for p in removed} == {"beta.pt", "beta.md", "broken.pt"}
-    assert (user / "notes.txt").exists() and (shipped / "alpha.pt").exists()
-    assert [m.name for m in registry.list_models()] == ["alpha"]
+    assert {p.name for p in removed} == {"gamma.pt", "gamma.md"} and not installed.exists()
+    # files the registry did not install are never deleted, whatever their extension
+    assert {p.name for p in user.iterdir()} >= {"beta.pt", "beta.md", "broken.pt", "notes.txt", "manual.md"}
+    assert (shipped / "alpha.pt").exists()
+    assert [m.name for m in registry.list_models()] == ["beta", "broken", "alpha"]
 
 
 def test_user_model_shadows_shipped_and_install_remove(folders, tmp_path):
@@ -78,3 +82,34 @@ def test_user_model_shadows_shipped_and_install_remove(folders, tmp_path):
 
 def test_clear_missing_folder_is_noop(tmp_path):
     assert registry.clear_user_models(user_dir=tmp_path / "none") == []
+
+
+def test_changed_or_manual_files_never_deleted(tmp_path):
+    user = tmp_path / "any folder"
+    dest = registry.install_model(_save(tmp_path / "m.pt"), user_dir=user)
+    assert registry.MANIFEST_NAME in {p.name for p in user.iterdir()}
+    dest.with_suffix(".md").write_text("edited by the user")  # changed since installed: kept
+    (user / "../outside.pt").resolve().write_bytes(b"x")
+    manifest = registry.read_manifest(user)
+    manifest["../outside.pt"] = manifest["m.pt"]
+    registry._write_manifest(user, manifest)
+    removed = registry.clear_user_models(user_dir=user)
+    assert [p.name for p in removed] == ["m.pt"]
+    assert dest.with_suffix(".md").exists() and (tmp_path / "outside.pt").exists()
+    _save(user / "hand.pt")
+    with pytest.raises(InputError, match="not installed by RegistrationSuite"):
+        registry.remove_model("hand", user_dir=user)
+    assert (user / "hand.pt").exists()
+
+
+def test_install_is_atomic(tmp_path, monkeypatch):
+    import shutil
+
+    def failing_copy(src, dst):
+        open(dst, "wb").write(b"partial")
+        raise OSError("disk full")
+    monkeypatch.setattr(shutil, "copyfile", failing_copy)
+    user = tmp_path / "user"
+    with pytest.raises(OSError):
+        registry.install_model(_save(tmp_path / "m.pt"), user_dir=user)
+    assert [p.name for p in user.iterdir()] == []

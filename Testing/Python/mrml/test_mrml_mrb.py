@@ -111,3 +111,25 @@ def test_bundle_of_2d_registration(tmp_path):
         assert image_from_volume_node(moving_node).GetDimension() == 2
     finally:
         close_headless_scene(scene)
+
+
+def test_scene_bundle_relative_path_and_no_raw_vtk_output(tmp_path, monkeypatch, capfd):
+    """The README's demo writes its scene to a relative folder; MRML needs a full path and must stay quiet."""
+    pytest.importorskip("slicer")
+    import slicer
+
+    from RegistrationSuiteLib.mrml.mrb import captured_vtk_messages, write_scene_bundle
+    from RegistrationSuiteLib.result import RegistrationResult
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    img = sitk.GetImageFromArray(np.random.default_rng(0).random((5, 6, 7)).astype(np.float32))
+    write_scene_bundle("out/s.mrb", img, img, RegistrationResult("global_rigid", sitk.Euler3DTransform()))
+    assert (tmp_path / "out" / "s.mrb").stat().st_size > 0
+    with captured_vtk_messages() as messages:
+        scene = slicer.vtkMRMLScene()
+        scene.SetRootDirectory("rel")
+        scene.SetURL("rel/x.mrml")
+        assert not scene.WriteToMRB("rel/x.mrb")
+    assert "not a full path" in messages()
+    assert "ERR|" not in capfd.readouterr().err

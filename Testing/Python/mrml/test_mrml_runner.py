@@ -73,7 +73,8 @@ def test_progress_lines_are_parsed_and_summary_kept(tmp_path, headless_scene):
         "import json, sys, time, SimpleITK as sitk\n"
         "args = sys.argv[1:]\n"
         "out = args[args.index('--output') + 1]\n"
-        "sys.stdout.write('{\"event\":\"progress\",\"fraction\":0.25,\"stage\":\"level 1\",\"message\":\"level 1: a\"}\\n')\n"
+        "sys.stdout.write('{\"event\":\"progress\",\"fraction\":0.25,'\n"
+        "                 '\"stage\":\"level 1\",\"message\":\"level 1: a\"}\\n')\n"
         "sys.stdout.write('not json from a library\\n')\n"
         "sys.stdout.write('{\"event\":\"progress\",\"fraction\":0.5,'); sys.stdout.flush(); time.sleep(0.3)\n"
         "sys.stdout.write('\"stage\":\"level 2\",\"message\":\"level 2: b\"}\\n'); sys.stdout.flush()\n"
@@ -273,3 +274,109 @@ def test_child_environment_finds_this_package():
     env = runner_module.child_environment()
     first = env["PYTHONPATH"].split(os.pathsep)[0]
     assert os.path.isfile(os.path.join(first, "RegistrationSuiteLib", "__init__.py"))
+
+
+@pytest.mark.slow
+def test_organ_points_child_run_brings_shifted_organs_back(headless_scene, tmp_path):
+    """organ-points end to end (segmentations → label file → CLI → grid transform node + transformed copy),
+    with per-organ Λ/B from an organ table (``--lambda-mm LABEL:MM,...``)."""
+    from test_mrml_organ_logic import segmentation_from
+    from test_mrml_points import centroid, organ_image
+
+    from RegistrationSuiteLib.methods.organ_point_cloud.config import OrganPointCloudConfig
+    from RegistrationSuiteLib.mrml.masks import mask_from_node
+    from RegistrationSuiteLib.mrml.organ_logic import OrganPointCloudLogic
+    from RegistrationSuiteLib.mrml.points import segment_labels
+
+    shifts = {2: [2.0, 1.0, 0.0], 5: [-1.5, 2.0, 1.0], 9: [1.0, -1.0, -1.5]}
+    fixed_image, moving_image = organ_image(), organ_image(shifts=shifts)
+    fixed = segmentation_from(headless_scene, fixed_image, "fixed organs")
+    moving = segmentation_from(headless_scene, moving_image, "moving organs")
+    config = OrganPointCloudConfig(points_per_organ=80, lambda_mm=5.0, beta_mm=15.0, grid_spacing_mm=4.0,
+                                   device="cpu", seed=0)
+    organs = [(2, "a", 5.0, 15.0, True), (5, "b", 4.0, 12.0, True), (9, "c", None, None, True)]
+    spec = OrganPointCloudLogic().run_spec(fixed, moving, config, organs=organs, transformedMovingCopy=True)
+    assert spec.options[spec.options.index("--lambda-mm") + 1] == "2:5.0,5:4.0,9:5.0"
+    run = ChildRun(spec, temp_parent=tmp_path).start()
+    assert run.wait(timeout=900) == SUCCEEDED, run.error
+    node = run.outcome.nodes["transform"]
+    assert node.IsA("vtkMRMLGridTransformNode") and run.outcome.result.diagnostics["labels"] == [2, 5, 9]
+    role = slicer.vtkMRMLTransformNode.GetMovingNodeReferenceRole()
+    assert node.GetNodeReferenceID(role) == moving.GetID()
+    copy = headless_scene.GetNodeByID(run.outcome.result.diagnostics["transformed_moving_node_ids"][0])
+    errors = {}
+    for label in (2, 5, 9):
+        segment_name = next(e.name for e in segment_labels(copy) if e.label == label)
+        target = centroid(fixed_image == label)
+        errors[label] = (np.linalg.norm(centroid(moving_image == label) - target),
+                         np.linalg.norm(centroid(mask_from_node(copy, segment_name=segment_name)) - target))
+    assert all(after < 0.7 * before for before, after in errors.values()), errors
+    assert temp_folders(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_partial_prereg_child_run_writes_transform_and_table(headless_scene, tmp_path, monkeypatch):
+    """partial-prereg end to end on the shipped samples: an axial T1 slab shifted by a known amount is located
+    in the T2 volume; the diagnostics table is filled from the child's JSON summary."""
+    from RegistrationSuiteLib.mrml.partial_prereg_logic import PartialPreregLogic, available_models
+    from RegistrationSuiteLib.sample_data import load_sample
+
+    monkeypatch.setenv("REGISTRATION_SUITE_MODELS", str(tmp_path / "no user models"))
+    if not [name for name, source, _ in available_models() if source == "shipped"]:
+        pytest.skip("no shipped TSPM model")
+    t1, t2 = load_sample("T1"), load_sample("T2")  # co-registered
+    depth = t1.GetSize()[2]
+    slab = sitk.Image(t1[:, :, depth // 2 - 12: depth // 2 + 12])
+    shift = np.array([6.0, -4.0, 3.0])  # LPS: the slab's content moves by +shift
+    slab.SetOrigin(tuple(np.array(slab.GetOrigin()) + shift))
+    fixed = volume_node_from_image(t2, headless_scene, "T2")
+    moving = volume_node_from_image(slab, headless_scene, "T1 slab")
+    table = headless_scene.AddNewNodeByClass("vtkMRMLTableNode", "my table")
+    logic = PartialPreregLogic()
+    (tmp_path / "tmp").mkdir()
+    spec = logic.run_spec(fixed, moving, logic.make_config(seed=0, device="cpu"), diagnosticsTableNode=table)
+    run = ChildRun(spec, temp_parent=tmp_path / "tmp").start()
+    assert run.wait(timeout=1200) == SUCCEEDED, run.error
+    node = run.outcome.nodes["transform"]
+    assert run.outcome.nodes["table"] is table and table.GetCellText(0, 0) == "Verdict"
+    fixed_to_moving_lps = F @ np.linalg.inv(slicer.util.arrayFromTransformMatrix(node)) @ F
+    centre = np.array(slab.TransformContinuousIndexToPhysicalPoint([s / 2 for s in slab.GetSize()])) - shift
+    np.testing.assert_allclose(fixed_to_moving_lps[:3, :3] @ centre + fixed_to_moving_lps[:3, 3], centre + shift,
+                               atol=5.0)
+    assert run.outcome.result.diagnostics["diagnostics_table_node_id"] == table.GetID()
+    assert temp_folders(tmp_path / "tmp") == []
+
+
+def test_child_environment_from_a_base_environment():
+    """Inside Slicer the child starts from Slicer's startup environment, not the application's own."""
+    env = runner_module.child_environment({"PATH": "/bin", "PYTHONPATH": "/somewhere"})
+    parts = env["PYTHONPATH"].split(os.pathsep)
+    assert parts[1:] == ["/somewhere"] and env["PATH"] == "/bin" and "HOME" not in env
+
+
+def test_color_volume_export_keeps_components_and_geometry(headless_scene, tmp_path):
+    """RGB slides (histology) export as vector images with the node's LPS geometry; single slices as 2D."""
+    from vtk.util import numpy_support
+
+    from RegistrationSuiteLib.mrml.runner_io import EXPORTERS
+
+    rgb = np.random.default_rng(0).integers(0, 255, (1, 6, 8, 3)).astype(np.uint8)  # (k, j, i, c)
+    node = headless_scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "slide")
+    import vtk
+
+    data = vtk.vtkImageData()
+    data.SetDimensions(8, 6, 1)
+    scalars = numpy_support.numpy_to_vtk(rgb.reshape(-1, 3), deep=True)
+    scalars.SetNumberOfComponents(3)
+    data.GetPointData().SetScalars(scalars)
+    node.SetAndObserveImageData(data)
+    node.SetSpacing(0.5, 0.25, 1.0)
+    node.SetOrigin(-10.0, 20.0, 7.0)  # RAS
+    path, meta = EXPORTERS["color_volume"](NodeInput("--fixed", node, "color_volume"), tmp_path, {})
+    image = sitk.ReadImage(str(path))
+    assert image.GetDimension() == 2 and image.GetNumberOfComponentsPerPixel() == 3
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), rgb[0])
+    assert image.GetSpacing() == (0.5, 0.25) and image.GetOrigin() == (10.0, -20.0)  # LPS
+    assert meta["slice_z"] == 7.0
+    with pytest.raises(ValueError, match="one component"):
+        EXPORTERS["volume"](NodeInput("--fixed", node, "volume"), tmp_path, {})

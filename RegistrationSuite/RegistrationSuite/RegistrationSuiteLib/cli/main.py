@@ -8,6 +8,7 @@ import traceback
 
 from .. import __version__
 from ..errors import InputError, RegistrationCancelled, RegistrationFailed
+from ..io.outputs import OutputWriteError
 from .progress_lines import add_progress_argument
 
 # Exit codes: 0 success, 1 registration failed, 2 bad input/usage, 3 cancelled (Ctrl-C), 4 unexpected error.
@@ -19,7 +20,12 @@ def _commands():
     from . import demo, rigid_search
 
     commands = [rigid_search, demo]
-    for optional in ("organ_points", "partial_prereg", "train_partial_prereg", "pipeline", "batch", "report"):
+    for optional in (
+        "organ_points", "partial_prereg", "train_partial_prereg",
+        "deformable", "train_deformable",
+        "histology", "train_histology",
+        "pipeline", "batch", "report", "models", "cache",
+    ):
         try:
             commands.append(__import__(f"{__package__}.{optional}", fromlist=["add_parser"]))
         except ModuleNotFoundError as exc:
@@ -49,21 +55,40 @@ def main(argv=None) -> int:
     if getattr(args, "progress_json", False):
         args.json = True  # the last stdout line of a --progress-json run is the --json summary
     try:
+        _seed(args)
         return int(args.run(args) or 0)
     except (InputError, FileNotFoundError) as exc:
-        return _fail(args, f"error: {exc}", EXIT_INPUT)
+        return _fail(args, f"error: {_one_line(exc)}", EXIT_INPUT)
     except RegistrationFailed as exc:
-        return _fail(args, f"registration failed: {exc}", EXIT_FAILED)
+        return _fail(args, f"registration failed: {_one_line(exc)}", EXIT_FAILED)
     except (RegistrationCancelled, KeyboardInterrupt):
         return _fail(args, "cancelled: no output written", EXIT_CANCELLED)
+    except OutputWriteError as exc:
+        return _fail(args, f"error: {_one_line(exc)} (rerun with --debug for the traceback)", EXIT_BUG)
     except Exception as exc:  # noqa: BLE001 - last line of defence of a CLI: one line, not a traceback
-        return _fail(args, f"unexpected error: {type(exc).__name__}: {exc} (rerun with --debug)", EXIT_BUG)
+        return _fail(args, f"unexpected error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for the "
+                           "traceback)", EXIT_BUG)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The whole message of ``exc`` on one line (ITK's messages span several lines; none is cut off)."""
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+
+
+def _seed(args) -> None:
+    """Every command with ``--seed`` starts from :func:`~RegistrationSuiteLib.seeding.seed_everything` (global
+    generators seeded, torch's deterministic algorithms selected); the methods also take the seed explicitly."""
+    seed = getattr(args, "seed", None)
+    if seed is not None:
+        from ..seeding import seed_everything
+
+        seed_everything(seed)
 
 
 def _fail(args, message: str, code: int) -> int:
     if getattr(args, "debug", False):
         traceback.print_exc()
-    print(message.splitlines()[0] if message else "error", file=sys.stderr)
+    print(" ".join(message.split("\n")).strip() or "error", file=sys.stderr)
     return code
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
-from .common import check_output_paths, print_result
+from ..seeding import SEED_PROMISE
+from .common import (add_device_argument, add_summary_arguments, check_output_paths, print_result,
+                     write_diagnostics_and_commit)
 from .progress_lines import progress_for
 
 HELP = "multi-organ point cloud registration (MO-BCPD) of two segmentations or labelled point sets"
@@ -33,21 +36,23 @@ def add_parser(sub):
     p.add_argument("--points-per-organ", type=int, default=1500, help="surface points per organ (default 1500)")
     p.add_argument("--coherence", default="independent",
                    help="inter-organ coherence: independent (S=I), global (S=1) or a CSV file with S")
-    p.add_argument("--lambda-mm", type=per_label_mm, default=10.0,
-                   help="expected deformation magnitude Λ in mm (default 10), or per organ 'LABEL:MM,...'")
-    p.add_argument("--beta-mm", type=per_label_mm, default=30.0,
-                   help="motion-coherence bandwidth B in mm (default 30), or per organ 'LABEL:MM,...'")
+    p.add_argument("--lambda-mm", type=per_label_mm, default=3.0,
+                   help="expected deformation magnitude Λ in mm (default 3; the paper's 10 without per-organ "
+                        "pre-alignment), or per organ 'LABEL:MM,...'")
+    p.add_argument("--beta-mm", type=per_label_mm, default=50.0,
+                   help="motion-coherence bandwidth B in mm (default 50; paper 30), or per organ 'LABEL:MM,...'")
     p.add_argument("--omega", type=float, default=0.0, help="outlier weight ω in [0, 1) (default 0)")
     p.add_argument("--label-transition", help="CSV file with the label transition matrix U (rows sum to 1)")
     p.add_argument("--organ-prealign", default="auto", choices=["auto", "similarity", "rigid", "none"],
-                   help="per-organ pre-alignment before MO-BCPD (not in the paper; auto = similarity unless "
+                   help="per-organ pre-alignment before MO-BCPD (not in the paper; auto = rigid unless "
                         "--coherence global; none = the paper's pipeline)")
     p.add_argument("--grid-spacing", type=float, default=3.0, help="spacing of the output field in mm (default 3)")
-    p.add_argument("--seed", type=int, default=0, help="random seed for surface subsampling (default 0)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="compute device")
+    p.add_argument("--seed", type=int, default=0,
+                   help=f"random seed of the surface sampling and the eigensolver (default 0); {SEED_PROMISE}")
+    add_device_argument(p)
     p.add_argument("--output-points", help="write the fixed points mapped into moving space (CSV x,y,z,label)")
     p.add_argument("--output-resampled-labels", help="write the moving labels resampled onto the fixed grid")
-    p.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
+    add_summary_arguments(p)
     p.set_defaults(run=run)
     return p
 
@@ -101,23 +106,51 @@ def run(args) -> int:
     from ..io.points import write_points
     from ..methods.organ_point_cloud import register_organ_point_cloud
 
-    check_output_paths(args)
+    outputs = check_output_paths(args)
     if args.output_resampled_labels and (_is_points(args.fixed) or _is_points(args.moving)):
         raise InputError("--output-resampled-labels needs label volumes as --fixed and --moving, not point files")
     config = build_config(args)
     result = register_organ_point_cloud(args.fixed, args.moving, config, progress=progress_for(args))
-    if args.output_points:
-        write_points(result.fixed_points_in_moving, args.output_points)
-    if args.output_resampled_labels:
-        fixed = sitk.ReadImage(args.fixed)
-        moving = sitk.ReadImage(args.moving)
-        resampled = sitk.Resample(moving, fixed, result.transform, sitk.sitkNearestNeighbor, 0, moving.GetPixelID())
-        write_image(resampled, args.output_resampled_labels)
-    write_transform(result.transform, args.output)
+    with outputs:
+        if args.output_points:
+            with outputs.stage("--output-points") as tmp:
+                write_points(result.fixed_points_in_moving, tmp)
+        if args.output_resampled_labels:
+            fixed = sitk.ReadImage(args.fixed)
+            moving = sitk.ReadImage(args.moving)
+            resampled = sitk.Resample(moving, fixed, result.transform, sitk.sitkNearestNeighbor, 0, moving.GetPixelID())
+            with outputs.stage("--output-resampled-labels") as tmp:
+                write_image(resampled, tmp)
+        with outputs.stage("--output") as tmp:
+            write_transform(result.transform, tmp)
+        written = write_diagnostics_and_commit(outputs, result)
     d = result.diagnostics
+    organs = summarize_organs(result, points_input=_is_points(args.fixed) or _is_points(args.moving))
     print_result(args, result, [
         f"MO-BCPD: {d.get('iterations', '?')} iterations, σ = {d.get('sigma_mm', float('nan')):.2f} mm, "
         f"{result.timings.get('total', float('nan')):.1f} s",
-        f"displacement field written to {args.output}",
+        organs,
+        "written: " + ", ".join(str(p) for p in written),
     ])
     return 0
+
+
+_SKIPPED_NOTE = re.compile(r"^organ label -?\d+ (is present in|was requested but).*; skipped$")
+
+
+def summarize_organs(result, *, points_input: bool) -> str:
+    """One line naming the organs registered; the method's one-note-per-skipped-label warnings are replaced
+    by one note naming them all. Label volumes whose labels all lie in TotalSegmentator's ``total`` range are
+    named by that numbering (and say so)."""
+    from ..labels import TOTALSEGMENTATOR_TOTAL, describe_labels
+
+    d = result.diagnostics
+    used, skipped = list(d.get("labels", [])), list(d.get("skipped_labels", []))
+    total = not points_input and all(1 <= int(v) <= max(TOTALSEGMENTATOR_TOTAL) for v in used + skipped)
+    names = TOTALSEGMENTATOR_TOTAL if total else {}
+    source = " (names from TotalSegmentator's label numbering)" if total else ""
+    result.warnings[:] = [w for w in result.warnings if not _SKIPPED_NOTE.match(w)]
+    if skipped:
+        result.warnings.append(f"{len(skipped)} label(s) not present in both inputs were skipped: "
+                               f"{describe_labels(skipped, names)}")
+    return f"registered {len(used)} organ(s): {describe_labels(used, names)}{source}"

@@ -116,7 +116,7 @@ def run(args) -> int:
     available = available_commands(parser)
     steps = check_chain(parse_steps(args.steps), available=available)
     options = parse_step_options(args.step_options, steps)
-    check_output_paths(args)
+    outputs = check_output_paths(args)
     for p in (args.fixed, args.moving):
         if not Path(p).exists():
             raise InputError(f"input not found: {p}")
@@ -148,12 +148,19 @@ def run(args) -> int:
         final = read_transform(previous)
         if progress:
             progress(1.0, "done")
-        if args.output_resampled:
-            fixed, moving = read_image(args.fixed, "fixed").image, read_image(args.moving, "moving").image
-            import SimpleITK as sitk
+        with outputs:  # written as a set: both or neither
+            if args.output_resampled:
+                from ..result import RegistrationResult
+                from .common import resample_moving
 
-            write_image(sitk.Resample(moving, fixed, final, sitk.sitkLinear, 0.0, moving.GetPixelID()), args.output_resampled)
-        write_transform(final, args.output)
+                fixed, moving = read_image(args.fixed, "fixed"), read_image(args.moving, "moving")
+                resampled = resample_moving(fixed.image, moving.image, RegistrationResult("pipeline", final),
+                                            pixel_id=moving.pixel_id)
+                with outputs.stage("--output-resampled") as tmp:
+                    write_image(resampled, tmp)
+            with outputs.stage("--output") as tmp:
+                write_transform(final, tmp)
+            outputs.commit()
     finally:
         if not args.output_dir:
             shutil.rmtree(work, ignore_errors=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shlex
 import sys
-from pathlib import Path
 
 HELP = "train a TSPM patch position model from images aligned with a template"
 
@@ -37,24 +36,27 @@ def add_parser(sub):
     p.add_argument("--name", help="model name in the card (default: output file stem)")
     p.add_argument("--notes", help="free text for the model card (how the data was prepared, hardware, caveats)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--device", default="auto", help="compute device: auto, cpu, cuda or cuda:N")
+    from .common import add_device_argument
+
+    add_device_argument(p)
     p.set_defaults(run=run)
     return p
 
 
 def run(args) -> int:
-    from ..errors import InputError
     from ..methods.partial_prereg.patches import IntensityConfig
     from ..methods.partial_prereg.template import load_template
     from ..methods.partial_prereg.train import TSPMTrainConfig, train_partial_prereg_model
     from ..models.training import TrainingConfig
     from .progress_lines import progress_for
 
-    out = Path(args.output)
-    if out.suffix != ".pt":
-        raise InputError(f"--output: model file must end with .pt, got {out}")
-    if not out.resolve().parent.is_dir():
-        raise InputError(f"--output: folder does not exist: {out.parent}")
+    from ..io.outputs import OutputSet
+
+    inputs = {f"--{a.replace('_', '-')}": getattr(args, a) for a in ("pairs", "template", "init_weights", "checkpoint")
+              if getattr(args, a, None)}
+    checks = OutputSet(inputs)  # checked up front; the trainer writes the model and its card atomically
+    out = checks.add("--output", args.output, (".pt",))
+    checks.add("--output (model card)", out.with_suffix(".md"), (".md",))
     optim = TrainingConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
                            learning_rate=args.lr, seed=args.seed, device=args.device)
     config = TSPMTrainConfig(optim=optim, patches_per_crop=args.patches_per_crop, rotation_deg=args.rotation)

@@ -17,8 +17,8 @@ from typing import Optional, Sequence
 import torch
 
 from ..progress import as_progress
-from .fields import integrate_velocity, resize_field, warp_image
-from .filters import level_shape, resize_image
+from .fields import identity_grid, integrate_velocity, resize_field, voxel_to_normalized, warp_image
+from .filters import gaussian_smooth, level_shape, resize_image
 from .losses import SIMILARITIES, make_similarity
 from .regularizers import REGULARIZERS
 
@@ -37,6 +37,9 @@ class InstanceOptimisationConfig:
         diffeomorphic: optimise a stationary velocity field and integrate it by scaling and squaring.
         integration_steps: squaring steps when ``diffeomorphic``.
         lncc_radius, mind_radius, mind_dilation: similarity parameters (voxels of the current level).
+        smoothing: σ (voxels of the level) of a Gaussian applied to the optimised parameters before use:
+            Adam's first steps move every voxel by about ``learning_rate`` whatever its gradient, and the
+            smoothing keeps that noise out of the field (ConvexAdam smooths its field the same way).
     """
 
     similarity: str = "ncc"
@@ -50,6 +53,7 @@ class InstanceOptimisationConfig:
     lncc_radius: int = 2
     mind_radius: int = 1
     mind_dilation: int = 2
+    smoothing: float = 1.0
 
     def __post_init__(self):
         self.validate()
@@ -67,6 +71,8 @@ class InstanceOptimisationConfig:
             raise ValueError(f"steps: expected integers >= 0, got {self.steps}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate: expected a positive number, got {self.learning_rate}")
+        if not self.smoothing >= 0:
+            raise ValueError(f"smoothing: expected a number >= 0, got {self.smoothing}")
         if not self.weight >= 0:
             raise ValueError(f"weight: expected a number >= 0, got {self.weight}")
 
@@ -100,14 +106,24 @@ class InstanceOptimisationResult:
     seconds: float = 0.0
 
 
+def _inside(u):
+    """1 where ``x + u(x)`` lies inside the grid (a weight, not differentiated)."""
+    with torch.no_grad():
+        sizes = [int(n) for n in reversed(u.shape[2:])]
+        coords = identity_grid(u.shape[2:], device=u.device, dtype=u.dtype).movedim(-1, 1)
+        pos = coords + voxel_to_normalized(u)
+        return (pos.abs() <= 1.0 + 1e-6).all(1, keepdim=True).to(u.dtype) if min(sizes) > 1 else torch.ones_like(u[:, :1])
+
+
 def _weight(fixed_mask, moving_mask, u):
     """Loss weight: fixed mask × moving mask warped by ``u`` × inside-the-moving-image."""
-    ones = torch.ones_like(u[:, :1])
-    w = warp_image(ones if moving_mask is None else moving_mask, u, padding_mode="zeros")
+    w = _inside(u) if moving_mask is None else warp_image(moving_mask, u, padding_mode="zeros")
     return w if fixed_mask is None else w * fixed_mask
 
 
-def _displacement(param, config):
+def _displacement(param, config, smooth: bool = False):
+    if smooth and config.smoothing > 0:
+        param = gaussian_smooth(param, config.smoothing)
     return integrate_velocity(param, config.integration_steps) if config.diffeomorphic else param
 
 
@@ -159,6 +175,13 @@ def optimise_field(fixed: torch.Tensor, moving: torch.Tensor, config: Optional[I
                                       time.perf_counter() - start)
 
 
+def score_field(similarity: str, fixed: torch.Tensor, moving: torch.Tensor, u: torch.Tensor, *,
+                fixed_mask: Optional[torch.Tensor] = None, moving_mask: Optional[torch.Tensor] = None) -> float:
+    """The score (higher is better) of ``similarity`` between ``fixed`` and ``moving`` warped by ``u``, over
+    ``fixed_mask`` × warped ``moving_mask`` × overlap (same conventions as :func:`optimise_field`)."""
+    return _full_score(make_similarity(similarity), fixed, moving, u, fixed_mask, moving_mask)
+
+
 def _full_score(sim, fixed, moving, u, fixed_mask, moving_mask) -> float:
     with torch.no_grad():
         ff, fm = sim.features(fixed), sim.features(moving)
@@ -181,7 +204,7 @@ def _optimise_level(sim, reg, config, fixed, moving, fixed_mask, moving_mask, pa
     for step in range(n_steps):
         prog.check_cancel()
         opt.zero_grad(set_to_none=True)
-        u = _displacement(param, config)
+        u = _displacement(param, config, smooth=True)
         loss = sim.loss(f, warp_image(m, u), _weight(fm, mm, u)) + config.weight * reg(u)
         loss.backward()
         opt.step()
@@ -191,4 +214,5 @@ def _optimise_level(sim, reg, config, fixed, moving, fixed_mask, moving_mask, pa
         if step % 5 == 0 or step == n_steps - 1:
             prog.report((step + 1) / n_steps, f"level {'x'.join(map(str, lshape))}: step {step + 1}/{n_steps}")
     history.append({"shape": list(lshape), "steps": n_steps, "loss_first": first, "loss_last": last})
-    return param.detach()
+    with torch.no_grad():
+        return gaussian_smooth(param, config.smoothing) if config.smoothing > 0 else param.detach()

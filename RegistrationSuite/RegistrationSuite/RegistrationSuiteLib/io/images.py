@@ -12,6 +12,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from .atomic import atomic_output
+from .integrity import check_image_file
 
 ImageLike = Union[str, os.PathLike, sitk.Image]
 
@@ -26,6 +27,8 @@ class ImageInput:
     image: sitk.Image
     source: str
     warnings: list = field(default_factory=list)
+    #: pixel type of the image as read (before the float32 conversion), e.g. ``sitk.sitkUInt8``
+    pixel_id: int = sitk.sitkFloat32
 
 
 def read_image(source: ImageLike, name: str = "image", *, allow_constant: bool = False) -> ImageInput:
@@ -42,7 +45,9 @@ def read_image(source: ImageLike, name: str = "image", *, allow_constant: bool =
         ``warnings``).
 
     Raises:
-        InputError: missing/unreadable file, 4D or vector image, NaN/Inf voxels, constant image.
+        InputError: missing/unreadable file, truncated or corrupt file (gzip or NIfTI length check), 4D or
+            vector image, NaN/Inf voxels (refused, also in NIfTI files whose reader would turn them into
+            zeros), constant image.
     """
     warnings: list = []
     if isinstance(source, sitk.Image):
@@ -51,7 +56,7 @@ def read_image(source: ImageLike, name: str = "image", *, allow_constant: bool =
         image, label = _read_path(Path(source), name), str(source)
     image = _to_scalar(image, name, warnings)
     check_image(image, name, allow_constant=allow_constant)
-    return ImageInput(sitk.Cast(image, sitk.sitkFloat32), label, warnings)
+    return ImageInput(sitk.Cast(image, sitk.sitkFloat32), label, warnings, image.GetPixelID())
 
 
 def _read_path(path: Path, name: str) -> sitk.Image:
@@ -60,10 +65,12 @@ def _read_path(path: Path, name: str) -> sitk.Image:
     if path.is_dir():
         return _read_dicom_series(path, name)
     try:
-        return sitk.ReadImage(str(path))
+        image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reader error"
         raise InputError(f"{name}: cannot read image {path} ({first[:200]})") from None
+    check_image_file(path, name)  # what the reader accepted without a word: truncation, NaN in NIfTI
+    return image
 
 
 def _read_dicom_series(folder: Path, name: str) -> sitk.Image:

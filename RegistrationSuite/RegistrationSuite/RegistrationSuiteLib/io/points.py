@@ -4,8 +4,11 @@ Coordinates are physical **LPS millimetres** (the frame of ITK/SimpleITK); every
 points. Supported files:
 
 - ``.csv``: a header ``x,y,z,label`` then one point per row (label an integer);
-- ``.vtk`` (legacy) and ``.vtp`` (XML) polydata with an integer point-data array named ``label``;
-- ``.ply`` (ASCII or binary) with a ``label`` vertex property. VTK's PLY reader/writer drop extra vertex
+- ``.vtk`` (legacy) and ``.vtp`` (XML) polydata with an integer point-data array named ``label``; a file that
+  3D Slicer marks as RAS (``SPACE=RAS`` in the ``.vtk`` header, a ``SPACE`` field-data string in ``.vtp``) is
+  converted to LPS, a file marked LPS or not marked at all is read as LPS;
+- ``.ply`` (ASCII or binary) with a ``label`` vertex property, always LPS (PLY has no coordinate mark). VTK's
+  PLY reader/writer drop extra vertex
   properties and store float32 coordinates, so PLY is read and written here with NumPy (doubles kept).
 
 Writers are atomic (:func:`~RegistrationSuiteLib.io.atomic.atomic_output`): a failed write leaves nothing.
@@ -155,7 +158,26 @@ def _read_vtk(path: Path, name: str):
     labels = numpy_support.vtk_to_numpy(array)
     if labels.ndim != 1:
         raise InputError(f"{name}: expected a one-component 'label' array in {path.name}, got shape {labels.shape}")
+    if vtk_coordinate_system(reader, poly) == "RAS":
+        points = points * np.array([-1.0, -1.0, 1.0])  # RAS -> LPS
     return points, labels
+
+
+def vtk_coordinate_system(reader, poly) -> str:
+    """``"RAS"`` or ``"LPS"`` as 3D Slicer marks it: ``SPACE=RAS``/``SPACE=LPS`` in a legacy ``.vtk`` header, a
+    string field-data array ``SPACE`` in ``.vtp``; files without a mark are LPS (this package's convention)."""
+    import re
+
+    header = reader.GetHeader() if hasattr(reader, "GetHeader") else ""
+    match = re.search(r"SPACE=(RAS|LPS)", header or "", re.I)
+    if match:
+        return match.group(1).upper()
+    field = poly.GetFieldData().GetAbstractArray("SPACE")
+    if field is not None and field.GetNumberOfValues() > 0:
+        value = str(field.GetVariantValue(0).ToString()).strip().upper()
+        if value in ("RAS", "LPS"):
+            return value
+    return "LPS"
 
 
 def _parse_ply_header(fh, path: Path, name: str):

@@ -6,6 +6,7 @@ the fixed/moving registration references and the result's summary (attribute ``R
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -48,6 +49,34 @@ def build_registration_scene(scene, fixed_image: sitk.Image, moving_image: sitk.
     return {"fixed": fixed, "moving": moving, "transform": transform}
 
 
+@contextlib.contextmanager
+def captured_vtk_messages():
+    """Collect VTK's error and warning messages instead of letting them reach the terminal.
+
+    Yields a callable returning the captured text; the previous output window and log verbosity come back
+    afterwards. MRML's writers report problems only through VTK's output window (coloured log lines on
+    stderr), which a command-line user should never see raw.
+    """
+    import vtk
+
+    previous = vtk.vtkOutputWindow.GetInstance()
+    window = vtk.vtkStringOutputWindow()
+    vtk.vtkOutputWindow.SetInstance(window)
+    verbosity = vtk.vtkLogger.GetCurrentVerbosityCutoff()
+    vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_OFF)
+    try:
+        yield window.GetOutput
+    finally:
+        vtk.vtkLogger.SetStderrVerbosity(verbosity)
+        vtk.vtkOutputWindow.SetInstance(previous)
+
+
+def _last_vtk_error(text: str) -> str:
+    """The last message line of captured VTK output (without the file/line preamble), or ``""``."""
+    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip() and not ln.startswith(("ERROR: In", "Warning: In"))]
+    return lines[-1].split("): ", 1)[-1][:200] if lines else ""
+
+
 def write_scene_bundle(path, fixed_image: sitk.Image, moving_image: sitk.Image, result, names=None) -> Path:
     """Write a ``.mrb`` with the fixed and moving images and the registration transform, atomically.
 
@@ -61,7 +90,7 @@ def write_scene_bundle(path, fixed_image: sitk.Image, moving_image: sitk.Image, 
         ``path`` as a ``Path``.
     """
     require_slicer("writing a Slicer scene (.mrb)")
-    path = Path(path)
+    path = Path(os.path.abspath(os.path.expanduser(str(path))))  # MRML's bundle writer needs a full path
     if path.suffix.lower() != ".mrb":
         raise InputError(f"path: expected a .mrb file, got {path}")
     for label, image in (("fixed_image", fixed_image), ("moving_image", moving_image)):
@@ -78,8 +107,11 @@ def write_scene_bundle(path, fixed_image: sitk.Image, moving_image: sitk.Image, 
         staged = os.path.join(work, path.name)
         app.scene.SetRootDirectory(work)  # WriteToMRB aborts the process without URL and root directory
         app.scene.SetURL(os.path.join(work, f"{path.stem}.mrml"))
-        if not app.scene.WriteToMRB(staged) or not os.path.isfile(staged):
-            raise InputError(f"path: could not write the scene bundle {path}")
+        with captured_vtk_messages() as messages:
+            ok = app.scene.WriteToMRB(staged) and os.path.isfile(staged)
+        if not ok:
+            reason = _last_vtk_error(messages())
+            raise RuntimeError(f"could not write the scene bundle {path}" + (f": {reason}" if reason else ""))
         os.replace(staged, path)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -24,10 +24,12 @@ A method's logic only **declares** a run with a :class:`RunSpec`::
     while run.poll() == RUNNING: ...          # or run.wait()
     run.outcome.result, run.outcome.nodes["transform"]
 
-Input kinds (:data:`EXPORTERS`, extensible with :func:`register_exporter`):
+Input kinds (:data:`EXPORTERS` in :mod:`.runner_io`, extensible with :func:`register_exporter`):
 
 - ``"volume"``: scalar volume node → ``.nrrd`` (LPS; the node's own geometry, parent transforms ignored;
   single axial slices become 2D images and their LPS z is remembered for the outputs);
+- ``"color_volume"``: as ``"volume"``, but an RGB (multi-component) volume node becomes a vector ``.nrrd``
+  (e.g. 2D histology slides);
 - ``"mask"``: labelmap or segmentation node → binary ``.nrrd`` on the grid of input ``reference``;
 - ``"labels"``: organ segmentation / labelmap / model node(s) → label ``.nrrd`` or labelled points ``.csv``
   (``params``: ``labels``, ``points_per_organ``, ``seed`` of :func:`~.points.registration_input_from_node`);
@@ -48,7 +50,6 @@ becomes :attr:`ChildRun.error`, one line plus the child's last stderr lines as d
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -63,6 +64,21 @@ from typing import Callable, Dict, List, Optional, Sequence
 from ..cli.progress_lines import parse_progress_line
 from ..errors import InputError
 from .rollback import NodeRollback
+from .runner_io import (  # noqa: F401 - register_exporter/register_importer are part of this module's API
+    EXPORTERS,
+    IMPORTERS,
+    OUTPUT_SUFFIXES,
+    entry_key,
+    first_node,
+    register_exporter,
+    register_importer,
+)
+
+__all__ = [
+    "CANCELLED", "FAILED", "NOT_STARTED", "RUNNING", "SUCCEEDED", "ChildRun", "NodeInput", "NodeOutput",
+    "NodeRollback", "RunError", "RunOutcome", "RunSpec", "child_environment", "python_executable",
+    "register_exporter", "register_importer", "result_from_summary", "run_blocking",
+]
 
 #: :meth:`ChildRun.poll` states.
 NOT_STARTED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "not started", "running", "succeeded", "failed", "cancelled"
@@ -139,151 +155,6 @@ class RunError:
         return self.message
 
 
-# ------------------------------------------------------------------------------------------- export / import
-
-
-def _key(entry) -> str:
-    return entry.key or entry.option.lstrip("-").replace("-", "_")
-
-
-def _export_volume(entry, folder, context):
-    from ..io import write_image
-    from .volumes import image_from_volume_node, slice_position_lps
-
-    image = image_from_volume_node(entry.value, name=_key(entry))
-    path = folder / f"{_key(entry)}.nrrd"
-    write_image(image, path)
-    z = slice_position_lps(entry.value) if image.GetDimension() == 2 else 0.0
-    return path, {"image": image, "slice_z": z, "node": entry.value}
-
-
-def _export_mask(entry, folder, context):
-    from ..io import write_image
-    from .masks import mask_from_node
-
-    reference = context.get(entry.reference, {}).get("image")
-    if reference is None:
-        raise InputError(f"{entry.option}: a mask needs the input '{entry.reference}' exported before it")
-    path = folder / f"{_key(entry)}.nrrd"
-    write_image(mask_from_node(entry.value, reference, name=_key(entry)), path)
-    return path, {"node": entry.value}
-
-
-def _export_labels(entry, folder, context):
-    import SimpleITK as sitk
-
-    from ..io import write_image, write_points
-    from .points import registration_input_from_node
-
-    data = registration_input_from_node(entry.value, name=_key(entry), **entry.params)
-    if isinstance(data, sitk.Image):
-        path = folder / f"{_key(entry)}.nrrd"
-        write_image(data, path)
-    else:
-        path = folder / f"{_key(entry)}.csv"
-        write_points(data, path)
-    return path, {"data": data, "node": entry.value}
-
-
-def _export_transform(entry, folder, context):
-    from .transforms import save_transform_node
-
-    path = folder / f"{_key(entry)}.h5"
-    save_transform_node(entry.value, path)
-    return path, {"node": entry.value}
-
-
-def _export_points(entry, folder, context):
-    from ..io import write_points
-    from .points import points_from_markups_node
-
-    path = folder / f"{_key(entry)}.csv"
-    write_points(points_from_markups_node(entry.value, name=_key(entry), **entry.params), path)
-    return path, {"node": entry.value}
-
-
-def _export_matrix(entry, folder, context):
-    import numpy as np
-
-    path = folder / f"{_key(entry)}.csv"
-    np.savetxt(path, np.asarray(entry.value, dtype=float), delimiter=",")
-    return path, {}
-
-
-EXPORTERS: Dict[str, Callable] = {"volume": _export_volume, "mask": _export_mask, "labels": _export_labels,
-                                  "transform": _export_transform, "points": _export_points,
-                                  "matrix": _export_matrix}
-OUTPUT_SUFFIXES: Dict[str, str] = {"transform": ".h5", "volume": ".nrrd", "labelmap": ".nrrd", "points": ".csv"}
-
-
-def _slice_z(outcome_inputs, key) -> float:
-    return float(outcome_inputs.get(key, {}).get("slice_z", 0.0)) if key else 0.0
-
-
-def _import_transform(entry, path, outcome):
-    from .transforms import set_registration_references, transform_node_from_result
-
-    fixed_key, moving_key = (tuple(entry.references) + (None, None))[:2]
-    node = transform_node_from_result(
-        outcome.result, outcome.scene, node=entry.node,
-        name=outcome.scene.GenerateUniqueName(entry.name or "Registration transform"),
-        fixed_slice_z=_slice_z(outcome.inputs, fixed_key), moving_slice_z=_slice_z(outcome.inputs, moving_key),
-    )
-    if fixed_key and moving_key:
-        fixed, moving = (_first(outcome.inputs[k]["node"]) for k in (fixed_key, moving_key))
-        set_registration_references(node, fixed, moving)
-    return node
-
-
-def _import_volume(entry, path, outcome, labelmap=False):
-    from ..io import read_image
-    from .volumes import volume_node_from_image
-
-    image = read_image(path, _key(entry), allow_constant=True).image
-    name = outcome.scene.GenerateUniqueName(entry.name or _key(entry))
-    return volume_node_from_image(image, outcome.scene, name, labelmap=labelmap, node=entry.node,
-                                  slice_z=_slice_z(outcome.inputs, entry.reference))
-
-
-def _import_points(entry, path, outcome):
-    import numpy as np
-
-    from ..geometry import LPS_TO_RAS
-    from ..io import read_points
-
-    points = read_points(path, _key(entry))
-    node = entry.node
-    if node is None:
-        node = outcome.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode",
-                                               outcome.scene.GenerateUniqueName(entry.name or _key(entry)))
-    ras = np.asarray(points.points, dtype=float) * np.diag(LPS_TO_RAS)[:3]
-    node.RemoveAllControlPoints()
-    for p in ras:
-        node.AddControlPoint(float(p[0]), float(p[1]), float(p[2]))
-    return node
-
-
-IMPORTERS: Dict[str, Callable] = {"transform": _import_transform, "volume": _import_volume,
-                                  "labelmap": lambda e, p, o: _import_volume(e, p, o, labelmap=True),
-                                  "points": _import_points}
-
-
-def register_exporter(kind: str, function: Callable) -> None:
-    """Add an input kind: ``function(entry, folder, context) -> (path, metadata)``; ``context`` maps earlier
-    inputs' keys to their metadata (``metadata["node"]`` is the input node, ``"image"`` its image)."""
-    EXPORTERS[kind] = function
-
-
-def register_importer(kind: str, function: Callable, suffix: str) -> None:
-    """Add an output kind: ``function(entry, path, outcome) -> node``, written by the child as ``*suffix``."""
-    IMPORTERS[kind] = function
-    OUTPUT_SUFFIXES[kind] = suffix
-
-
-def _first(nodes):
-    return nodes[0] if isinstance(nodes, (list, tuple)) else nodes
-
-
 # ----------------------------------------------------------------------------------------------- the child
 
 
@@ -294,9 +165,11 @@ def python_executable() -> str:
     return shutil.which("PythonSlicer") or sys.executable
 
 
-def child_environment() -> dict:
-    """This process's environment with the folder holding ``RegistrationSuiteLib`` first on PYTHONPATH."""
-    env = dict(os.environ)
+def child_environment(base: Optional[dict] = None) -> dict:
+    """``base`` (default: this process's environment) with the folder holding ``RegistrationSuiteLib`` first
+    on PYTHONPATH. Inside Slicer pass ``slicer.util.startupEnvironment()`` (the environment Slicer was started
+    in, as ``slicer.util.launchConsoleProcess`` does), not the application's own modified one."""
+    env = dict(os.environ if base is None else base)
     package_parent = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join([package_parent] + [p for p in [env.get("PYTHONPATH")] if p])
     env.setdefault("PYTHONIOENCODING", "utf-8")
@@ -327,6 +200,7 @@ class ChildRun:
         python: interpreter for the child (default :func:`python_executable`).
         temp_parent: where the private temporary folder is made (default: the system's).
         cancel_grace_seconds: time between ``terminate()`` and ``kill()`` after :meth:`cancel`.
+        base_environment: the child's environment before PYTHONPATH is set (:func:`child_environment`).
 
     Attributes:
         state: one of ``NOT_STARTED``, ``RUNNING``, ``SUCCEEDED``, ``FAILED``, ``CANCELLED``.
@@ -337,8 +211,9 @@ class ChildRun:
     """
 
     def __init__(self, spec: RunSpec, python: Optional[str] = None, temp_parent=None,
-                 cancel_grace_seconds: float = CANCEL_GRACE_SECONDS):
+                 cancel_grace_seconds: float = CANCEL_GRACE_SECONDS, base_environment: Optional[dict] = None):
         self.spec = spec
+        self.base_environment = base_environment
         self.python = python or python_executable()
         self.temp_parent = temp_parent
         self.cancel_grace_seconds = cancel_grace_seconds
@@ -364,10 +239,10 @@ class ChildRun:
         """The child's command line (valid after :meth:`start` exported the inputs)."""
         args = [self.python, "-m", "RegistrationSuiteLib", self.spec.command]
         for entry in self.spec.inputs:
-            if _key(entry) in self._inputs and self._inputs[_key(entry)].get("path") is not None:
-                args += [entry.option, str(self._inputs[_key(entry)]["path"])]
+            if entry_key(entry) in self._inputs and self._inputs[entry_key(entry)].get("path") is not None:
+                args += [entry.option, str(self._inputs[entry_key(entry)]["path"])]
         for entry in self.spec.outputs:
-            args += [entry.option, str(self._output_paths[_key(entry)])]
+            args += [entry.option, str(self._output_paths[entry_key(entry)])]
         return args + [str(o) for o in self.spec.options] + ["--progress-json"]
 
     def start(self) -> "ChildRun":
@@ -387,8 +262,12 @@ class ChildRun:
             self._stderr = open(self.folder / "stderr.txt", "wb")
             self._start_time = time.monotonic()
             # Output to files, not pipes: nothing can block when a pipe fills, and polling needs no thread.
+            extra = {}
+            if os.name == "nt":  # no console window for the child (as slicer.util.launchConsoleProcess)
+                extra["startupinfo"] = subprocess.STARTUPINFO(dwFlags=subprocess.STARTF_USESHOWWINDOW, wShowWindow=0)
             self._process = subprocess.Popen(self.command_line(), stdin=subprocess.DEVNULL, stdout=self._stdout,
-                                             stderr=self._stderr, env=child_environment(), cwd=str(self.folder))
+                                             stderr=self._stderr, env=child_environment(self.base_environment),
+                                             cwd=str(self.folder), **extra)
         except BaseException:
             self._cleanup()
             raise
@@ -403,13 +282,14 @@ class ChildRun:
             if exporter is None:
                 raise InputError(f"{entry.option}: unknown input kind '{entry.kind}' (known: {sorted(EXPORTERS)})")
             path, metadata = exporter(entry, self.folder, self._inputs)
-            self._inputs[_key(entry)] = dict(metadata, path=path)
+            self._inputs[entry_key(entry)] = dict(metadata, path=path)
         outputs = self.folder / "outputs"
         outputs.mkdir()
         for entry in self.spec.outputs:
             if entry.kind not in IMPORTERS:
                 raise InputError(f"{entry.option}: unknown output kind '{entry.kind}' (known: {sorted(IMPORTERS)})")
-            self._output_paths[_key(entry)] = outputs / f"{_key(entry)}{entry.suffix or OUTPUT_SUFFIXES[entry.kind]}"
+            suffix = entry.suffix or OUTPUT_SUFFIXES[entry.kind]
+            self._output_paths[entry_key(entry)] = outputs / f"{entry_key(entry)}{suffix}"
 
     # -- polling -------------------------------------------------------------------------------------------
 
@@ -485,7 +365,8 @@ class ChildRun:
         if self._summary is None:
             raise InputError("the registration process printed no JSON summary")
         scene = self.spec.scene or self._scene()
-        transform_path = next((self._output_paths[_key(e)] for e in self.spec.outputs if e.kind == "transform"), None)
+        transform_path = next((self._output_paths[entry_key(e)] for e in self.spec.outputs
+                               if e.kind == "transform"), None)
         from ..io import read_transform
 
         transform = read_transform(transform_path) if transform_path is not None else None
@@ -494,7 +375,7 @@ class ChildRun:
         rollback = NodeRollback(scene, passed)
         try:
             for entry in self.spec.outputs:
-                path = self._output_paths[_key(entry)]
+                path = self._output_paths[entry_key(entry)]
                 if not path.exists():
                     if entry.required:
                         raise InputError(f"{entry.option}: the registration process wrote no file")
@@ -502,7 +383,7 @@ class ChildRun:
                 node = IMPORTERS[entry.kind](entry, path, outcome)
                 if entry.node is None:
                     rollback.created(node)
-                outcome.nodes[_key(entry)] = node
+                outcome.nodes[entry_key(entry)] = node
             if self.spec.finish is not None:
                 self.spec.finish(outcome, rollback)
         except BaseException:
@@ -515,7 +396,7 @@ class ChildRun:
 
     def _scene(self):
         for entry in self.spec.inputs:
-            node = _first(entry.value) if entry.value is not None else None
+            node = first_node(entry.value) if entry.value is not None else None
             if node is not None and hasattr(node, "GetScene") and node.GetScene() is not None:
                 return node.GetScene()
         raise InputError("inputs: expected at least one input node that is in a scene")

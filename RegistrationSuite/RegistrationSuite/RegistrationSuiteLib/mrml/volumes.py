@@ -33,14 +33,14 @@ def ijk_to_ras_matrix(volumeNode) -> np.ndarray:
     return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
-def _check_volume_node(volumeNode, name: str):
+def _check_volume_node(volumeNode, name: str, components: bool = False):
     if volumeNode is None or not hasattr(volumeNode, "IsA") or not volumeNode.IsA(_SCALAR_VOLUME_CLASS):
         got = volumeNode.GetClassName() if hasattr(volumeNode, "GetClassName") else type(volumeNode).__name__
         raise InputError(f"{name}: expected a scalar or labelmap volume node, got {got}")
     image_data = volumeNode.GetImageData()
     if image_data is None or image_data.GetNumberOfPoints() == 0:
         raise InputError(f"{name}: volume node '{volumeNode.GetName()}' has no voxels")
-    if image_data.GetNumberOfScalarComponents() != 1:
+    if image_data.GetNumberOfScalarComponents() != 1 and not components:
         raise InputError(
             f"{name}: expected one component per voxel, got {image_data.GetNumberOfScalarComponents()} "
             f"in '{volumeNode.GetName()}'"
@@ -49,12 +49,14 @@ def _check_volume_node(volumeNode, name: str):
 
 
 def _voxel_array(image_data) -> np.ndarray:
-    """A copy of the voxels as an array ``(k, j, i)``."""
+    """A copy of the voxels as an array ``(k, j, i)``, or ``(k, j, i, c)`` for several components."""
     from vtk.util import numpy_support
 
     dims = image_data.GetDimensions()
     scalars = numpy_support.vtk_to_numpy(image_data.GetPointData().GetScalars())
-    return np.array(scalars, copy=True).reshape(dims[2], dims[1], dims[0])
+    components = image_data.GetNumberOfScalarComponents()
+    shape = (dims[2], dims[1], dims[0]) + ((components,) if components > 1 else ())
+    return np.array(scalars, copy=True).reshape(shape)
 
 
 def _is_axial_single_slice(index_to_lps: np.ndarray, dims) -> bool:
@@ -81,7 +83,19 @@ def image_from_volume_node(volumeNode, *, squeeze_single_slice: bool = True, nam
     Raises:
         InputError: not a scalar volume node, no voxels, several components, or a degenerate ``IJKToRAS``.
     """
-    image_data = _check_volume_node(volumeNode, name)
+    return _image_from_node(volumeNode, squeeze_single_slice, name, components=False)
+
+
+def vector_image_from_volume_node(volumeNode, *, squeeze_single_slice: bool = True,
+                                  name: str = "volume") -> sitk.Image:
+    """As :func:`image_from_volume_node`, but a node with several components per voxel (e.g. an RGB
+    ``vtkMRMLVectorVolumeNode``, a histology slide) gives a vector image; one component gives a scalar image."""
+    return _image_from_node(volumeNode, squeeze_single_slice, name, components=True)
+
+
+def _image_from_node(volumeNode, squeeze_single_slice: bool, name: str, components: bool) -> sitk.Image:
+    image_data = _check_volume_node(volumeNode, name, components)
+    vector = image_data.GetNumberOfScalarComponents() > 1
     dims = image_data.GetDimensions()
     index_to_lps = LPS_TO_RAS @ ijk_to_ras_matrix(volumeNode)
     spacing = np.linalg.norm(index_to_lps[:3, :3], axis=0)
@@ -91,12 +105,12 @@ def image_from_volume_node(volumeNode, *, squeeze_single_slice: bool = True, nam
     origin = index_to_lps[:3, 3]
     voxels = _voxel_array(image_data)
     if squeeze_single_slice and _is_axial_single_slice(index_to_lps, dims):
-        image = sitk.GetImageFromArray(voxels[0])
+        image = sitk.GetImageFromArray(voxels[0], isVector=vector)
         image.SetSpacing(tuple(float(s) for s in spacing[:2]))
         image.SetOrigin(tuple(float(o) for o in origin[:2]))
         image.SetDirection(tuple(float(d) for d in direction[:2, :2].ravel()))
         return image
-    image = sitk.GetImageFromArray(voxels)
+    image = sitk.GetImageFromArray(voxels, isVector=vector)
     image.SetSpacing(tuple(float(s) for s in spacing))
     image.SetOrigin(tuple(float(o) for o in origin))
     image.SetDirection(tuple(float(d) for d in direction.ravel()))

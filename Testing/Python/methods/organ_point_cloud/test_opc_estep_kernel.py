@@ -109,7 +109,8 @@ def _coupled(beta, seed=7, spread=10.0):
     rng = np.random.default_rng(seed)
     y = torch.as_tensor(np.vstack([rng.normal(size=(40, 3)) * spread, rng.normal(size=(40, 3)) * spread]))
     ly = torch.as_tensor(np.repeat([0, 1], 40))
-    model = OrganPointCloudConfig(labels=[1, 2], beta_mm=beta, coherence=[[1.0, 1.0], [1.0, 1.0]]).label_model([1, 2])
+    model = OrganPointCloudConfig(labels=[1, 2], lambda_mm=10.0, beta_mm=beta,
+                                  coherence=[[1.0, 1.0], [1.0, 1.0]]).label_model([1, 2])
     return y, ly, model, kernel.KernelParams.from_model(model, torch.float64, "cpu")
 
 

@@ -16,6 +16,7 @@ from ...io import read_image, read_mask
 from ...progress import as_progress
 from ...result import RegistrationResult
 from .config import GlobalRigidConfig
+from .overlap import check_overlap_possible
 from .refine import refine_candidates
 from .rotations import rotation_distance_deg
 from .search import Candidate, LevelData, SearchOutcome, search_rotations
@@ -24,6 +25,12 @@ from .search import Candidate, LevelData, SearchOutcome, search_rotations
 # beyond _FAR_DEG a different one (the gap leaves out the flank of the solution's own basin).
 _NEAR_DEG = 25.0
 _FAR_DEG = 45.0
+#: A result whose confidence is below this is flagged doubtful (``diagnostics["doubtful"]``, a warning): in
+#: practice a confidence of 0, i.e. a pose more than 45° away scored at least as well at the coarsest level.
+#: Chosen on the shipped sample brain by ``Testing/Benchmarks/calibrate_confidence.py`` (best balanced accuracy
+#: there); BENCHMARKS.md reports how well it separates successes from failures. Partial fields of view give
+#: low confidences even when correct, so the flag asks for a look, it does not say the result is wrong.
+DOUBTFUL_CONFIDENCE = 0.002
 
 
 def register_global_rigid(
@@ -59,12 +66,15 @@ def register_global_rigid(
         ``confidence``: ``1 - s_alt / s_sol`` on the global (first) level, where ``s_sol`` is the best first-level
         CSNGF within 25° of the solution (or of the first-level candidate it descends from) and ``s_alt`` the
         best first-level CSNGF more than 45° away, clipped to [0, 1] (near 0: a different alignment scored about
-        as well at the coarsest level, so check the result). ``diagnostics`` holds the
-        kept candidates per level and the refined ones.
+        as well at the coarsest level, so check the result). Below :data:`DOUBTFUL_CONFIDENCE` the result is
+        flagged: ``diagnostics["doubtful"]`` lists the reason and ``warnings`` repeats it (BENCHMARKS.md reports
+        how well the threshold separates successes from failures). ``diagnostics`` also holds the kept
+        candidates per level and the refined ones.
 
     Raises:
         InputError: unreadable/invalid images or masks, 2D vs 3D mismatch, levels too coarse for the images.
-        RegistrationFailed: no rotation and shift reach ``config.min_overlap`` (e.g. incompatible masks).
+        RegistrationFailed: no rotation and shift reach ``config.min_overlap`` (checked from the geometry before
+            the search when the image or mask extents alone make it impossible).
         RegistrationCancelled: ``cancel()`` returned True.
     """
     t_start = time.perf_counter()
@@ -80,6 +90,8 @@ def register_global_rigid(
     t0 = time.perf_counter()
     fixed_prep = _prepare(fixed_in.image, fmask, cfg, "fixed")
     moving_prep = _prepare(moving_in.image, mmask, cfg, "moving")
+    check_overlap_possible(fixed_prep.image, moving_prep.image, None if fmask is None else fixed_prep.mask,
+                           None if mmask is None else moving_prep.mask, cfg.min_overlap)
     fixed_center = Grid.from_image(fixed_in.image).center()
     levels = _build_levels(fixed_prep, moving_prep, cfg, fixed_center, device)
     timings["pyramid"] = time.perf_counter() - t0
@@ -93,6 +105,9 @@ def register_global_rigid(
                                   progress=prog.sub(0.9, 1.0))
         timings["refine"] = time.perf_counter() - t0
     best = final[0]
+    confidence = _confidence(outcome, best)
+    diagnostics = _diagnostics(cfg, levels, outcome, final, device)
+    diagnostics["doubtful"] = doubtful_reasons(confidence)
     timings["total"] = time.perf_counter() - t_start
     prog.report(1.0, "done")
     return RegistrationResult(
@@ -101,10 +116,10 @@ def register_global_rigid(
         fixed_grid=Grid.from_image(fixed_in.image),
         moving_grid=Grid.from_image(moving_in.image),
         score=float(best.angf),
-        confidence=_confidence(outcome, best),
+        confidence=confidence,
         timings=timings,
-        diagnostics=_diagnostics(cfg, levels, outcome, final, device),
-        warnings=fixed_in.warnings + moving_in.warnings,
+        diagnostics=diagnostics,
+        warnings=fixed_in.warnings + moving_in.warnings + [f"doubtful result: {r}" for r in diagnostics["doubtful"]],
     )
 
 
@@ -265,6 +280,16 @@ def _confidence(outcome: SearchOutcome, best: Candidate) -> float:
     if not s_sol > 0:
         return float("nan")
     return float(np.clip(1.0 - max(far) / s_sol, 0.0, 1.0)) if far else 1.0
+
+
+def doubtful_reasons(confidence: float) -> list:
+    """Reasons to check a result: its confidence is below :data:`DOUBTFUL_CONFIDENCE` (or undefined)."""
+    if not np.isfinite(confidence):
+        return ["confidence undefined (the solution scored 0 at the coarsest level)"]
+    if confidence < DOUBTFUL_CONFIDENCE:
+        return [f"confidence {confidence:.3f} < {DOUBTFUL_CONFIDENCE}: another alignment more than {_FAR_DEG:g}° "
+                "away scored as well at the coarsest level; check the result visually"]
+    return []
 
 
 def _diagnostics(cfg, levels: List[LevelData], outcome: SearchOutcome, final: List[Candidate], device) -> dict:

@@ -173,8 +173,9 @@ def search_rotations(levels: List[LevelData], config: GlobalRigidConfig, progres
             cands = _evaluate_local(level, rotations, parent_index, kept, config, sub, k)
         if not any(c.score > INVALID_SCORE for c in cands):
             raise RegistrationFailed(
-                f"no rotation and shift reach the minimum overlap (min_overlap={config.min_overlap}) on level "
-                f"{k + 1} ({level.spacing:g} mm): the masks cannot overlap enough"
+                f"no rotation and shift reach the minimum overlap γ = min_overlap = {config.min_overlap} (a fraction "
+                f"of the smaller image's, or mask's, volume) on level {k + 1} ({level.spacing:g} mm); lower "
+                "--min-overlap (min_overlap) or check that the images show the same region"
                 + (f" within max_shift_mm={config.max_shift_mm}" if config.max_shift_mm is not None else "")
             )
         angle = _distinct_angle(config, k)

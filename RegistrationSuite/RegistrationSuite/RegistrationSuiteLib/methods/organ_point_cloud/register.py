@@ -66,7 +66,8 @@ def register_organ_point_cloud(fixed: PointsInput, moving: PointsInput, config: 
         fixed, moving: :class:`LabeledPoints`; a point file (``.csv`` with ``x,y,z,label``, ``.vtk``,
             ``.vtp``, ``.ply`` with a ``label`` array; LPS mm); or a label image (``sitk.Image`` or a NIfTI/NRRD
             path) whose organ surfaces are sampled (``config.points_per_organ`` per organ).
-        config: :class:`OrganPointCloudConfig` (defaults: Λ = 10 mm, B = 30 mm, S = I, U = I, ω = 0).
+        config: :class:`OrganPointCloudConfig` (defaults: Λ = 3 mm, B = 50 mm, S = I, U = I, ω = 0, per-organ
+            rigid pre-alignment).
         progress: ``progress(fraction, message)`` callback or :class:`~RegistrationSuiteLib.progress.Progress`.
         cancel: callable returning True to stop (raises :class:`RegistrationCancelled`).
 
@@ -251,6 +252,8 @@ def _diagnostics(fit: BCPDFit, model: LabelModel, fixed, moving, ctrl, data, inf
                                 "moving": LabeledPoints(moving.points[data], moving.labels[data]).counts()},
         "iterations": fit.iterations,
         "prealign_iterations": fit.prealign_iterations,
+        "organ_prealign": cfg.organ_prealign_mode(),
+        "organ_prealign_iterations": fit.organ_prealign_iterations,
         "converged": fit.converged,
         "sigma_mm": fit.sigma,
         "sigma_initial_mm": fit.sigma_history[0],

@@ -44,6 +44,8 @@ class RefineOutcome:
         before, after: metric value at the start and the end (same evaluation, same overlap rule).
         overlap_before, overlap_after: fraction of the fixed mask (or image) inside the moving domain.
         seconds: run time.
+        skipped_levels: one note per level ITK's optimiser could not run (e.g. too many metric samples mapped
+            outside the moving image); that level left the transform unchanged, and the caller reports it.
     """
 
     fixed_to_moving: np.ndarray
@@ -53,6 +55,7 @@ class RefineOutcome:
     overlap_before: float
     overlap_after: float
     seconds: float
+    skipped_levels: tuple = ()
 
     @property
     def improved(self) -> bool:
@@ -61,7 +64,7 @@ class RefineOutcome:
     def to_dict(self) -> dict:
         return {"metric": self.metric, "before": self.before, "after": self.after, "improved": self.improved,
                 "overlap_before": self.overlap_before, "overlap_after": self.overlap_after,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "skipped_levels": list(self.skipped_levels)}
 
 
 def overlap_mask(fixed: sitk.Image, moving: sitk.Image, fixed_to_moving: np.ndarray,
@@ -178,6 +181,7 @@ def refine_rigid(
     if overlap_before == 0:
         raise InputError("refine: the images do not overlap at the initial transform")
     before = evaluate_metric(fixed, moving, current, metric, fixed_mask=fixed_mask, seed=seed)
+    skipped = []
     for k, (shrink, sigma) in enumerate(levels):
         if progress is not None:
             progress.report(k / len(levels), f"refining ({metric}) level {k + 1}/{len(levels)}")
@@ -185,23 +189,28 @@ def refine_rigid(
         if not np.any(sitk.GetArrayViewFromImage(mask)):
             break
         with itk_threads(ITK_THREADS):
-            current = _run_level(fixed, moving, current, mask, metric, shrink, sigma, iterations, seed + k, samples)
+            current, note = _run_level(fixed, moving, current, mask, metric, shrink, sigma, iterations, seed + k,
+                                       samples)
+        if note:
+            skipped.append(f"level {k + 1}/{len(levels)} (shrink {shrink}, {sigma:g} mm) not refined: {note}")
     after = evaluate_metric(fixed, moving, current, metric, fixed_mask=fixed_mask, seed=seed)
     if np.isfinite(before) and not (after < before if metric == "mse" else after > before):
         current, after = np.asarray(fixed_to_moving, dtype=float), before  # never return a worse result
     overlap_after = _fraction(overlap_mask(fixed, moving, current, fixed_mask), fixed_mask)
     return RefineOutcome(current, metric, float(before), float(after), overlap_before, overlap_after,
-                         time.perf_counter() - t0)
+                         time.perf_counter() - t0, tuple(skipped))
 
 
-def _run_level(fixed, moving, current, mask, metric, shrink, sigma, iterations, seed, samples) -> np.ndarray:
+def _run_level(fixed, moving, current, mask, metric, shrink, sigma, iterations, seed, samples):
+    """One refinement level: ``(matrix, note)``; ``note`` is ``""`` unless ITK could not run the level, in
+    which case the matrix is ``current`` unchanged and the note says why (never silently)."""
     idx = np.argwhere(sitk.GetArrayViewFromImage(mask) > 0)[:, ::-1].astype(float)
     center = apply_affine(Grid.from_image(fixed).index_to_world(), idx.mean(axis=0)[None])[0]
     if metric == "nmi":
         from .refine_nmi import nmi_level
 
         return nmi_level(fixed, moving, current, mask, center, shrink=shrink, sigma=sigma,
-                         iterations=iterations, seed=seed)
+                         iterations=iterations, seed=seed), ""
     reg = _method(metric, iterations, seed, _sampling(mask, shrink, samples))
     reg.SetMetricFixedMask(mask)
     reg.SetShrinkFactorsPerLevel([int(shrink)])
@@ -212,6 +221,7 @@ def _run_level(fixed, moving, current, mask, metric, shrink, sigma, iterations, 
         reg.Execute(fixed, moving)
     except RuntimeError as exc:  # e.g. "too many samples map outside moving image buffer"
         if "outside" in str(exc) or "sample" in str(exc).lower():
-            return current
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            return current, (lines[-1] if lines else "ITK error")[:200]
         raise
-    return affine_matrix_from_sitk(tx)
+    return affine_matrix_from_sitk(tx), ""

@@ -1,0 +1,160 @@
+"""``registration-suite deformable``: dense deformable registration (network estimate + instance optimisation)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import InputError
+from ..seeding import SEED_PROMISE
+from .common import add_device_argument, add_summary_arguments, check_output_paths, print_result
+from .progress_lines import progress_for
+
+HELP = "deformable registration (RegNet/Cao-style field network + instance optimisation); writes a displacement field"
+FIELD_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "deformable", help=HELP,
+        description=(
+            "Dense deformable registration on a working grid (default 2 mm) covering the fixed image: an optional "
+            "field network (RegNet / Cao et al.) followed by instance optimisation (Adam, coarse to fine, NCC/LNCC "
+            "for one contrast, MIND-SSC or NGF across contrasts, diffusion or bending regularisation). Writes one "
+            "ITK displacement-field transform mapping fixed points to moving points (LPS; the initial transform "
+            "folded in), or the displacement field image when --output ends in .nii.gz/.nrrd/.mha."),
+    )
+    p.add_argument("--fixed", required=True, help="fixed image (3D)")
+    p.add_argument("--moving", required=True, help="moving image (3D)")
+    p.add_argument("--output", required=True, help="output transform (.h5) or displacement field image (.nii.gz, .nrrd, .mha)")
+    init = p.add_mutually_exclusive_group()
+    init.add_argument("--initial-transform", help="ITK transform file fixed → moving to start from (e.g. rigid-search output)")
+    init.add_argument("--init", choices=["none", "rigid-search"], default="none",
+                      help="run the global rigid search first (default none: start from the scanner coordinates)")
+    p.add_argument("--model", default="none", help="field network: model name, .pt file or 'none' (optimisation only; default)")
+    p.add_argument("--similarity", default="auto", choices=["auto", "ncc", "lncc", "mind", "ngf"],
+                   help="auto (default): LNCC when the smoothed images correlate (same contrast), else MIND-SSC")
+    p.add_argument("--io-steps", type=int, default=120, help="instance-optimisation Adam steps in all (0: network only)")
+    p.add_argument("--regularization", type=float, default=0.1, help="regulariser weight (default 0.1)")
+    p.add_argument("--regularizer", default="diffusion", choices=["diffusion", "bending"])
+    p.add_argument("--diffeomorphic", action="store_true", help="optimise a stationary velocity field (scaling and squaring)")
+    p.add_argument("--spacing", type=float, default=2.0, help="working-grid spacing in mm (default 2)")
+    p.add_argument("--fixed-mask", help="fixed mask (non-zero = use)")
+    p.add_argument("--moving-mask", help="moving mask (non-zero = use)")
+    p.add_argument("--output-resampled", help="write moving resampled onto the fixed grid")
+    p.add_argument("--output-jacobian", help="write the Jacobian determinant of the mapping (working grid)")
+    p.add_argument("--output-inverse", help="write the inverse transform (moving → fixed points; .h5)")
+    p.add_argument("--output-scene", help="write a Slicer scene bundle (.mrb)")
+    p.add_argument("--max-memory-gb", type=float, default=4.0, help="refuse working grids needing more (default 4)")
+    p.add_argument("--seed", type=int, default=0, help=f"random seed (default 0); {SEED_PROMISE}")
+    add_device_argument(p)
+    add_summary_arguments(p)
+    p.set_defaults(run=run)
+    return p
+
+
+def is_field_image_path(path) -> bool:
+    return str(path).lower().endswith(FIELD_IMAGE_SUFFIXES)
+
+
+def _check_outputs(args):
+    """Every output is checked before the run (nothing is written on bad input); returns the OutputSet."""
+    from ..io.outputs import IMAGE_SUFFIXES
+
+    field_image = is_field_image_path(args.output)
+    if not field_image and Path(args.output).suffix.lower() not in (".h5", ".hdf5"):
+        raise InputError(f"--output: a displacement-field transform is stored as .h5 (or give an image name "
+                         f"such as .nii.gz for the field itself), got {args.output}")
+    saved, args.output = args.output, None  # the shared checks take the transform suffixes for --output
+    try:
+        outputs = check_output_paths(args)
+    finally:
+        args.output = saved
+    outputs.add("--output", args.output, FIELD_IMAGE_SUFFIXES if field_image else (".h5", ".hdf5"))
+    if args.output_jacobian:
+        outputs.add("--output-jacobian", args.output_jacobian, tuple(x for x in IMAGE_SUFFIXES if x in FIELD_IMAGE_SUFFIXES))
+    if args.output_inverse:
+        outputs.add("--output-inverse", args.output_inverse, (".h5", ".hdf5"))
+    return outputs
+
+
+def _initial_transform(args, fixed, moving, fixed_mask, moving_mask, progress):
+    if args.initial_transform:
+        from ..io.transforms import read_transform
+
+        return read_transform(args.initial_transform)
+    if args.init == "rigid-search":
+        from ..methods.global_rigid import GlobalRigidConfig, register_global_rigid
+
+        res = register_global_rigid(fixed, moving, GlobalRigidConfig(seed=args.seed, device=args.device),
+                                    fixed_mask=fixed_mask, moving_mask=moving_mask, progress=progress)
+        return res.transform
+    return None
+
+
+def run(args) -> int:
+    from ..io import read_image, read_mask
+    from ..methods.deformable import DeformableConfig, register_deformable
+    from ..progress import Progress
+
+    outputs = _check_outputs(args)
+    config = DeformableConfig(spacing_mm=args.spacing, similarity=args.similarity, io_steps=args.io_steps,
+                              regularization=args.regularization, regularizer=args.regularizer,
+                              diffeomorphic=args.diffeomorphic, model=args.model, seed=args.seed,
+                              device=args.device, max_memory_gb=args.max_memory_gb)
+    model = None
+    if config.model is not None:  # before reading images: a bad model fails fast
+        from ..methods.deformable import load_deformable_model
+
+        model = load_deformable_model(config.model)
+    fixed = read_image(args.fixed, "fixed")
+    moving = read_image(args.moving, "moving")
+    fmask = read_mask(args.fixed_mask, fixed.image, "fixed mask") if args.fixed_mask else None
+    mmask = read_mask(args.moving_mask, moving.image, "moving mask") if args.moving_mask else None
+    prog = Progress(progress_for(args))
+    search = args.init == "rigid-search" and not args.initial_transform
+    initial = _initial_transform(args, fixed.image, moving.image, fmask, mmask, prog.sub(0.0, 0.3) if search else None)
+    result = register_deformable(fixed.image, moving.image, config, initial_transform=initial, model=model,
+                                 fixed_mask=fmask, moving_mask=mmask, progress=prog.sub(0.3, 1.0) if search else prog)
+    result.warnings[:0] = fixed.warnings + moving.warnings
+    written = _write(args, outputs, fixed.image, moving.image, result)
+    d = result.diagnostics
+    sim = d["similarity"]
+    lines = [
+        f"similarity {sim['name']}: {sim['before']:.4f} → {sim['after']:.4f}  folding {d['folding_fraction']:.3%}  "
+        f"Jacobian [{d['jacobian_min']:.3f}, {d['jacobian_max']:.3f}]  time {result.timings.get('total', float('nan')):.1f} s",
+        "written: " + ", ".join(str(p) for p in written),
+    ]
+    print_result(args, result, lines)
+    return 0
+
+
+def _write(args, outputs, fixed, moving, result) -> list:
+    """All outputs as one set (written under temporary names, renamed together at the end)."""
+    import SimpleITK as sitk
+
+    from ..io import write_image, write_transform
+    from .common import resample_moving, write_diagnostics_and_commit
+
+    field = result.transform.GetDisplacementField()
+    with outputs:
+        if "--output-jacobian" in outputs:
+            with outputs.stage("--output-jacobian") as tmp:
+                write_image(sitk.DisplacementFieldJacobianDeterminant(field), tmp)
+        if "--output-inverse" in outputs:
+            inverse = sitk.InvertDisplacementField(field, maximumNumberOfIterations=20, enforceBoundaryCondition=False)
+            with outputs.stage("--output-inverse") as tmp:
+                write_transform(sitk.DisplacementFieldTransform(inverse), tmp)
+        if "--output-resampled" in outputs:
+            with outputs.stage("--output-resampled") as tmp:
+                write_image(resample_moving(fixed, moving, result, pixel_id=sitk.sitkFloat32), tmp)
+        if "--output-scene" in outputs:
+            from ..mrml.mrb import write_scene_bundle
+
+            with outputs.stage("--output-scene") as tmp:
+                write_scene_bundle(tmp, fixed, moving, result)
+        with outputs.stage("--output") as tmp:
+            if is_field_image_path(args.output):
+                write_image(field, tmp)
+            else:
+                write_transform(result.transform, tmp)
+        return write_diagnostics_and_commit(outputs, result)

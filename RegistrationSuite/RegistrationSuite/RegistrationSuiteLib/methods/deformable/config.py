@@ -1,0 +1,108 @@
+"""Configuration of deformable registration (torch-free)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Sequence
+
+from ...errors import InputError
+
+SIMILARITY_CHOICES = ("auto", "ncc", "lncc", "mind", "ngf")
+REGULARIZER_CHOICES = ("diffusion", "bending")
+
+
+@dataclass
+class DeformableConfig:
+    """Parameters of :func:`register_deformable`.
+
+    Attributes:
+        spacing_mm: isotropic spacing of the working grid (mm). The grid has the fixed image's direction
+            and covers its field of view; the output field lives on it.
+        similarity: ``"auto"``, ``"ncc"``, ``"lncc"``, ``"mind"`` or ``"ngf"``. ``"auto"`` measures the
+            Pearson correlation of the two images after the initial transform, both smoothed (σ =
+            ``auto_smoothing_mm``) so that residual misalignment matters little, over their common foreground
+            (see :func:`~.register.choose_similarity`): at or
+            above ``auto_ncc_threshold`` the pair is treated as same-contrast (``"lncc"``), otherwise as
+            cross-contrast (``"mind"``, MIND-SSC: modality independent). The measured value is reported.
+        io_steps: total Adam steps of instance optimisation, split over ``levels`` by ``level_fractions``;
+            0 = network only.
+        levels: pyramid shrink factors (coarse to fine) relative to the working grid.
+        level_fractions: share of ``io_steps`` per level (normalised).
+        learning_rate: Adam step (voxels of the level).
+        regularization: weight of the regulariser.
+        regularizer: ``"diffusion"`` or ``"bending"``.
+        diffeomorphic: optimise a stationary velocity field integrated by scaling and squaring.
+        model: model name or ``.pt`` path, or ``None``/``"none"`` for optimisation only.
+        auto_ncc_threshold, auto_smoothing_mm: see ``similarity``.
+        min_overlap: fraction of the fixed field of view (or fixed mask) that must map into the moving image
+            after the initial transform; less is an input error ("the pair does not overlap").
+        max_memory_gb: refuse (before allocating) working grids whose estimated peak memory exceeds it.
+        min_size: smallest working-grid size per axis (voxels).
+        seed: seeds torch (the optimisation is deterministic on CPU).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    """
+
+    spacing_mm: float = 2.0
+    similarity: str = "auto"
+    io_steps: int = 120
+    levels: Sequence[float] = (4, 2, 1)
+    level_fractions: Sequence[float] = (0.5, 0.35, 0.15)
+    learning_rate: float = 0.3
+    regularization: float = 0.1
+    regularizer: str = "diffusion"
+    diffeomorphic: bool = False
+    model: Optional[str] = None
+    auto_ncc_threshold: float = 0.8
+    auto_smoothing_mm: float = 4.0
+    min_overlap: float = 0.1
+    max_memory_gb: float = 4.0
+    min_size: int = 8
+    seed: int = 0
+    device: str = "auto"
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field; raises :class:`InputError` naming the field, what was expected and what came."""
+        for name in ("spacing_mm", "learning_rate", "auto_smoothing_mm", "max_memory_gb"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+                raise InputError(f"{name}: expected a positive number, got {value!r}")
+        if not (math.isfinite(self.regularization) and self.regularization >= 0):
+            raise InputError(f"regularization: expected a number >= 0, got {self.regularization!r}")
+        if self.similarity not in SIMILARITY_CHOICES:
+            raise InputError(f"similarity: expected one of {', '.join(SIMILARITY_CHOICES)}, got {self.similarity!r}")
+        if self.regularizer not in REGULARIZER_CHOICES:
+            raise InputError(f"regularizer: expected one of {', '.join(REGULARIZER_CHOICES)}, got {self.regularizer!r}")
+        for name, low in (("io_steps", 0), ("min_size", 4), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise InputError(f"{name}: expected an integer >= {low}, got {value!r}")
+        if not self.levels or any(not float(f) >= 1 for f in self.levels):
+            raise InputError(f"levels: expected shrink factors >= 1 (coarse to fine), got {self.levels}")
+        if len(self.level_fractions) != len(self.levels) or any(f < 0 for f in self.level_fractions) \
+                or sum(self.level_fractions) <= 0:
+            raise InputError(f"level_fractions: expected {len(self.levels)} non-negative shares, got {self.level_fractions}")
+        if not 0 <= self.auto_ncc_threshold <= 1:
+            raise InputError(f"auto_ncc_threshold: expected a correlation in [0, 1], got {self.auto_ncc_threshold}")
+        if not 0 < self.min_overlap <= 1:
+            raise InputError(f"min_overlap: expected a fraction in (0, 1], got {self.min_overlap}")
+        if not isinstance(self.device, str):
+            raise InputError(f"device: expected a string such as 'auto' or 'cpu', got {self.device!r}")
+        if isinstance(self.model, str) and self.model.lower() == "none":
+            self.model = None
+
+    def steps_per_level(self) -> list:
+        """``io_steps`` split over the levels (largest remainder, so the sum is exact)."""
+        total = float(sum(self.level_fractions))
+        raw = [self.io_steps * f / total for f in self.level_fractions]
+        steps = [int(math.floor(r)) for r in raw]
+        for i in sorted(range(len(raw)), key=lambda i: raw[i] - steps[i], reverse=True)[: self.io_steps - sum(steps)]:
+            steps[i] += 1
+        return steps
+
+    def to_dict(self) -> dict:
+        return asdict(self)

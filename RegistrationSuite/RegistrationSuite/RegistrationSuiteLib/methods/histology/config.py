@@ -1,0 +1,133 @@
+"""Configuration of histology slide registration (torch-free: NumPy and the standard library only).
+
+Units: the registration works in the slides' physical frame, micrometres when the files carry a pixel size
+and level-0 pixels otherwise ("1 unit = 1 pixel", reported in the result). Sizes given in working pixels
+(``search_size``, ``working_size``) are resolutions of the internal pyramid, not of the files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+
+from ...errors import InputError
+
+MIRROR_CHOICES = ("auto", "no", "yes")
+IO_SIMILARITIES = ("lncc", "ncc", "mind", "ngf")
+
+
+@dataclass
+class HistologyConfig:
+    """Parameters of :func:`register_histology` (validated at construction and again on use).
+
+    Attributes:
+        level: pyramid level to read (0 = full resolution); ``None`` = chosen from ``resolution_um`` or the
+            level closest to ``working_size``. Mutually exclusive with ``resolution_um``.
+        resolution_um: requested working pixel size in µm (needs a pixel size in the files): the finest
+            pyramid level not finer than needed is read, then resampled.
+        working_size: longest side (pixels) of the fixed image in the finest working level of the affine and
+            non-rigid stages; larger slides are downsampled to it (the output field lives on that grid). On the
+            two ANHIR pairs the affine stage was as accurate at 256 as at 512 and 1024 (median rTRE 0.25 / 0.50 %,
+            0.27 / 0.52 %, 0.30 / – %) and several times faster.
+        search_size: longest side (pixels) of the common canvas of the rotation search (coarse, fast).
+        rotation_step_deg: angular step of the full 0–359° search (the best angles are then refined).
+        mirror: ``"auto"`` also tries the mirrored moving slide (flipped sections), ``"no"`` never, ``"yes"``
+            only mirrored.
+        candidates: rotation-search candidates kept per search channel (outline, density, edges) and mirror
+            state, all refined on the coarsest affine level; the best structure NCC continues.
+        affine_levels: pyramid levels of the affine refinement (coarsest at ``search_size``).
+        affine_iterations: Adam iterations per affine level.
+        io_steps: iterations of the non-rigid instance optimisation per level (0 = affine only, the default:
+            on the two ANHIR pairs every setting tried raised the feature similarity but not the landmark
+            accuracy, see BENCHMARKS.md).
+        io_levels: pyramid levels of the instance optimisation (finest = ``working_size``).
+        io_learning_rate: Adam step of the dense displacement (pixels of the current level).
+        io_smoothness: weight of the bending (curvature) regulariser of the non-rigid displacement.
+        io_similarity: ``"lncc"`` (local NCC), ``"ncc"``, ``"mind"`` (MIND-SSC) or ``"ngf"``, on the optical-density
+            gradient magnitude.
+        io_radius: window radius (pixels) of the local NCC.
+        model: multi-magnification network to apply (``None`` = classical pipeline only).
+        iterations: passes of the network (the paper found 3 better than 1).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
+        seed: seeds every stochastic step (ties in the search, network sampling).
+        num_threads: torch intra-op threads while registering (``None`` keeps the caller's setting). Many small
+            tensor operations: on 2 shared cores 1 thread was faster than 2 (oversubscription), so 1 is the default.
+    """
+
+    level: Optional[int] = None
+    resolution_um: Optional[float] = None
+    working_size: int = 256
+    search_size: int = 160
+    rotation_step_deg: float = 2.0
+    mirror: str = "auto"
+    candidates: int = 2
+    affine_levels: int = 3
+    affine_iterations: int = 80
+    io_steps: int = 0
+    io_levels: int = 3
+    io_learning_rate: float = 0.3
+    io_smoothness: float = 5.0
+    io_similarity: str = "lncc"
+    io_radius: int = 3
+    model: Optional[str] = None
+    iterations: int = 3
+    device: str = "auto"
+    seed: int = 0
+    num_threads: Optional[int] = 1
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field; raises :class:`InputError` naming the field, what was expected and what came."""
+        if self.level is not None and self.resolution_um is not None:
+            raise InputError("level, resolution_um: give one of them (a pyramid level or a pixel size), got both")
+        if self.level is not None:
+            _check_int("level", self.level, 0)
+        if self.resolution_um is not None:
+            _check_positive("resolution_um", self.resolution_um)
+        _check_int("working_size", self.working_size, 32)
+        _check_int("search_size", self.search_size, 32)
+        if self.search_size > self.working_size:
+            raise InputError(f"search_size: expected <= working_size ({self.working_size}), got {self.search_size}")
+        _check_positive("rotation_step_deg", self.rotation_step_deg)
+        if self.rotation_step_deg > 45:
+            raise InputError(f"rotation_step_deg: expected <= 45 (a full search), got {self.rotation_step_deg}")
+        if self.mirror not in MIRROR_CHOICES:
+            raise InputError(f"mirror: expected one of {', '.join(MIRROR_CHOICES)}, got {self.mirror!r}")
+        _check_int("candidates", self.candidates, 1)
+        _check_int("affine_levels", self.affine_levels, 1)
+        _check_int("affine_iterations", self.affine_iterations, 0)
+        _check_int("io_steps", self.io_steps, 0)
+        _check_int("io_levels", self.io_levels, 1)
+        _check_positive("io_learning_rate", self.io_learning_rate)
+        _check_int("io_radius", self.io_radius, 1)
+        if not (np.isfinite(float(self.io_smoothness)) and float(self.io_smoothness) >= 0):
+            raise InputError(f"io_smoothness: expected a finite number >= 0, got {self.io_smoothness!r}")
+        if self.io_similarity not in IO_SIMILARITIES:
+            raise InputError(f"io_similarity: expected one of {', '.join(IO_SIMILARITIES)}, got {self.io_similarity!r}")
+        _check_int("iterations", self.iterations, 1)
+        _check_int("seed", self.seed, 0)
+        if self.num_threads is not None:
+            _check_int("num_threads", self.num_threads, 1)
+        if not isinstance(self.device, str):
+            raise InputError(f"device: expected 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check_int(name: str, value, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise InputError(f"{name}: expected an integer >= {low}, got {value!r}")
+
+
+def _check_positive(name: str, value) -> None:
+    try:
+        ok = np.isfinite(float(value)) and float(value) > 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise InputError(f"{name}: expected a positive finite number, got {value!r}")

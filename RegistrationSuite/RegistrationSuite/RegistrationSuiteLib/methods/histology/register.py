@@ -1,0 +1,202 @@
+"""Entry point: ``register_histology(fixed, moving, config)`` → :class:`HistologyResult`.
+
+Direction: every stage estimates the **fixed → moving** mapping in the slides' physical frames (µm, or level-0
+pixels when the files carry no pixel size; see :mod:`.slides`): ``result.transform.TransformPoint(p_fixed)``
+is where fixed point ``p_fixed`` lies in the moving slide, so ``sitk.Resample(moving, fixed, result.transform)``
+lays the moving slide over the fixed one, and fixed landmarks map to moving landmarks.
+
+Pipeline (METHOD_NOTES §4; the multi-magnification paper's networks are not part of it yet):
+1. read both slides at a level near the working resolution; resample to a common pixel size;
+2. tissue mask, stain-robust channels (optical density, its gradient magnitude);
+3. centres of mass + full rotation search (0–359°, optional mirror) + coarse-to-fine affine refinement;
+4. optional non-rigid instance optimisation of a dense displacement on the fixed working grid;
+5. one displacement field (physical units) on the fixed working grid, padded by two pixels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from ...device import resolve_device
+from ...errors import InputError
+from ...geometry import Grid
+from ...progress import as_progress
+from ...result import RegistrationResult
+from .align import Candidate, affine_angle_deg, initial_alignment, moved_points, ncc_channels, sample_with_domain
+from .config import HistologyConfig
+from .preprocess import Plane, Prepared, prepare, working_spacing
+from .slides import Slide, read_slide
+
+SlideInput = Union[Slide, str, os.PathLike]
+FIELD_PAD = 2  # pixels added around the fixed grid so points on its outer half-pixels still get the mapping
+
+
+@dataclass
+class HistologyResult(RegistrationResult):
+    """:class:`RegistrationResult` plus what the outputs need.
+
+    Attributes:
+        fixed_slide, moving_slide: the levels read (pixels and geometry).
+        affine: ``(3, 3)`` fixed → moving homogeneous matrix of the initial alignment (physical units).
+        unit: ``"um"``, ``"mm"`` or ``"px"`` (1 unit = 1 level-0 pixel).
+    """
+
+    fixed_slide: Optional[Slide] = None
+    moving_slide: Optional[Slide] = None
+    affine: Optional[np.ndarray] = None
+    unit: str = "px"
+
+
+def register_histology(fixed: SlideInput, moving: SlideInput, config: Optional[HistologyConfig] = None, *,
+                       progress=None, cancel=None) -> HistologyResult:
+    """Register two histology slides (consecutive or re-stained sections).
+
+    Args:
+        fixed, moving: :class:`Slide` or a slide file (PNG/JPG/TIFF/OME-TIFF/SVS).
+        config: :class:`HistologyConfig`.
+        progress: ``progress(fraction, message)`` callback or :class:`~RegistrationSuiteLib.progress.Progress`.
+        cancel: callable returning True to stop (raises :class:`RegistrationCancelled`).
+
+    Returns:
+        :class:`HistologyResult`; ``transform`` is a 2D ``DisplacementFieldTransform`` mapping fixed to moving
+        points (physical units, see :attr:`HistologyResult.unit`) on the fixed working grid.
+
+    Raises:
+        InputError: unreadable slides, no tissue, incompatible scales, invalid config. Nothing is written.
+        RegistrationCancelled: ``cancel()`` returned True.
+    """
+    cfg = config or HistologyConfig()
+    cfg.validate()
+    prog = as_progress(progress, cancel)
+    device = resolve_device(cfg.device)
+    t0 = time.perf_counter()
+    with torch_threads(cfg.num_threads), torch.no_grad():
+        f_slide = _as_slide(fixed, "fixed", cfg)
+        m_slide = _as_slide(moving, "moving", cfg)
+        spacing = working_spacing(f_slide, m_slide, cfg.working_size)
+        levels = _levels(cfg)
+        pf = prepare(f_slide, spacing, levels, "fixed", device)
+        pm = prepare(m_slide, spacing, levels, "moving", device)
+    t_prep = time.perf_counter()
+    prog.report(0.05, "slides prepared")
+    best, scored, start = _initial(pf, pm, cfg, prog.sub(0.05, 0.6))
+    t_init = time.perf_counter()
+    displacement = None
+    io_info = {}
+    if cfg.io_steps > 0:
+        displacement, io_info = _instance_optimisation(pf, pm, best, cfg, prog.sub(0.6, 0.95))
+    t_io = time.perf_counter()
+    transform, field_grid = displacement_transform(pf.features, best, displacement)
+    with torch.no_grad():
+        before = _feature_ncc(pf, pm, Candidate(np.eye(2), np.zeros(2)), None)
+        after = _feature_ncc(pf, pm, best, displacement)
+    prog.report(1.0, "done")
+    t_end = time.perf_counter()
+    unit_note = {"um": "physical unit: µm", "mm": "physical unit: mm (LPS, from the image headers)"}.get(
+        f_slide.unit, "no pixel size in the files: 1 unit = 1 level-0 pixel")
+    return HistologyResult(
+        method="histology", transform=transform, fixed_grid=field_grid, score=after,
+        confidence=float(np.clip(best.score, 0.0, 1.0)),
+        timings={"prepare": t_prep - t0, "initial": t_init - t_prep, "instance_optimisation": t_io - t_init,
+                 "field": t_end - t_io, "total": t_end - t0},
+        diagnostics=_diagnostics(cfg, f_slide, spacing, best, start, scored, before, after, io_info),
+        warnings=f_slide.notes + m_slide.notes + [unit_note],
+        fixed_slide=f_slide, moving_slide=m_slide, affine=best.homogeneous(), unit=f_slide.unit,
+    )
+
+
+def _diagnostics(cfg, f_slide, spacing, best, start, scored, before, after, io_info) -> dict:
+    return {
+        "unit": f_slide.unit,
+        "working_spacing": spacing,
+        "rotation_deg": affine_angle_deg(best.matrix),
+        "search_angle_deg": best.angle_deg,
+        "mirrored": bool(best.mirrored),
+        "affine_fixed_to_moving": best.homogeneous().tolist(),
+        "search_fixed_to_moving": start.homogeneous().tolist(),
+        "candidates": [{"angle_deg": c.angle_deg, "mirrored": c.mirrored, "score": c.score} for c in scored],
+        "ncc_before": before,
+        "ncc_after": after,
+        "instance_optimisation": io_info,
+        "config": cfg.to_dict(),
+    }
+
+
+@contextlib.contextmanager
+def torch_threads(n: Optional[int]):
+    """Temporarily set torch's intra-op thread count (``None``: leave it)."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _as_slide(source: SlideInput, name: str, cfg: HistologyConfig) -> Slide:
+    if isinstance(source, Slide):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        return read_slide(source, name, level=cfg.level, resolution_um=cfg.resolution_um,
+                          target_size=cfg.working_size)
+    raise InputError(f"{name}: expected a Slide or a slide file path, got {type(source).__name__}")
+
+
+def _levels(cfg: HistologyConfig) -> int:
+    """Pyramid depth: the affine levels end at the working size and start near the search size."""
+    return max(cfg.affine_levels, cfg.io_levels, 1)
+
+
+def _initial(pf: Prepared, pm: Prepared, cfg: HistologyConfig, prog) -> tuple:
+    edges_f = pf.features.with_data(pf.features.data[1:])
+    edges_m = pm.features.with_data(pm.features.data[1:])
+    n = min(cfg.affine_levels, len(pf.pyramid), len(pm.pyramid))
+    with torch_threads(cfg.num_threads):
+        return initial_alignment([pf.mask, pf.density, edges_f], [pm.mask, pm.density, edges_m],
+                                 pf.pyramid[:n][::-1], pm.pyramid[:n][::-1], step_deg=cfg.rotation_step_deg,
+                                 mirror=cfg.mirror, keep=cfg.candidates, pixels=cfg.search_size,
+                                 iterations=cfg.affine_iterations, progress=prog)
+
+
+def _instance_optimisation(pf: Prepared, pm: Prepared, best: Candidate, cfg: HistologyConfig, prog) -> tuple:
+    """Non-rigid refinement on the fixed working grid; returns the displacement ``(2, H, W)`` in fixed-grid
+    pixels (x, y) and diagnostics. Uses the shared dimension-generic instance optimisation."""
+    from .nonrigid import refine_nonrigid
+
+    with torch_threads(cfg.num_threads):
+        return refine_nonrigid(pf, pm, best, cfg, prog)
+
+
+def displacement_transform(fixed: Plane, affine: Candidate, displacement: Optional[torch.Tensor]) -> tuple:
+    """A 2D ``sitk.DisplacementFieldTransform`` (fixed → moving, physical units) on the fixed grid padded by
+    :data:`FIELD_PAD` pixels (edge displacement replicated, the affine part exact), and its :class:`Grid`."""
+    pad = FIELD_PAD
+    h, w = fixed.shape
+    if displacement is not None:
+        displacement = torch.nn.functional.pad(displacement[None].double(), (pad,) * 4, mode="replicate")[0]
+    padded = Plane(torch.zeros(1, h + 2 * pad, w + 2 * pad, dtype=torch.float64),
+                   fixed.origin - pad * fixed.spacing, fixed.spacing)
+    pts = padded.points().double()
+    moved = moved_points(padded, affine, displacement.cpu() if displacement is not None else None)
+    vectors = (moved - pts).cpu().numpy().astype(np.float64)
+    image = sitk.GetImageFromArray(vectors, isVector=True)
+    image.SetOrigin(tuple(float(v) for v in padded.origin))
+    image.SetSpacing(tuple(float(v) for v in padded.spacing))
+    grid = Grid.from_image(image)
+    return sitk.DisplacementFieldTransform(image), grid
+
+
+def _feature_ncc(pf: Prepared, pm: Prepared, affine: Candidate, displacement) -> float:
+    """NCC of the structure channel (OD gradient magnitude) on the fixed working grid after mapping."""
+    moved = moved_points(pf.features, affine, displacement).float()
+    values, inside = sample_with_domain(pm.features, moved[None])
+    return float(ncc_channels(pf.features.data[None], values, inside)[-1])
