@@ -111,8 +111,8 @@ def fake_organ_points(monkeypatch):
 
     def register(fixed, moving, config, **kw):
         grid = sitk.ReadImage(str(fixed))
-        return RegistrationResult("organ_point_cloud", _field_transform(grid), timings={"total": 0.1},
-                                  diagnostics={"labels": [1, 2], "skipped_labels": [], "iterations": 3, "sigma_mm": 1.0})
+        d = {"labels": [1, 2], "skipped_labels": [], "iterations": 3, "sigma_mm": 1.0}
+        return RegistrationResult("organ_point_cloud", _field_transform(grid), timings={"total": 0.1}, diagnostics=d)
     monkeypatch.setattr(opc, "register_organ_point_cloud", register)
 
 

@@ -26,8 +26,8 @@ from .report import add_output_report_argument
 
 HELP = "run registration steps in order (e.g. rigid-search,deformable), each from the previous result"
 # Options the pipeline sets itself for every step.
-_RESERVED = ("--fixed", "--moving", "--output", "--initial-transform", "--json", "--output-scene", "--output-resampled", "--output-report",
-             "--output-qa")
+_RESERVED = ("--fixed", "--moving", "--output", "--initial-transform", "--json", "--output-scene", "--output-resampled",
+             "--output-report", "--output-qa")
 
 
 def add_parser(sub):
@@ -151,7 +151,7 @@ def run(args) -> int:
         final = read_transform(previous)
         if progress:
             progress(1.0, "done")
-        with outputs:  # written as a set: both or neither
+        with outputs:  # written as a set: all or none
             if "--output-resampled" in outputs or "--output-qa" in outputs:
                 from ..result import RegistrationResult
                 from .common import qa_picture, resample_moving
