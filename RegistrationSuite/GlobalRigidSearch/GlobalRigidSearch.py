@@ -347,14 +347,16 @@ class GlobalRigidSearchTest(ScriptedLoadableModuleTest):
         self.assertEqual(logic.whyCannotRun(params), "")
 
         nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
-        cancelled = ChildRun(logic.runSpecFromParameterNode(params)).start()
+        spec = logic.runSpecFromParameterNode(params)
+        cancelled = ChildRun(spec, base_environment=slicer.util.startupEnvironment()).start()
         cancelled.cancel()
         self.assertEqual(cancelled.wait(timeout=60), CANCELLED)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
         self.assertIsNone(moving.GetParentTransformNode())
 
         params.outputVolume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "resampled")
-        run = ChildRun(logic.runSpecFromParameterNode(params)).start()
+        spec = logic.runSpecFromParameterNode(params)
+        run = ChildRun(spec, base_environment=slicer.util.startupEnvironment()).start()
         self.assertEqual(run.wait(timeout=600), SUCCEEDED, str(run.error))
         transformNode = run.outcome.nodes["transform"]
         movingToFixed = slicer.util.arrayFromTransformMatrix(transformNode)  # ToParent, RAS

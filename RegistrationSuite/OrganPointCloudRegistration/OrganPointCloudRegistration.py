@@ -405,7 +405,8 @@ class OrganPointCloudRegistrationTest(ScriptedLoadableModuleTest):
         self.assertEqual(logic.whyCannotRun(params), "")
         from RegistrationSuiteLib.mrml.runner import SUCCEEDED, ChildRun
 
-        run = ChildRun(logic.runSpecFromParameterNode(params)).start()  # what Apply does
+        spec = logic.runSpecFromParameterNode(params)  # what Apply does
+        run = ChildRun(spec, base_environment=slicer.util.startupEnvironment()).start()
         self.assertEqual(run.wait(timeout=600), SUCCEEDED, str(run.error))
         result, transformNode = run.outcome.result, run.outcome.nodes["transform"]
 

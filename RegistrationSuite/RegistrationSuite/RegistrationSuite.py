@@ -78,6 +78,7 @@ class RegistrationSuiteWidget(ScriptedLoadableModuleWidget):
         self.ui.addModelButton.connect("clicked(bool)", self.onAddModelButton)
         self.ui.openModelsFolderButton.connect("clicked(bool)", self.onOpenModelsFolderButton)
         self.ui.clearModelsButton.connect("clicked(bool)", self.onClearModelsButton)
+        self.ui.clearCacheButton.connect("clicked(bool)", self.onClearCacheButton)
         setupModelsTable(self.ui.modelsTable)
         self.updateMethods()
         self.updateTorchStatus(importTorch=False)
@@ -136,6 +137,19 @@ class RegistrationSuiteWidget(ScriptedLoadableModuleWidget):
         else:
             message = ""
         self.ui.modelsMessageLabel.text = message
+        self.updateCache()
+
+    def updateCache(self) -> None:
+        """Show the on-disk result cache's folder, entry count and size."""
+        usage = self.logic.resultCacheUsage()
+        self.ui.cacheLabel.text = _("Result cache: {entries} entries, {size:.1f} kB in {folder}").format(
+            entries=usage["entries"], size=usage["bytes"] / 1e3, folder=usage["folder"])
+        self.ui.clearCacheButton.enabled = usage["entries"] > 0
+
+    def onClearCacheButton(self) -> None:
+        with reportErrors(_("Failed to clear the result cache."), waitCursor=True):
+            self.logic.clearResultCache()
+        self.updateCache()
 
     def onRefreshModelsButton(self) -> None:
         with reportErrors(_("Failed to read the model files."), waitCursor=True):
@@ -275,6 +289,20 @@ class RegistrationSuiteLogic(ScriptedLoadableModuleLogic):
                 head = f"<b>{html.escape(title)}</b> <i>({_('planned')})</i>"
             lines.append(f"<li>{head}: {html.escape(summary)}</li>")
         return "<ul>" + "".join(lines) + "</ul>" + self.methodGuideHtml()
+
+    @staticmethod
+    def resultCacheUsage() -> dict:
+        """``{"folder", "entries", "bytes"}`` of the on-disk result cache (``RegistrationSuiteLib.cache``)."""
+        from RegistrationSuiteLib.cache import cache_usage
+
+        return cache_usage()
+
+    @staticmethod
+    def clearResultCache() -> int:
+        """Delete the on-disk result cache's entries; returns how many were removed."""
+        from RegistrationSuiteLib.cache import clear_cache
+
+        return clear_cache()
 
     @staticmethod
     def userModelsFolder(userDir=None, create=False) -> Path:

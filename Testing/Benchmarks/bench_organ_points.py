@@ -19,6 +19,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import multiprocessing as mp
 import os
 import subprocess
@@ -36,7 +37,7 @@ from common import markdown_table, peak_rss_mb, require_shared_data, update_benc
 ORGANS = (1, 2, 3, 5, 6, 7)
 ORGAN_NAMES = {1: "spleen", 2: "kidney R", 3: "kidney L", 5: "liver", 6: "stomach", 7: "pancreas"}
 OURS = "MO-BCPD (CLI defaults)"
-PAPER = "MO-BCPD, paper pipeline (CLI --organ-prealign none --lambda-mm 10 --beta-mm 30)"
+PAPER = "MO-BCPD as in the paper (CLI --organ-prealign none --lambda-mm 10 --beta-mm 30)"
 BLIND = "BCPD label-blind (CLI --coherence global --lambda-mm 10 --beta-mm 30)"
 RIGID = "per-organ rigid CPD + TPS"
 RIGID_DEF = "per-organ rigid + deformable CPD + TPS"
@@ -123,6 +124,33 @@ METHODS = {
 
 
 # ---------------------------------------------------------------------------------------- synthetic
+CACHE = Path(__file__).resolve().parent / "output" / "organ_points_cases.json"
+
+
+def _cache_key(*parts) -> str:
+    """Results are reused only for the same code (commit, no uncommitted change under methods/ or here)."""
+    root = Path(__file__).resolve().parents[2]
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    diff = subprocess.run(["git", "-C", str(root), "diff", "HEAD", "--", "RegistrationSuite", "Testing/Benchmarks"],
+                          capture_output=True, text=True).stdout
+    return "|".join([head, hashlib.sha1(diff.encode()).hexdigest()[:12] if diff else "clean", *map(str, parts)])
+
+
+def _cached(key):
+    import json
+
+    return json.loads(CACHE.read_text()).get(key) if CACHE.exists() else None
+
+
+def _store(key, value):
+    import json
+
+    data = json.loads(CACHE.read_text()) if CACHE.exists() else {}
+    data[key] = value
+    CACHE.parent.mkdir(parents=True, exist_ok=True)
+    CACHE.write_text(json.dumps(data))
+
+
 def accuracy_worker(name, category, cases, n_per_organ, seed, queue):
     import torch
 
@@ -132,6 +160,10 @@ def accuracy_worker(name, category, cases, n_per_organ, seed, queue):
     surfaces = organ_surfaces()
     rows = []
     for c in range(cases):
+        key = _cache_key(name, category, c, n_per_organ, seed)
+        if _cached(key) is not None:  # resumable: a finished case of this code is not run again
+            rows.append(_cached(key))
+            continue
         case = make_case(surfaces, np.random.default_rng([seed, c]), n_per_organ=n_per_organ, **CATEGORIES[category])
         try:
             transform, (seconds, cpu) = METHODS[name](case)
@@ -141,6 +173,8 @@ def accuracy_worker(name, category, cases, n_per_organ, seed, queue):
             e, seconds, cpu = {"landmark_tre_mm": np.inf, "surface_tre_mm": np.inf, "landmark_tre_max_mm": np.inf}, np.nan, np.nan
         e["seconds"], e["cpu"] = seconds, cpu
         e["before_mm"] = errors(case, lambda p, labels: p)["landmark_tre_mm"]
+        if np.isfinite(e["landmark_tre_mm"]):
+            _store(key, e)
         rows.append(e)
         print(f"  {name:52s} {category} case {c}: landmark TRE {e['landmark_tre_mm']:6.2f} mm, "
               f"surface {e['surface_tre_mm']:6.2f} mm, {seconds:5.1f} s ({cpu:5.1f} s CPU)", file=sys.stderr)

@@ -14,9 +14,15 @@ Methods (all but "TSPM w/o refinement" and the external peers end with the same 
 rigid refinement, ``methods.partial_prereg.refine.refine_rigid``): centre initialisation, moments
 initialisation, the global rigid search (CSNGF), TSPM (default: orientation-prior candidate and local CSNGF
 search), TSPM without the local search, TSPM alone (network + RANSAC, no search, no refinement), TSPM without
-RANSAC, TSPM as in the paper (RANSAC candidate + refinement only); elastix (itk-elastix
+RANSAC, TSPM as in the paper (RANSAC candidate + refinement only) with Mattes MI and with the paper's NMI, the
+local search without the network (centre seed; TSPM's scanner-orientation seeds for images too small for its
+patches), and the whole CLI in a new process per case without the cache (its wall-clock time per case is
+reported); elastix (itk-elastix
 default rigid map, geometric-centre initialisation) and SimpleITK (Mattes MI, geometric-centre
 initialisation) as peers. The TSPM model is never trained on the stroke subject.
+
+Per-contrast rows (``--moving T1 T2 FLAIR``): T2 and FLAIR crops are registered to the T1 (the network was
+trained on T1 patches only).
 
 Usage::
 
@@ -161,6 +167,60 @@ def run_tspm_noprior(fixed, moving):
     return _tspm(fixed, moving, orientation_prior=False, local_search=False)
 
 
+def run_tspm_paper_nmi(fixed, moving):
+    """As in the paper, with its refinement metric (NMI) instead of Mattes MI."""
+    return _tspm(fixed, moving, orientation_prior=False, local_search=False, refine="nmi")
+
+
+def _local_search_then_refine(fixed, moving, seeds):
+    from RegistrationSuiteLib.methods.global_rigid.local import local_rigid_search
+
+    res = local_rigid_search(fixed, moving, list(seeds.values()), seed=0, device="cpu")
+    return _refine(fixed, moving, res.fixed_to_moving_matrix)
+
+
+def run_local_centre(fixed, moving):
+    """No network: the local CSNGF search (±40 mm, ±20°) from the moving centre on the fixed foreground's centre
+    in scanner orientation, then the refinement."""
+    from RegistrationSuiteLib.methods.partial_prereg.seeds import scanner_seeds
+
+    seeds = scanner_seeds(fixed, moving, 40.0)
+    return _local_search_then_refine(fixed, moving, {"centre": seeds["centre"]})
+
+
+def run_local_scanner(fixed, moving):
+    """No network: the local search from every scanner-orientation seed TSPM uses for images too small for its
+    patches (scanner coordinates, the centre, a lattice over the fixed foreground), then the refinement."""
+    from RegistrationSuiteLib.methods.partial_prereg.seeds import scanner_seeds
+
+    return _local_search_then_refine(fixed, moving, scanner_seeds(fixed, moving, 40.0))
+
+
+def run_tspm_cli(fixed, moving):
+    """The whole CLI as a user runs it: a new process per case, no cached fixed → template alignment."""
+    import os
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sitk.WriteImage(fixed, f"{tmp}/fixed.nii.gz")
+        sitk.WriteImage(moving, f"{tmp}/moving.nii.gz")
+        cmd = [sys.executable, "-m", "RegistrationSuiteLib", "partial-prereg", "--fixed", f"{tmp}/fixed.nii.gz",
+               "--moving", f"{tmp}/moving.nii.gz", "--output", f"{tmp}/t.h5", "--device", "cpu", "--json",
+               "--quiet", "--no-cache"] + (["--model", str(MODEL)] if MODEL else [])
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, REGISTRATION_SUITE_CACHE=tmp))
+        seconds = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "CLI failed")
+        summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    CLI_SECONDS.append(seconds)
+    return np.asarray(summary["fixed_to_moving_lps"])
+
+
+CLI_SECONDS: list = []
+
+
 def run_sitk(fixed, moving):
     """SimpleITK Mattes-MI rigid registration from geometric-centre initialisation (no overlap handling)."""
     return sitk_mattes_rigid(fixed, moving, sampling=0.05)
@@ -180,27 +240,42 @@ METHODS = {
     "TSPM alone (w/o local search and refinement)": ("tspm_noref", run_tspm_noref),
     "TSPM w/o RANSAC (+ refine)": ("tspm_noransac", run_tspm_noransac),
     "TSPM as in the paper (RANSAC + refine; no orientation prior, no local search)": ("tspm_noprior", run_tspm_noprior),
+    "TSPM as in the paper, NMI refinement (the paper's metric)": ("tspm_paper_nmi", run_tspm_paper_nmi),
+    "local search from the centre seed, no network (+ refine)": ("local_centre", run_local_centre),
+    "local search from scanner-orientation seeds, no network (+ refine)": ("local_scanner", run_local_scanner),
+    "TSPM whole CLI, new process, uncached": ("tspm_cli", run_tspm_cli),
     "elastix rigid (centred)": ("elastix", run_elastix),
     "SimpleITK Mattes MI (centred)": ("sitk", run_sitk),
 }
 
 
 # --------------------------------------------------------------------------------------------- running
-def run_all(cases_per_class: int, seed: int, skip, log, modalities=FIXED_MODALITIES, classes=tuple(CLASSES)) -> list:
+def contrast_pairs(moving_contrasts, fixed_modalities):
+    """(moving contrast, fixed modality) pairs: T1 crops against each fixed modality; T2 / FLAIR crops
+    (per-contrast rows: the network was trained on T1 only) against the T1."""
+    pairs = []
+    for contrast in moving_contrasts:
+        pairs += [(contrast, m) for m in fixed_modalities] if contrast == "T1" else [(contrast, "T1")]
+    return pairs
+
+
+def run_all(cases_per_class: int, seed: int, skip, log, modalities=FIXED_MODALITIES, classes=tuple(CLASSES),
+            moving_contrasts=("T1",)) -> list:
     data = require_shared_data("brain", "stroke")
-    t1 = sitk.ReadImage(str(data / "T1.nii.gz"), sitk.sitkFloat32)
     rows = []
     rng = np.random.default_rng(seed)
-    for modality in modalities:
+    for contrast, modality in contrast_pairs(moving_contrasts, modalities):
+        source = sitk.ReadImage(str(data / f"{contrast}.nii.gz"), sitk.sitkFloat32)
         fixed = sitk.ReadImage(str(data / f"{modality}.nii.gz"), sitk.sitkFloat32)
         for cls in classes:
             for k in range(cases_per_class):
-                moving, truth, largest = make_case(t1, fixed, cls, rng)
+                moving, truth, largest = make_case(source, fixed, cls, rng)
                 for name, (key, fn) in METHODS.items():
                     if key in skip:
                         continue
                     rows.append(_one(name, fn, fixed, moving, truth, dict(modality=modality, size_class=cls,
-                                                                           case=k, largest_mm=largest)))
+                                                                           moving_contrast=contrast, case=k,
+                                                                           largest_mm=largest)))
                     log(json.dumps({k_: v for k_, v in rows[-1].items() if k_ != "diagnostics"}))
     return rows
 
@@ -212,7 +287,8 @@ def _one(name, fn, fixed, moving, truth, info) -> dict:
         out = fn(fixed, moving)
         if isinstance(out, tuple):
             out, res = out
-            extra = {"inlier_ratio": res.diagnostics["ransac"]["inlier_ratio"],
+            extra = {"inlier_ratio": (res.diagnostics.get("ransac") or {}).get("inlier_ratio"),
+                     "network_skipped": "network_skipped" in res.diagnostics, "confidence": res.confidence,
                      "fixed_to_template_cached": res.diagnostics.get("fixed_to_template", {}).get("cached"),
                      "fallback": bool(res.diagnostics.get("fallback", {}).get("used")),
                      "doubtful": res.diagnostics.get("doubtful", []), "timings": res.timings,
@@ -241,7 +317,24 @@ def summarise(rows, args) -> str:
         cells += [f"{np.mean(errs < SUCCESS_MM):.0%} ({len(rs)})", f"{np.median(errs):.2f}",
                   f"{np.mean([r['seconds'] for r in rs]):.1f}"]
         table.append(cells)
-    return _report(rows, args, markdown_table(header, table))
+    return _report(rows, args, markdown_table(header, table) + _contrast_table(rows))
+
+
+def _contrast_table(rows) -> str:
+    """Success per moving contrast (rows: methods; only when more than one contrast ran)."""
+    contrasts = sorted({r.get("moving_contrast", "T1") for r in rows})
+    if len(contrasts) < 2:
+        return ""
+    names = [n for n in METHODS if any(r["method"] == n for r in rows)]
+    table = []
+    for n in names:
+        cells = [n]
+        for c in contrasts:
+            rs = [r for r in rows if r["method"] == n and r.get("moving_contrast", "T1") == c]
+            cells.append(f"{np.mean([r['error_mm'] < SUCCESS_MM for r in rs]):.0%} ({len(rs)})" if rs else "–")
+        table.append(cells)
+    header = ["method"] + [f"moving {c} ({'vs T2/FLAIR' if c == 'T1' else 'vs T1'})" for c in contrasts]
+    return "\n\nSuccess per moving contrast (the network was trained on T1 only):\n\n" + markdown_table(header, table)
 
 
 def _report(rows, args, table) -> str:
@@ -258,10 +351,13 @@ def _report(rows, args, table) -> str:
     crash_text = "".join(f" {name} stopped with an error on {n} of {sum(1 for r in rows if r['method'] == name)} "
                          "cases (counted as failures; see output/partial_prereg.json)." for name, n in crashed.items())
     lines = [
-        "## TSPM partial-volume preregistration (`bench_partial_prereg.py`)",
+        "## TSPM partial-volume preregistration (`bench_partial_prereg.py`)"
+        + ("" if args.section == "partial_prereg" else f" — {args.section}"),
         "",
-        f"Fixed: stroke T2 / FLAIR (1 mm, whole brain). Moving: crops of the stroke T1 (never trained on), "
-        f"{args.cases_per_class} per size class and fixed modality, rotated ±15° per axis, centre up to 100 mm "
+        f"Pairs (moving crop → fixed, stroke subject, 1 mm, never trained on): "
+        f"{', '.join(f'{m} → {f}' for m, f in contrast_pairs(args.moving, args.fixed))}; "
+        f"size classes {', '.join(args.classes)}; "
+        f"{args.cases_per_class} case(s) per size class and pair, rotated ±15° per axis, centre up to 100 mm "
         f"from the fixed centre. Success: anchor error (5×5×5 grid over the moving image) < {SUCCESS_MM:g} mm. "
         f"Seed {args.seed}; 2 shared CPU cores (timings include contention from other jobs).",
         "",
@@ -270,13 +366,19 @@ def _report(rows, args, table) -> str:
         f"TSPM time per case with the fixed → template alignment cached (same fixed image): "
         f"{np.mean(cached) if cached else float('nan'):.1f} s mean; the uncached fixed → template step "
         f"(once per fixed image) took {np.mean(first) if first else float('nan'):.1f} s. "
+        + (f"The whole CLI, one new process per case without the cache (--no-cache), took "
+           f"{np.median(CLI_SECONDS):.1f} s median ({min(CLI_SECONDS):.1f}-{max(CLI_SECONDS):.1f} s, "
+           f"{len(CLI_SECONDS)} cases, wall clock, process start included). " if CLI_SECONDS else "")
+        + f"1-minute load average at the end: {_load():.1f} on {_cores()} cores. "
         f"TSPM flagged {doubtful} result(s) as doubtful; {failed_flagged} of its {failed} failure(s) were flagged."
         + crash_text,
         "",
         f"Command: `python Testing/Benchmarks/bench_partial_prereg.py --cases-per-class {args.cases_per_class} "
         f"--seed {args.seed}{' --skip ' + ' '.join(args.skip) if args.skip else ''}"
         f"{' --fixed ' + ' '.join(args.fixed) if tuple(args.fixed) != FIXED_MODALITIES else ''}"
-        f"{' --classes ' + ' '.join(args.classes) if tuple(args.classes) != tuple(CLASSES) else ''} --write`",
+        f"{' --classes ' + ' '.join(args.classes) if tuple(args.classes) != tuple(CLASSES) else ''}"
+        f"{' --moving ' + ' '.join(args.moving) if tuple(args.moving) != ('T1',) else ''}"
+        f"{' --section ' + args.section if args.section != 'partial_prereg' else ''} --write`",
         "",
         "Notes. The shipped model is CPU-trained (median patch error "
         f"{shipped_model_median_patch_error_mm():.0f} mm on its validation volume, from its model card), so "
@@ -298,8 +400,12 @@ def main(argv=None) -> int:
     ap.add_argument("--skip", nargs="*", default=[], choices=[k for k, _ in METHODS.values()])
     ap.add_argument("--fixed", nargs="*", default=list(FIXED_MODALITIES), choices=FIXED_MODALITIES)
     ap.add_argument("--classes", nargs="*", default=list(CLASSES), choices=list(CLASSES))
+    ap.add_argument("--moving", nargs="*", default=["T1"], choices=["T1", "T2", "FLAIR"],
+                    help="contrasts of the moving crops (T1: against T2/FLAIR; T2, FLAIR: against T1)")
     ap.add_argument("--model", help="TSPM model (name or .pt; default: the shipped one)")
     ap.add_argument("--write", action="store_true", help="update the section in BENCHMARKS.md")
+    ap.add_argument("--section", default="partial_prereg",
+                    help="BENCHMARKS.md section to write (a small run of a few rows can go beside the full table)")
     args = ap.parse_args(argv)
     out_dir = REPO / "Testing" / "Benchmarks" / "output"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -307,13 +413,25 @@ def main(argv=None) -> int:
         global MODEL
         MODEL = args.model
     rows = run_all(args.cases_per_class, args.seed, set(args.skip), lambda s: print(s, flush=True),
-                   tuple(args.fixed), tuple(args.classes))
+                   tuple(args.fixed), tuple(args.classes), tuple(args.moving))
     (out_dir / "partial_prereg.json").write_text(json.dumps(rows, indent=1, default=str))
     body = summarise(rows, args)
     print(body)
     if args.write:
-        update_benchmarks_md("partial_prereg", body)
+        update_benchmarks_md(args.section, body)
     return 0
+
+
+def _load() -> float:
+    import os
+
+    return os.getloadavg()[0]
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def shipped_model_median_patch_error_mm() -> float:

@@ -44,7 +44,17 @@ def _import_seconds() -> float:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite the BENCHMARKS.md section from output/slicer_runner.json without measuring")
     args = parser.parse_args(argv)
+    if args.render_only:
+        record = json.loads((OUTPUT / "slicer_runner.json").read_text())
+        return render(record)
+    return render(measure(args.repeats))
+
+
+def measure(repeats: int) -> dict:
+    """Run the in-process and child-process registrations ``repeats`` times; returns the raw record."""
 
     import SimpleITK as sitk
     import slicer
@@ -64,7 +74,7 @@ def main(argv=None) -> int:
     config = GlobalRigidConfig(device="cpu", seed=0)
     logic = GlobalRigidSearchLogic()
     runs = []
-    for repeat in range(args.repeats):
+    for repeat in range(repeats):
         start = time.perf_counter()
         in_process = logic.register(fixed, moving, config)
         in_process_seconds = time.perf_counter() - start
@@ -79,15 +89,22 @@ def main(argv=None) -> int:
                      "child_method_s": method, "import_s": run.timings["import"], "overhead_s": total - method,
                      "start_imports_io_s": run.timings["child"] - method})
         print(f"repeat {repeat + 1}: {json.dumps({k: round(v, 2) for k, v in runs[-1].items()})}", flush=True)
-    import_alone = [_import_seconds() for _ in range(args.repeats)]
-
-    def med(key):
-        return statistics.median(r[key] for r in runs)
-
+    import_alone = [_import_seconds() for _ in range(repeats)]
     OUTPUT.mkdir(exist_ok=True)
     record = {"runs": runs, "process_start_and_imports_s": import_alone, "load_average": os.getloadavg(),
               "cpu_count": os.cpu_count(), "sample": "fixed T2, moving T1 (2 mm), GlobalRigidConfig(device='cpu')"}
     (OUTPUT / "slicer_runner.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+def render(record: dict) -> int:
+    """Write the ``slicer_runner`` section of BENCHMARKS.md from a measured record."""
+    runs, import_alone = record["runs"], record["process_start_and_imports_s"]
+
+    def med(key):
+        return statistics.median(r[key] for r in runs)
+
+    overheads = ", ".join(f"{r['overhead_s']:.1f}" for r in runs)
     rows = [
         ["in-process `register()` (torch already imported)", f"{med('in_process_s'):.1f}"],
         ["child process, total (Apply → nodes written)", f"{med('child_total_s'):.1f}"],
@@ -98,15 +115,15 @@ def main(argv=None) -> int:
         ["**per-run overhead** (total − registration)", f"**{med('overhead_s'):.1f}**"],
         ["process start + `import` of torch and the method alone", f"{statistics.median(import_alone):.1f}"],
     ]
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    load = ", ".join(f"{v:.1f}" for v in record["load_average"])
     body = (
         "## Child-process runs of the Slicer modules (`bench_slicer_runner.py`)\n\n"
         "What *Apply* costs on top of the registration: the modules run `python -m RegistrationSuiteLib "
         "rigid-search --progress-json` in a child process (issue 8). Shipped sample (fixed T2, moving T1, 2 mm), "
-        f"global rigid search with default settings on the CPU, median of {args.repeats} runs; nodes are "
-        "slicer-core MRML nodes (no Slicer application).\n\n"
+        f"global rigid search with default settings on the CPU, median of {len(runs)} runs per row (rows are "
+        "separate medians, so they need not add up); nodes are slicer-core MRML nodes (no Slicer application).\n\n"
         + markdown_table(["stage", "seconds"], rows)
-        + f"\n\nMachine: {os.cpu_count()} CPU cores shared with other jobs (load average {load} at the end of the "
+        + f"\n\nPer-run overhead of each run: {overheads} s. Machine: {record['cpu_count']} CPU cores shared with other jobs (load average {load} at the end of the "
         "run), so absolute times are noisy; the overhead is dominated by starting Python and importing torch. "
         "Raw numbers: `Testing/Benchmarks/output/slicer_runner.json`.\n"
     )

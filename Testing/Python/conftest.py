@@ -24,3 +24,10 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip("../shared/data not available")
     return path
+
+
+@pytest.fixture(autouse=True)
+def private_result_cache(tmp_path_factory, monkeypatch):
+    """Every test gets an empty on-disk result cache (RegistrationSuiteLib.cache), never the user's; child
+    processes started by a test inherit it through the environment."""
+    monkeypatch.setenv("REGISTRATION_SUITE_CACHE", str(tmp_path_factory.mktemp("result-cache")))

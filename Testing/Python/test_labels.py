@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import SimpleITK as sitk
 
 from RegistrationSuiteLib.cli.main import main

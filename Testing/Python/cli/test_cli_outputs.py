@@ -13,7 +13,6 @@ from RegistrationSuiteLib.cli import common, main as cli_main, rigid_search
 from RegistrationSuiteLib.cli.main import main
 from RegistrationSuiteLib.geometry import sitk_affine_from_matrix
 from RegistrationSuiteLib.result import RegistrationResult
-from RegistrationSuiteLib.sample_data import sample_path
 
 
 @pytest.fixture
@@ -69,6 +68,8 @@ def test_output_symlinked_to_input_refused(inputs, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("command, extra", [
+    ("deformable", ["--output-jacobian", "fixed.nii.gz"]),
+    ("histology", ["--output-resampled", "moving.nii.gz"]),
     ("organ-points", ["--output-resampled-labels", "moving.nii.gz"]),
     ("organ-points", ["--output-points", "fixed.csv"]),
     ("partial-prereg", ["--output-resampled", "./moving.nii.gz"]),
@@ -80,6 +81,14 @@ def test_every_command_refuses_to_overwrite_an_input(inputs, capsys, command, ex
     code = main([command, "--fixed", fixed, "--moving", "moving.nii.gz", "--output", "t.h5"] + extra)
     assert code == 2 and "refusing to overwrite an input" in capsys.readouterr().err
     assert (inputs / extra[1]).read_bytes() == before
+
+
+@pytest.mark.parametrize("command", ["deformable", "histology"])
+def test_field_image_output_never_an_input(inputs, capsys, command):
+    before = (inputs / "moving.nii.gz").read_bytes()
+    code = main([command, "--fixed", "fixed.nii.gz", "--moving", "moving.nii.gz", "--output", "moving.nii.gz"])
+    assert code == 2 and "refusing to overwrite an input" in capsys.readouterr().err
+    assert (inputs / "moving.nii.gz").read_bytes() == before
 
 
 def test_outputs_written_as_a_set_and_failure_names_the_output(inputs, monkeypatch, capsys):
@@ -143,8 +152,10 @@ def test_exit_4_message_whole_with_debug_hint(monkeypatch, capsys):
 def test_device_option_same_everywhere(device, ok, capsys):
     from RegistrationSuiteLib.cli.main import build_parser
 
-    for command in ("rigid-search", "partial-prereg", "organ-points"):
+    for command in ("rigid-search", "partial-prereg", "organ-points", "deformable", "histology", "demo"):
         argv = [command, "--fixed", "f", "--moving", "m", "--output", "t.h5", "--device", device]
+        if command == "demo":
+            argv = ["demo", "--device", device]
         if ok:
             assert build_parser().parse_args(argv).device == device.lower()
         else:

@@ -61,6 +61,9 @@ def test_partial_prereg_end_to_end(tmp_path):
     assert _corner_error(np.array(summary["fixed_to_moving_lps"]), truth, corners) < 4.0
     assert (tmp_path / "t.tfm").exists() and (tmp_path / "r.nii.gz").exists()
     assert diagnostics["initialisation"]["chosen"].startswith("local_search_from_")
+    from RegistrationSuiteLib import cache
+
+    assert cache.cache_usage()["entries"] == 1  # the fixed → template alignment, for the next process
 
 
 def test_partial_prereg_without_local_search(tmp_path):
@@ -83,17 +86,31 @@ def test_corrupt_model_one_line_error_and_no_output(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["bad.pt"]
 
 
-def test_moving_too_small_one_line_error_and_no_output(tmp_path):
-    small = sitk.RegionOfInterest(sitk.ReadImage(str(sample_path("T1"))), [10, 30, 30], [25, 25, 25])
+def test_moving_too_small_for_patches_is_registered_and_flagged(tmp_path):
+    # 20 x 50 x 50 mm: thinner than a 16³ patch at template scale (23.6 mm); not an input error
+    small = sitk.RegionOfInterest(sitk.ReadImage(str(sample_path("T1"))), [10, 25, 25], [25, 25, 25])
     sitk.WriteImage(small, str(tmp_path / "small.nii.gz"))
     proc, lines = _run(["partial-prereg", "--fixed", str(sample_path("T2")), "--moving", "small.nii.gz",
-                        "--output", "t.h5"], tmp_path)
-    assert proc.returncode == 2 and len(lines) == 1 and "too small for 16³ patches" in lines[0]
-    assert sorted(os.listdir(tmp_path)) == ["small.nii.gz"]
+                        "--output", "t.h5", "--json", "--device", "cpu", "--refine", "none"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert any("network was skipped" in r and "16³" in r for r in summary["doubtful"])
+    assert (tmp_path / "t.h5").exists() and 0.0 <= summary["confidence"] <= 1.0
+
+
+def test_cache_command_shows_and_clears(tmp_path, capsys):
+    from RegistrationSuiteLib import cache
+
+    cache.store_entry("tspm_fixed_to_template", "ab" * 32, {"template_to_fixed": np.eye(4).tolist()})
+    assert main(["cache", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out.strip())
+    assert shown["entries"] == 1 and shown["folder"] == str(cache.cache_dir()) and shown["removed"] is None
+    assert main(["cache", "--clear"]) == 0
+    assert "removed 1 cache entries" in capsys.readouterr().out and cache.cache_usage()["entries"] == 0
 
 
 def test_help(capsys):
-    for command in ("partial-prereg", "train-partial-prereg"):
+    for command in ("partial-prereg", "train-partial-prereg", "cache"):
         try:
             main([command, "--help"])
         except SystemExit as exc:

@@ -31,8 +31,8 @@ def _known_field(fixed: sitk.Image, amplitude_mm: float) -> sitk.DisplacementFie
 
 @pytest.fixture
 def fake_deformable(monkeypatch):
-    """A stand-in 'deformable' command (the real one is another issue) returning a KNOWN field, composed with
-    its --initial-transform exactly as the image commands do: it checks the chain machinery, not a method."""
+    """A stand-in for the 'deformable' command returning a KNOWN field, composed with its --initial-transform as
+    the image commands do: it checks the chain machinery against a known answer, not the deformable method."""
     from RegistrationSuiteLib.cli.initial_transform import add_initial_transform_argument, read_initial_transform
     from RegistrationSuiteLib.io import write_transform
 
@@ -57,7 +57,9 @@ def fake_deformable(monkeypatch):
         return p
 
     original = cli_main._commands
-    monkeypatch.setattr(cli_main, "_commands", lambda: original() + [types.SimpleNamespace(add_parser=add_parser)])
+    fake = types.SimpleNamespace(__name__="fake_deformable", add_parser=add_parser)
+    monkeypatch.setattr(cli_main, "_commands",
+                        lambda: [c for c in original() if not c.__name__.endswith(".deformable")] + [fake])
 
 
 @pytest.fixture(scope="module")

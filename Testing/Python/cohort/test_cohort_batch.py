@@ -148,8 +148,10 @@ def test_resume_skips_finished_and_redoes_changed_input(finished_batch, tmp_path
 
 @pytest.mark.slow
 def test_killed_worker_pair_is_retried(tmp_path):
+    """The worker that already finished a pair is killed while running its next one: that pair is retried and
+    the finished one (whose result Dask lost with the worker) is not registered a second time."""
     pytest.importorskip("distributed")
-    truths = _write_cohort(tmp_path, ids=("p0", "p2"), bad=False)
+    truths = _write_cohort(tmp_path, ids=("p0", "p1", "p2"), bad=False)
     out = tmp_path / "D"
     proc = subprocess.Popen(CLI + ["batch", "--pairs", str(tmp_path / "cohort.csv"), "--output-dir", str(out),
                                    "--workers", "2", "--retries", "1", "--options=--device cpu", "--json", "--no-report"],
@@ -157,9 +159,9 @@ def test_killed_worker_pair_is_retried(tmp_path):
     victim, deadline = None, time.time() + 300
     while victim is None and time.time() < deadline and proc.poll() is None:
         starts = [a for a in _attempts(out) if a["event"] == "start"]
-        if starts:
-            victim = starts[0]
-            time.sleep(0.5)  # let its child start, so the kill hits a pair mid-way
+        if len(starts) >= 3:  # the third pair starts on the worker that finished one of the first two
+            victim = starts[2]
+            time.sleep(0.5)  # let its child start, so the kill hits the pair mid-way
             os.kill(victim["pid"], signal.SIGKILL)
         time.sleep(0.05)
     stdout, stderr = proc.communicate(timeout=600)
@@ -169,7 +171,7 @@ def test_killed_worker_pair_is_retried(tmp_path):
     starts = [a for a in attempts if a["id"] == victim["id"] and a["event"] == "start"]
     done = {p: sum(a["id"] == p and a["event"] == "done" for a in attempts) for p in truths}
     assert len(starts) == 2 and starts[1]["pid"] != victim["pid"]  # retried on another (or restarted) worker
-    assert done == {p: 1 for p in truths}  # every pair completed exactly once
+    assert done == {p: 1 for p in truths}  # every pair registered exactly once
     for pid, (fixed, truth) in truths.items():
         assert corner_error_mm(fixed, sitk.ReadTransform(str(out / pid / "transform.h5")), truth) < 1.5
 
@@ -224,3 +226,21 @@ def test_batch_of_chains_keeps_each_step(tmp_path):
     assert corner_error_mm(fixed, sitk.ReadTransform(str(folder / "transform.h5")), truth) < 1.5
     assert (folder / "steps" / "01_rigid-search.step.h5").is_file()
     assert json.loads((folder / "summary.json").read_text())["method"] == "pipeline"
+
+
+def test_task_recomputed_after_worker_loss_does_not_register_again(tmp_path):
+    """Dask recomputes a finished task whose result was held by a worker that died: the pair was published by
+    this batch run (same run token), so the task returns its record and starts no child."""
+    from RegistrationSuiteLib.cohort.runner import run_pair
+
+    (tmp_path / "p0").mkdir()
+    record = {"id": "p0", "status": "done", "run_token": "abc", "hash": "h"}
+    (tmp_path / "p0" / "pair.json").write_text(json.dumps(record))
+    job = {"id": "p0", "argv": ["rigid-search", "--fixed", "missing.nii", "--moving", "missing.nii"],
+           "out_root": str(tmp_path), "hash": "h", "fixed": "f", "moving": "m", "run_token": "abc"}
+    assert run_pair(job) == record
+    assert [a["event"] for a in _attempts(tmp_path)] == ["already-done"]
+    # another batch run (another token) does run it: here the inputs are missing, so it fails and says why
+    failed = run_pair({**job, "run_token": "other", "previews": False})
+    assert failed["status"] == "failed" and "missing.nii" in failed["message"]
+    assert [a["event"] for a in _attempts(tmp_path)] == ["already-done", "start", "failed"]

@@ -41,7 +41,8 @@ def mean_error(u, truth):
 
 
 @pytest.mark.parametrize("shape,similarity", [
-    ((64, 72), "ncc"), ((64, 72), "mind"), ((64, 72), "ngf"),
+    ((64, 72), "ncc"), pytest.param((64, 72), "mind", marks=pytest.mark.slow),
+    pytest.param((64, 72), "ngf", marks=pytest.mark.slow),
     pytest.param((24, 28, 26), "lncc", marks=pytest.mark.slow), pytest.param((24, 28, 26), "mind", marks=pytest.mark.slow),
 ])
 def test_known_smooth_field_is_recovered(shape, similarity):
@@ -57,6 +58,7 @@ def test_known_smooth_field_is_recovered(shape, similarity):
     assert folding_fraction(result.field) < 1e-3
 
 
+@pytest.mark.slow
 def test_diffeomorphic_variant_recovers_without_folding():
     shape = (64, 64)
     moving = textured(shape, seed=3)
@@ -70,6 +72,7 @@ def test_diffeomorphic_variant_recovers_without_folding():
     assert folding_fraction(result.field) < 1e-3  # discrete central differences may flag a border voxel
 
 
+@pytest.mark.slow
 def test_fixed_mask_is_honoured():
     """Only the left half counts: the field follows the true shift there and stays small on the far right,
     where the pair disagrees but the mask says to ignore it."""

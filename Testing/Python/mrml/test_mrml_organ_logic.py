@@ -284,7 +284,7 @@ def test_real_core_brings_shifted_organs_back(headless_scene):
 
 def test_organ_table_restricts_matrices():
     config = OrganPointCloudConfig(
-        labels=[1, 2, 3], lambda_mm={1: 4.0, 2: 5.0, 3: 6.0},
+        labels=[1, 2, 3], lambda_mm={1: 4.0, 2: 5.0, 3: 6.0}, beta_mm=30.0,  # explicit: defaults change
         coherence=[[1.0, 0.5, 0.2], [0.5, 1.0, 0.3], [0.2, 0.3, 1.0]],
         label_transition=[[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.0, 0.2, 0.8]],
     )

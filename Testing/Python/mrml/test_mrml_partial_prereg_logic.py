@@ -311,3 +311,25 @@ def test_failing_write_restores_passed_nodes(volumes):
 def restorable(node):
     """What a rollback restores (a restore modifies the node, so its modification time is not compared)."""
     return {k: np.asarray(v).tolist() for k, v in snapshot(node).items() if k != "mtime"}
+
+
+def test_run_spec_passes_the_local_search_metric_and_cache_choices(volumes):
+    scene, fixed, moving, _ = volumes
+    logic = PartialPreregLogic()
+    default = logic.run_spec(fixed, moving, logic.make_config(device="cpu"))
+    assert "--no-local-search" not in default.options and "--no-cache" not in default.options
+    spec = logic.run_spec(fixed, moving, logic.make_config(device="cpu", refine="nmi", local_search=False,
+                                                           cache_fixed_to_template=False))
+    assert spec.options[spec.options.index("--refine") + 1] == "nmi"
+    assert "--no-local-search" in spec.options and "--no-cache" in spec.options
+
+
+def test_network_skipped_result_is_doubtful_with_its_reason(headless_scene):
+    reason = ("the network was skipped (too small for 16³ patches); the neighbourhood of the fixed image was "
+              "searched from scanner-orientation seeds instead")
+    diagnostics = {k: v for k, v in GOOD.items() if k != "ransac"}
+    result = known_result(blob_image(), dict(diagnostics, doubtful=[reason], network_skipped={"reason": "x"}))
+    summary = summarize_diagnostics(result)
+    assert summary.doubtful and summary.inliers is None and reason in summary.reasons
+    rows = table_dict(diagnostics_table(result, scene=headless_scene))
+    assert rows["Verdict"] == "doubtful"

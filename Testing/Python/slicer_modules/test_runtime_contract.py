@@ -169,8 +169,11 @@ def test_module_logic_and_parameter_node_work_without_torch(name):
         wrapper = getattr(module, {name!r} + "ParameterNode", None)
         if wrapper is not None and hasattr(logic, "configFromParameterNode"):
             params = slicer_stubs.parameter_defaults(wrapper)
-            config = logic.configFromParameterNode(params)
-            print("config:", type(config).__name__)
+            try:
+                config = logic.configFromParameterNode(params)
+                print("config:", type(config).__name__)
+            except ValueError as error:  # defaults the module refuses (e.g. no inputs yet): fine, not an import
+                print("config refused:", error)
         assert sys.modules.get("torch") is None
         print("ok")
     """)

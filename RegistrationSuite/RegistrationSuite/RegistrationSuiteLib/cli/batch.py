@@ -63,9 +63,9 @@ def run(args) -> int:
     from ..cohort.batch import BatchOptions, parse_memory, run_batch, write_summary_csv
     from ..cohort.pairs import read_pairs
     from .main import build_parser
+    from .pipeline import available_commands
 
-    parser = build_parser()
-    available = tuple(parser._subparsers._group_actions[0].choices)  # noqa: SLF001 - argparse has no public API
+    available = available_commands(build_parser())
     command = pair_command(args, available)
     for name in ("workers", "threads_per_worker"):
         value = getattr(args, name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -91,16 +92,36 @@ def add_summary_arguments(p) -> None:
     p.add_argument("--output-diagnostics", help="write the full result with every diagnostic to a .json file")
 
 
+def _input_paths(args) -> dict:
+    inputs = {f"--{a.replace('_', '-')}": getattr(args, a) for a in INPUT_OPTIONS
+              if isinstance(getattr(args, a, None), str)}
+    # inputs named otherwise by some commands (landmark files, ...): every option holding an existing file
+    for attr, value in vars(args).items():
+        if (isinstance(value, str) and not attr.startswith("output") and attr not in INPUT_OPTIONS
+                and attr not in ("command",) and os.path.isfile(value)):
+            inputs[f"--{attr.replace('_', '-')}"] = value
+    return inputs
+
+
+def check_no_input_overwrite(args) -> None:
+    """Refuse, with one line, any output option (``--output*``, folders excepted) whose path resolves to an
+    input file (symlinks included) or to another output — for commands that write their outputs themselves."""
+    checks = OutputSet(_input_paths(args))
+    for attr, value in vars(args).items():
+        if (attr == "output" or attr.startswith("output_")) and not attr.endswith("_dir") and isinstance(value, str):
+            checks.add(f"--{attr.replace('_', '-')}", value, None, in_set=False)
+
+
 def check_output_paths(args, transform_attr: str = "output") -> OutputSet:
     """Check every output *before* the (long) registration so a typo does not waste the run: extension,
     folder, not an input (symlinks included), not twice the same file. Returns the run's :class:`OutputSet`."""
-    inputs = {f"--{a.replace('_', '-')}": getattr(args, a) for a in INPUT_OPTIONS
-              if isinstance(getattr(args, a, None), str)}
-    outputs = OutputSet(inputs)
+    outputs = OutputSet(_input_paths(args))
     for attr, (option, suffixes) in OUTPUT_OPTIONS.items():
         value = getattr(args, transform_attr if attr == "output" else attr, None)
         if value:
             outputs.add(option, value, suffixes)
+    if getattr(args, "output_report", None):  # written after the set by cli.report (a failure there is a note)
+        outputs.add("--output-report", args.output_report, (".html", ".htm"), in_set=False)
     if "--output-scene" in outputs:
         from ..mrml import slicer_available
 
@@ -125,7 +146,8 @@ def resample_moving(fixed: sitk.Image, moving: sitk.Image, result: RegistrationR
             to their range. ``None`` keeps ``moving``'s type.
     """
     interp = sitk.sitkNearestNeighbor if labels else sitk.sitkLinear
-    out = sitk.Resample(moving, fixed, result.transform, interp, 0.0, sitk.sitkFloat64 if not labels else moving.GetPixelID())
+    work_type = moving.GetPixelID() if labels else sitk.sitkFloat64
+    out = sitk.Resample(moving, fixed, result.transform, interp, 0.0, work_type)
     return cast_like(out, moving.GetPixelID() if pixel_id is None else pixel_id)
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InputError
-from .common import StderrProgress, check_output_paths, print_result, write_outputs
+from ..seeding import SEED_PROMISE
+from .common import add_device_argument, add_summary_arguments, check_output_paths, print_result
+from .progress_lines import progress_for
 
 HELP = "deformable registration (RegNet/Cao-style field network + instance optimisation); writes a displacement field"
 FIELD_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -43,9 +45,9 @@ def add_parser(sub):
     p.add_argument("--output-inverse", help="write the inverse transform (moving → fixed points; .h5)")
     p.add_argument("--output-scene", help="write a Slicer scene bundle (.mrb)")
     p.add_argument("--max-memory-gb", type=float, default=4.0, help="refuse working grids needing more (default 4)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--device", default="auto", help="compute device: auto, cpu, cuda or cuda:N")
-    p.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
+    p.add_argument("--seed", type=int, default=0, help=f"random seed (default 0); {SEED_PROMISE}")
+    add_device_argument(p)
+    add_summary_arguments(p)
     p.set_defaults(run=run)
     return p
 
@@ -54,30 +56,25 @@ def is_field_image_path(path) -> bool:
     return str(path).lower().endswith(FIELD_IMAGE_SUFFIXES)
 
 
-def _check_outputs(args) -> None:
-    """Everything about the outputs is checked before the run (nothing is written on bad input)."""
-    if is_field_image_path(args.output):
-        if not Path(args.output).resolve().parent.is_dir():
-            raise InputError(f"--output: folder does not exist: {Path(args.output).parent}")
-        # the shared checks, with the transform-suffix rule satisfied by a placeholder name
-        saved, args.output = args.output, str(Path(args.output).with_name("x.h5"))
-        try:
-            check_output_paths(args)
-        finally:
-            args.output = saved
-    else:
-        check_output_paths(args)
-        if Path(args.output).suffix.lower() not in (".h5", ".hdf5"):
-            raise InputError(f"--output: a displacement-field transform is stored as .h5 (or give an image name "
-                             f"such as .nii.gz for the field itself), got {args.output}")
-    for attr in ("output_jacobian", "output_inverse"):
-        value = getattr(args, attr)
-        if value and not Path(value).resolve().parent.is_dir():
-            raise InputError(f"--{attr.replace('_', '-')}: folder does not exist: {Path(value).parent}")
-    if args.output_inverse and Path(args.output_inverse).suffix.lower() not in (".h5", ".hdf5"):
-        raise InputError(f"--output-inverse: expected a transform file (.h5), got {args.output_inverse}")
-    if args.output_jacobian and not is_field_image_path(args.output_jacobian):
-        raise InputError(f"--output-jacobian: expected an image file ({', '.join(FIELD_IMAGE_SUFFIXES)}), got {args.output_jacobian}")
+def _check_outputs(args):
+    """Every output is checked before the run (nothing is written on bad input); returns the OutputSet."""
+    from ..io.outputs import IMAGE_SUFFIXES
+
+    field_image = is_field_image_path(args.output)
+    if not field_image and Path(args.output).suffix.lower() not in (".h5", ".hdf5"):
+        raise InputError(f"--output: a displacement-field transform is stored as .h5 (or give an image name "
+                         f"such as .nii.gz for the field itself), got {args.output}")
+    saved, args.output = args.output, None  # the shared checks take the transform suffixes for --output
+    try:
+        outputs = check_output_paths(args)
+    finally:
+        args.output = saved
+    outputs.add("--output", args.output, FIELD_IMAGE_SUFFIXES if field_image else (".h5", ".hdf5"))
+    if args.output_jacobian:
+        outputs.add("--output-jacobian", args.output_jacobian, tuple(x for x in IMAGE_SUFFIXES if x in FIELD_IMAGE_SUFFIXES))
+    if args.output_inverse:
+        outputs.add("--output-inverse", args.output_inverse, (".h5", ".hdf5"))
+    return outputs
 
 
 def _initial_transform(args, fixed, moving, fixed_mask, moving_mask, progress):
@@ -95,13 +92,11 @@ def _initial_transform(args, fixed, moving, fixed_mask, moving_mask, progress):
 
 
 def run(args) -> int:
-    import SimpleITK as sitk
-
-    from ..io import read_image, read_mask, write_image, write_transform
+    from ..io import read_image, read_mask
     from ..methods.deformable import DeformableConfig, register_deformable
     from ..progress import Progress
 
-    _check_outputs(args)
+    outputs = _check_outputs(args)
     config = DeformableConfig(spacing_mm=args.spacing, similarity=args.similarity, io_steps=args.io_steps,
                               regularization=args.regularization, regularizer=args.regularizer,
                               diffeomorphic=args.diffeomorphic, model=args.model, seed=args.seed,
@@ -115,50 +110,51 @@ def run(args) -> int:
     moving = read_image(args.moving, "moving")
     fmask = read_mask(args.fixed_mask, fixed.image, "fixed mask") if args.fixed_mask else None
     mmask = read_mask(args.moving_mask, moving.image, "moving mask") if args.moving_mask else None
-    prog = Progress(StderrProgress(not args.quiet))
-    initial = _initial_transform(args, fixed.image, moving.image, fmask, mmask,
-                                 prog.sub(0.0, 0.3) if args.init == "rigid-search" else None)
+    prog = Progress(progress_for(args))
+    search = args.init == "rigid-search" and not args.initial_transform
+    initial = _initial_transform(args, fixed.image, moving.image, fmask, mmask, prog.sub(0.0, 0.3) if search else None)
     result = register_deformable(fixed.image, moving.image, config, initial_transform=initial, model=model,
-                                 fixed_mask=fmask, moving_mask=mmask,
-                                 progress=prog.sub(0.3, 1.0) if args.init == "rigid-search" else prog)
+                                 fixed_mask=fmask, moving_mask=mmask, progress=prog.sub(0.3, 1.0) if search else prog)
     result.warnings[:0] = fixed.warnings + moving.warnings
-    field = result.transform.GetDisplacementField()
-    if args.output_jacobian:
-        write_image(sitk.DisplacementFieldJacobianDeterminant(field), args.output_jacobian)
-    if args.output_inverse:
-        inverse = sitk.InvertDisplacementField(field, maximumNumberOfIterations=20, enforceBoundaryCondition=False)
-        write_transform(sitk.DisplacementFieldTransform(inverse), args.output_inverse)
-    if is_field_image_path(args.output):
-        saved, args.output = args.output, None
-        _write_field_and_outputs(args, saved, field, fixed.image, moving.image, result)
-    else:
-        write_outputs(args, fixed.image, moving.image, result)
+    written = _write(args, outputs, fixed.image, moving.image, result)
     d = result.diagnostics
     sim = d["similarity"]
     lines = [
         f"similarity {sim['name']}: {sim['before']:.4f} → {sim['after']:.4f}  folding {d['folding_fraction']:.3%}  "
         f"Jacobian [{d['jacobian_min']:.3f}, {d['jacobian_max']:.3f}]  time {result.timings.get('total', float('nan')):.1f} s",
-        f"{'field' if is_field_image_path(args.output) else 'transform'} written to {args.output}",
+        "written: " + ", ".join(str(p) for p in written),
     ]
     print_result(args, result, lines)
     return 0
 
 
-def _write_field_and_outputs(args, path, field, fixed, moving, result) -> None:
-    """``--output`` is an image: the optional outputs as usual, then the field image last."""
-    from ..io import write_image
-    from .common import resample_moving
+def _write(args, outputs, fixed, moving, result) -> list:
+    """All outputs as one set (written under temporary names, renamed together at the end)."""
+    import SimpleITK as sitk
 
-    outputs = []
-    if getattr(args, "output_resampled", None):
-        write_image(resample_moving(fixed, moving, result), args.output_resampled)
-        outputs.append(args.output_resampled)
-    if getattr(args, "output_scene", None):
-        from ..mrml.mrb import write_scene_bundle
+    from ..io import write_image, write_transform
+    from .common import resample_moving, write_diagnostics_and_commit
 
-        write_scene_bundle(args.output_scene, fixed, moving, result)
-        outputs.append(args.output_scene)
-    write_image(field, path)
-    args.output = path
-    outputs.append(path)
-    result.diagnostics.setdefault("outputs", outputs)
+    field = result.transform.GetDisplacementField()
+    with outputs:
+        if "--output-jacobian" in outputs:
+            with outputs.stage("--output-jacobian") as tmp:
+                write_image(sitk.DisplacementFieldJacobianDeterminant(field), tmp)
+        if "--output-inverse" in outputs:
+            inverse = sitk.InvertDisplacementField(field, maximumNumberOfIterations=20, enforceBoundaryCondition=False)
+            with outputs.stage("--output-inverse") as tmp:
+                write_transform(sitk.DisplacementFieldTransform(inverse), tmp)
+        if "--output-resampled" in outputs:
+            with outputs.stage("--output-resampled") as tmp:
+                write_image(resample_moving(fixed, moving, result, pixel_id=sitk.sitkFloat32), tmp)
+        if "--output-scene" in outputs:
+            from ..mrml.mrb import write_scene_bundle
+
+            with outputs.stage("--output-scene") as tmp:
+                write_scene_bundle(tmp, fixed, moving, result)
+        with outputs.stage("--output") as tmp:
+            if is_field_image_path(args.output):
+                write_image(field, tmp)
+            else:
+                write_transform(result.transform, tmp)
+        return write_diagnostics_and_commit(outputs, result)

@@ -70,6 +70,9 @@ def check_arguments(args):
     (paths checked: folder, extension, not an input, not twice the same file)."""
     from ..io.outputs import IMAGE_SUFFIXES, OutputSet
     from ..io.transforms import TRANSFORM_SUFFIXES
+    from .common import check_no_input_overwrite
+
+    check_no_input_overwrite(args)
 
     if _suffix(args.output) not in TRANSFORM_SUFFIXES + FIELD_IMAGE_SUFFIXES:
         raise InputError(f"--output: expected a transform ({', '.join(TRANSFORM_SUFFIXES)}) or a field image "

@@ -24,7 +24,7 @@ def _commands():
         "organ_points", "partial_prereg", "train_partial_prereg",
         "deformable", "train_deformable",
         "histology", "train_histology",
-        "pipeline", "batch", "report", "models",
+        "pipeline", "batch", "report", "models", "cache",
     ):
         try:
             commands.append(__import__(f"{__package__}.{optional}", fromlist=["add_parser"]))

@@ -18,7 +18,8 @@ def add_parser(sub):
             "ever deleted by 'clear') and its model card (NAME.md beside the file)."
         ),
     )
-    p.add_argument("--user-dir", help="user models folder (default: $REGISTRATION_SUITE_MODELS or ~/.registration-suite/models)")
+    p.add_argument("--user-dir",
+                   help="user models folder (default: $REGISTRATION_SUITE_MODELS or ~/.registration-suite/models)")
     p.add_argument("--json", action="store_true", help="print the list as one JSON line")
     p.set_defaults(run=run)
     return p

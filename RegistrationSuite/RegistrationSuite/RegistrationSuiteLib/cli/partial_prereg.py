@@ -35,6 +35,9 @@ def add_parser(sub):
     p.add_argument("--patches", type=int, default=100, help="patches drawn from the moving image (default 100)")
     p.add_argument("--no-local-search", action="store_true",
                    help="refine the TSPM estimate directly, without the CSNGF search of its neighbourhood (ablation)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="do not reuse or store the fixed → template alignment in the on-disk cache "
+                        "(see 'registration-suite cache')")
     p.add_argument("--fixed-mask", help="optional fixed mask for the refinement (non-zero = use)")
     p.add_argument("--seed", type=int, default=0, help=f"random seed (default 0); {SEED_PROMISE}")
     add_device_argument(p)
@@ -52,7 +55,7 @@ def run(args) -> int:
     outputs = check_output_paths(args)
     config = PartialPreregConfig(num_patches=args.patches, min_patches=min(20, max(6, args.patches)),
                                  refine=args.refine, seed=args.seed, device=args.device,
-                                 local_search=not args.no_local_search)
+                                 local_search=not args.no_local_search, cache_fixed_to_template=not args.no_cache)
     model = load_tspm_model(args.model)  # before reading images: a bad model fails fast
     fixed = read_image(args.fixed, "fixed")
     moving = read_image(args.moving, "moving")
@@ -66,15 +69,19 @@ def run(args) -> int:
     )
     result = compose_result(result, initial, moving.image, args.initial_transform, how)
     result.warnings[:0] = fixed.warnings + moving.warnings
-    written = write_outputs(args, fixed.image, moving.image, result, outputs=outputs, moving_pixel_id=moving.pixel_id)
+    written = write_outputs(args, fixed.image, moving.image, result, outputs=outputs,
+                            moving_pixel_id=moving.pixel_id)
     write_output_report(args, result)
-    ransac = result.diagnostics["ransac"]
+    ransac = result.diagnostics.get("ransac")
     ref = result.diagnostics.get("refinement", {})
     m = result.fixed_to_moving_matrix
-    lines = [
-        f"RANSAC inliers {ransac['num_inliers']}/{ransac['num_points']} ({ransac['inlier_ratio']:.0%})  "
-        f"threshold {ransac['threshold_mm']:.1f} mm  time {result.timings.get('total', float('nan')):.1f} s",
-    ]
+    seconds = f"time {result.timings.get('total', float('nan')):.1f} s"
+    if ransac:
+        lines = [f"RANSAC inliers {ransac['num_inliers']}/{ransac['num_points']} ({ransac['inlier_ratio']:.0%})  "
+                 f"threshold {ransac['threshold_mm']:.1f} mm  {seconds}"]
+    else:  # too small for the network's patches: searched without it
+        lines = [f"network skipped ({result.diagnostics['network_skipped']['reason']})  {seconds}"]
+    lines.append(f"confidence {result.confidence:.3f}")
     if ref.get("metric", "none") != "none":
         lines.append(f"refinement {ref['metric']}: {ref['before']:.4f} → {ref['after']:.4f}")
     lines += ["fixed→moving (LPS):", *("  " + " ".join(f"{v: .5f}" for v in row) for row in np.asarray(m)),

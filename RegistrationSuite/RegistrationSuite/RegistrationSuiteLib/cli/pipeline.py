@@ -54,6 +54,16 @@ def add_parser(sub):
     return p
 
 
+def available_commands(parser) -> tuple:
+    """Names of the commands installed in this version (the sub-commands of ``parser``)."""
+    import argparse
+
+    for action in parser._actions:  # noqa: SLF001 - argparse exposes sub-commands only through its actions
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            return tuple(action.choices)
+    return ()
+
+
 def parse_step_options(values, steps) -> dict:
     """``["deformable:--io-steps 200"]`` → ``{"deformable": ["--io-steps", "200"]}``."""
     out = {s: [] for s in steps}
@@ -103,7 +113,7 @@ def run(args) -> int:
     from .main import build_parser
 
     parser = build_parser()
-    available = tuple(parser._subparsers._group_actions[0].choices)  # noqa: SLF001 - argparse has no public API
+    available = available_commands(parser)
     steps = check_chain(parse_steps(args.steps), available=available)
     options = parse_step_options(args.step_options, steps)
     outputs = check_output_paths(args)

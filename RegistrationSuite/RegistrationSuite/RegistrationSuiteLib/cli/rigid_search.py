@@ -82,7 +82,8 @@ def run(args) -> int:
     )
     result = compose_result(result, initial, moving.image, args.initial_transform, how)
     result.warnings[:0] = fixed.warnings + moving.warnings
-    written = write_outputs(args, fixed.image, moving.image, result, outputs=outputs, moving_pixel_id=moving.pixel_id)
+    written = write_outputs(args, fixed.image, moving.image, result, outputs=outputs,
+                            moving_pixel_id=moving.pixel_id)
     write_output_report(args, result)
     m = result.fixed_to_moving_matrix
     print_result(

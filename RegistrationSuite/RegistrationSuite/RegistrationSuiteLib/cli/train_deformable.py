@@ -32,7 +32,9 @@ def add_parser(sub):
     p.add_argument("--name", help="model name in the card (default: output file stem)")
     p.add_argument("--notes", default="", help="free text for the model card")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    from .common import add_device_argument
+
+    add_device_argument(p)
     p.set_defaults(run=run)
     return p
 

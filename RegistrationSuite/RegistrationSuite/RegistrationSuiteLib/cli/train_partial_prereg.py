@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shlex
 import sys
-from pathlib import Path
 
 HELP = "train a TSPM patch position model from images aligned with a template"
 
@@ -45,7 +44,6 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from ..errors import InputError
     from ..methods.partial_prereg.patches import IntensityConfig
     from ..methods.partial_prereg.template import load_template
     from ..methods.partial_prereg.train import TSPMTrainConfig, train_partial_prereg_model

@@ -91,6 +91,7 @@ def plan(pairs: list, options: BatchOptions, out_dir: Path) -> tuple:
     exists and whose input+options hash is unchanged is reused."""
     jobs, reused = [], []
     threads = max(1, options.threads_per_worker)
+    token = uuid.uuid4().hex  # this batch run: a task recomputed by Dask after a worker loss sees it is done
     for pair in pairs:
         argv = [*options.command, "--fixed", pair.fixed, "--moving", pair.moving,
                 *[w for k, v in pair.extra.items() for w in (k, v)]]
@@ -100,7 +101,7 @@ def plan(pairs: list, options: BatchOptions, out_dir: Path) -> tuple:
             continue
         jobs.append({"id": pair.id, "argv": argv, "out_root": str(out_dir), "hash": h, "fixed": pair.fixed,
                      "moving": pair.moving, "threads": threads, "memory_limit": options.memory_per_worker,
-                     "signal_retries": options.retries, "previews": options.previews})
+                     "signal_retries": options.retries, "previews": options.previews, "run_token": token})
     return jobs, reused
 
 
@@ -219,8 +220,8 @@ def _run_dask(jobs: list, options: BatchOptions, progress: BatchProgress, log) -
 def _gather(client, jobs: list, progress: BatchProgress) -> list:
     from distributed import wait
 
-    run = uuid.uuid4().hex[:8]  # keys unique per batch run: two batches on one scheduler never share a task
-    futures = {client.submit(run_pair, job, key=f"pair-{job['id']}-{run}", pure=False): job for job in jobs}
+    # keys unique per batch run: two batches on one scheduler never share a task
+    futures = {client.submit(run_pair, job, key=f"pair-{job['id']}-{job['run_token'][:8]}", pure=False): job for job in jobs}
     pending, records = set(futures), []
     while pending:
         try:
@@ -228,7 +229,8 @@ def _gather(client, jobs: list, progress: BatchProgress) -> list:
         except TimeoutError:  # nothing finished in this interval: redraw the bar and wait again
             finished = set()
         for fut in finished:
-            records.append(_outcome(fut, futures[fut]))
+            records.append(_outcome(fut, futures.pop(fut)))
+            fut.release()  # a collected result need not be kept (nor recomputed if its worker dies later)
         try:  # tasks assigned to workers include queued ones: at most one per worker thread is running
             running = min(sum(len(v) for v in client.processing().values()), sum(client.nthreads().values()))
         except Exception:  # noqa: BLE001 - the count is cosmetic; a scheduler hiccup must not stop the batch
@@ -244,7 +246,7 @@ def _outcome(fut, job: dict) -> dict:
     try:
         return fut.result()
     except Exception as exc:  # noqa: BLE001 - KilledWorker and the like: the pair failed, the batch goes on
-        from .runner import ERROR, _write_json, log_attempt
+        from .runner import ERROR, log_attempt, write_json
 
         message = f"worker lost while running this pair ({type(exc).__name__}); retries exhausted"
         folder = Path(job["out_root"]) / job["id"]
@@ -252,9 +254,10 @@ def _outcome(fut, job: dict) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         record = {"id": job["id"], "hash": job["hash"], "fixed": job["fixed"], "moving": job["moving"],
-                  "command": job["argv"], "status": "failed", "exit_code": None, "message": message}
-        _write_json(tmp / ERROR, {"message": message, "exit_code": None})
-        _write_json(tmp / RECORD, record)
+                  "command": job["argv"], "status": "failed", "exit_code": None, "message": message,
+                  "run_token": job.get("run_token")}
+        write_json(tmp / ERROR, {"message": message, "exit_code": None})
+        write_json(tmp / RECORD, record)
         from .runner import publish
 
         publish(tmp, folder)

@@ -151,6 +151,8 @@ def step_of_composed(composed: sitk.Transform, initial: sitk.Transform) -> sitk.
     if isinstance(composed, sitk.CompositeTransform) and composed.GetNumberOfTransforms() >= 2:
         last = composed.GetNthTransform(composed.GetNumberOfTransforms() - 1)
         return last.Downcast() if hasattr(last, "Downcast") else last
+    if isinstance(composed, sitk.DisplacementFieldTransform) and initial.IsLinear():
+        return _field_without_linear(composed, affine_matrix_from_sitk(initial, d))
     raise InputError(f"transform: cannot separate the step from a {composed.GetName()} (expected a composite)")
 
 
@@ -167,3 +169,19 @@ def linear_transform(matrix: np.ndarray) -> sitk.Transform:
     tx.SetMatrix(tuple(matrix[:d, :d].ravel()))
     tx.SetTranslation(tuple(matrix[:d, d]))
     return tx
+
+
+def _field_without_linear(composed: sitk.DisplacementFieldTransform, initial: np.ndarray) -> sitk.DisplacementFieldTransform:
+    """``S = T0⁻¹ ∘ composed`` for one displacement field with a linear ``T0`` folded in (as the deformable
+    command writes it): on the field's grid ``S(x) = A⁻¹(x + u(x) − b)``, so ``u_S(x) = S(x) − x``."""
+    field = composed.GetDisplacementField()
+    d = field.GetDimension()
+    u = sitk.GetArrayFromImage(field).reshape(-1, d)  # (N, d) in x, y(, z) order, index order reversed
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in reversed(field.GetSize())], indexing="ij"), -1).reshape(-1, d)[:, ::-1]
+    spacing_dir = np.asarray(field.GetDirection()).reshape(d, d) * np.asarray(field.GetSpacing())
+    x = idx @ spacing_dir.T + np.asarray(field.GetOrigin())
+    a_inv = np.linalg.inv(initial[:d, :d])
+    step = (x + u - initial[:d, d]) @ a_inv.T - x
+    out = sitk.GetImageFromArray(step.reshape(tuple(reversed(field.GetSize())) + (d,)), isVector=True)
+    out.CopyInformation(field)
+    return sitk.DisplacementFieldTransform(sitk.Cast(out, sitk.sitkVectorFloat64))

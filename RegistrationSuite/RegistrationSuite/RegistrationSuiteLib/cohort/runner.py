@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -60,18 +61,30 @@ def _status_text(code: int) -> str:
     return f"exit code {code}"
 
 
-def _tree_rss(pid: int) -> int:
-    """Resident memory of a process and its children in bytes (0 when psutil is absent or it ended)."""
+def _watch_memory(proc: subprocess.Popen, state: dict, memory_limit: int, poll: float) -> None:
+    """Poll the child's resident memory (psutil, when installed) until ``state["done"]`` is set; kill the child
+    when it exceeds ``memory_limit`` bytes. Runs beside the blocking wait, so the pair's end is seen at once."""
     try:
         import psutil
 
-        p = psutil.Process(pid)
-        return sum(q.memory_info().rss for q in [p, *p.children(recursive=True)])
-    except Exception:  # noqa: BLE001 - the process may end between the calls; memory is best-effort here
-        return 0
+        process = psutil.Process(proc.pid)
+    except Exception:  # noqa: BLE001 - no psutil, or the child already ended: the peak then comes from rusage
+        return
+    while not state["done"].wait(poll):
+        try:
+            rss = process.memory_info().rss
+        except Exception:  # noqa: BLE001 - the child ended between two polls
+            return
+        state["peak"] = max(state["peak"], rss)
+        if memory_limit and rss > memory_limit:
+            with state["lock"]:
+                if not state["done"].is_set():
+                    state["killed"] = True
+                    proc.kill()
+            return
 
 
-def run_child(argv: list, folder: Path, *, threads: int, memory_limit: int = 0, poll: float = 0.1) -> dict:
+def run_child(argv: list, folder: Path, *, threads: int, memory_limit: int = 0, poll: float = 0.25) -> dict:
     """Run ``python -m RegistrationSuiteLib.cohort.child <this pid> -- argv`` with stdout/stderr in ``folder``.
 
     Returns ``{"code", "seconds", "peak_rss_mb", "memory_killed"}``; a child whose memory (RSS) exceeds
@@ -82,23 +95,19 @@ def run_child(argv: list, folder: Path, *, threads: int, memory_limit: int = 0, 
         env[var] = str(max(1, threads))
     cmd = [sys.executable, "-m", "RegistrationSuiteLib.cohort.child", str(os.getpid()), "--", *argv]
     t0 = time.perf_counter()
-    peak, killed = 0, False
+    state = {"done": threading.Event(), "lock": threading.Lock(), "peak": 0, "killed": False}
     with open(folder / "stdout.log", "wb") as out, open(folder / "stderr.log", "wb") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            rss = _tree_rss(proc.pid)
-            peak = max(peak, rss)
-            if memory_limit and rss > memory_limit and not killed:
-                killed = True
-                proc.kill()
-            time.sleep(poll)
+        watcher = threading.Thread(target=_watch_memory, args=(proc, state, memory_limit, poll), daemon=True)
+        watcher.start()
+        _, status, usage = os.wait4(proc.pid, 0)  # blocking: rusage of this child (its peak memory)
+        with state["lock"]:
+            state["done"].set()
+        watcher.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
-    peak = max(peak, usage.ru_maxrss * 1024)  # ru_maxrss is in KiB on Linux
+    peak = max(state["peak"], usage.ru_maxrss * 1024)  # ru_maxrss is in KiB on Linux
     return {"code": proc.returncode, "seconds": time.perf_counter() - t0, "peak_rss_mb": round(peak / 2**20, 1),
-            "memory_killed": killed}
+            "memory_killed": state["killed"]}
 
 
 def run_pair(job: dict) -> dict:
@@ -109,6 +118,12 @@ def run_pair(job: dict) -> dict:
     Returns the pair's record (also written to ``D/<id>/pair.json``).
     """
     root = Path(job["out_root"])
+    previous = _read_record(root / job["id"])
+    if job.get("run_token") and previous.get("run_token") == job["run_token"] and previous.get("status") == "done":
+        # Dask recomputes a finished task whose result lived on a worker that died; the pair is already
+        # published by this batch run, so the task is idempotent: it returns the record, nothing runs twice.
+        log_attempt(root, id=job["id"], event="already-done")
+        return previous
     tmp = root / ".tmp" / f"{job['id']}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     log_attempt(root, id=job["id"], event="start")
@@ -123,7 +138,8 @@ def run_pair(job: dict) -> dict:
             break
     record = {"id": job["id"], "hash": job["hash"], "fixed": job["fixed"], "moving": job["moving"],
               "command": job["argv"], "exit_code": run["code"], "time_s": round(run["seconds"], 3),
-              "peak_memory_mb": run["peak_rss_mb"], "child_attempts": attempts, "worker": socket.gethostname()}
+              "peak_memory_mb": run["peak_rss_mb"], "child_attempts": attempts, "worker": socket.gethostname(),
+              "run_token": job.get("run_token")}
     if run["code"] == 0 and (tmp / TRANSFORM).exists():
         record.update(_success(tmp, job))
     else:
@@ -131,8 +147,8 @@ def run_pair(job: dict) -> dict:
         if run["memory_killed"]:
             message = f"exceeded the memory limit of {job['memory_limit'] / 2**30:.1f} GiB per worker (killed)"
         record.update(status="failed", message=message)
-        _write_json(tmp / ERROR, {"message": message, "exit_code": run["code"], "status": _status_text(run["code"])})
-    _write_json(tmp / RECORD, record)
+        write_json(tmp / ERROR, {"message": message, "exit_code": run["code"], "status": _status_text(run["code"])})
+    write_json(tmp / RECORD, record)
     publish(tmp, root / job["id"])
     log_attempt(root, id=job["id"], event=record["status"])
     return record
@@ -147,7 +163,7 @@ def _success(folder: Path, job: dict) -> dict:
             break
         except ValueError:
             continue
-    _write_json(folder / SUMMARY, summary)
+    write_json(folder / SUMMARY, summary)
     out = {"status": "done", "message": ""}
     from .quality import doubtful_reasons, folding_percent
 
@@ -166,11 +182,18 @@ def _success(folder: Path, job: dict) -> dict:
     return out
 
 
+def _read_record(folder: Path) -> dict:
+    try:
+        return json.loads((folder / RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def _last_error_line(path: Path) -> str:
     lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()] if path.exists() else []
     msgs = [ln for ln in lines if not ln.startswith("[") and "WARNING" not in ln]
     return (msgs or lines or [""])[-1][:500]
 
 
-def _write_json(path: Path, obj) -> None:
+def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=1, default=str))

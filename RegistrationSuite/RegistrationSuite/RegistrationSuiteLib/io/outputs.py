@@ -64,11 +64,14 @@ class OutputSet:
     def __init__(self, inputs: Mapping[str, object] = ()):
         self._inputs = {opt: absolute_path(p) for opt, p in dict(inputs).items() if isinstance(p, (str, os.PathLike))}
         self._paths: Dict[str, Path] = {}
+        self._checked_only: Dict[str, Path] = {}
         self._staged: Dict[str, Path] = {}
         self._work: list = []
 
-    def add(self, option: str, path, suffixes: Optional[Sequence[str]] = None) -> Path:
+    def add(self, option: str, path, suffixes: Optional[Sequence[str]] = None, *, in_set: bool = True) -> Path:
         """Declare output ``option`` (e.g. ``"--output-resampled"``) at ``path``; returns the absolute path.
+        ``in_set=False``: checked the same way, but written by the caller outside the set (e.g. a report written
+        after the set is committed).
 
         Raises:
             InputError: unsupported extension, missing or read-only folder, a folder at ``path``, or a path
@@ -86,10 +89,10 @@ class OutputSet:
         for other, source in self._inputs.items():
             if _same_file(target, source):
                 raise InputError(f"{option}: {target} is the input {other}; refusing to overwrite an input")
-        for other, placed in self._paths.items():
+        for other, placed in {**self._paths, **self._checked_only}.items():
             if _same_file(target, placed):
                 raise InputError(f"{option}: {target} is also {other}; give each output its own file")
-        self._paths[option] = target
+        (self._paths if in_set else self._checked_only)[option] = target
         return target
 
     def path(self, option: str) -> Path:

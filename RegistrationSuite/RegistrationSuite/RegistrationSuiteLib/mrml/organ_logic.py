@@ -366,7 +366,7 @@ class OrganPointCloudLogic(RegistrationLogicBase):
         self._check_nodes(fixedNode, movingNode, outputTransformNode)
         config = self.resolve_config(config, organs)
         check_cli_expressible(config, ("labels", "points_per_organ", "lambda_mm", "beta_mm", "coherence", "omega",
-                                       "grid_spacing_mm", "seed", "device"), "organ-points")
+                                       "grid_spacing_mm", "seed", "device", "organ_prealign"), "organ-points")
         params = {"labels": config.labels, "points_per_organ": int(config.points_per_organ), "seed": int(config.seed)}
         options = ["--points-per-organ", str(int(config.points_per_organ)), "--lambda-mm", _mm_option(config.lambda_mm),
                    "--beta-mm", _mm_option(config.beta_mm), "--omega", repr(float(config.omega)),
@@ -374,6 +374,7 @@ class OrganPointCloudLogic(RegistrationLogicBase):
                    "--device", str(config.device)]
         if config.labels is not None:
             options += ["--labels", ",".join(str(int(v)) for v in config.labels)]
+        options += ["--organ-prealign", str(config.organ_prealign)]
         coherence = None
         if isinstance(config.coherence, str):
             options += ["--coherence", config.coherence]

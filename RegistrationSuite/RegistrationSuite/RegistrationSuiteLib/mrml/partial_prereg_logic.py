@@ -419,8 +419,8 @@ class PartialPreregLogic(RegistrationLogicBase):
         self._check_nodes(fixedVolumeNode, movingVolumeNode, outputTransformNode)
         self._check_extra_outputs(fixedVolumeNode, movingVolumeNode, diagnosticsTableNode, outputVolumeNode)
         config = config if config is not None else self.default_config()
-        check_cli_expressible(config, ("num_patches", "min_patches", "refine", "seed", "device", "local_search"),
-                              "partial-prereg")
+        check_cli_expressible(config, ("num_patches", "min_patches", "refine", "seed", "device", "local_search",
+                                       "cache_fixed_to_template"), "partial-prereg")
         if config.min_patches != min(20, max(6, config.num_patches)):
             raise InputError(f"config: partial-prereg in a child process uses min_patches = min(20, max(6, "
                              f"num_patches)), got min_patches={config.min_patches}")
@@ -430,6 +430,7 @@ class PartialPreregLogic(RegistrationLogicBase):
         options = ["--refine", config.refine, "--patches", str(int(config.num_patches)),
                    "--seed", str(int(config.seed)), "--device", str(config.device)]
         options += [] if config.local_search else ["--no-local-search"]
+        options += [] if config.cache_fixed_to_template else ["--no-cache"]
         options += ["--model", str(model_path)] if model_path is not None else []
         outputs = [NodeOutput("--output", "transform", node=outputTransformNode, key="transform",
                               name=self.output_name, references=("fixed", "moving"))]

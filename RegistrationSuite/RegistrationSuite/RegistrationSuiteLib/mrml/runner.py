@@ -50,7 +50,6 @@ becomes :attr:`ChildRun.error`, one line plus the child's last stderr lines as d
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -74,6 +73,12 @@ from .runner_io import (  # noqa: F401 - register_exporter/register_importer are
     register_exporter,
     register_importer,
 )
+
+__all__ = [
+    "CANCELLED", "FAILED", "NOT_STARTED", "RUNNING", "SUCCEEDED", "ChildRun", "NodeInput", "NodeOutput",
+    "NodeRollback", "RunError", "RunOutcome", "RunSpec", "child_environment", "python_executable",
+    "register_exporter", "register_importer", "result_from_summary", "run_blocking",
+]
 
 #: :meth:`ChildRun.poll` states.
 NOT_STARTED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "not started", "running", "succeeded", "failed", "cancelled"

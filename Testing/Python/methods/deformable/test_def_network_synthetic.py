@@ -76,7 +76,7 @@ def test_tiny_convergence_on_a_fixed_shift():
     fixed = warp_image(moving, u)
     x = torch.cat([fixed, moving], 1)
     losses = []
-    for _ in range(40):
+    for _ in range(100):
         opt.zero_grad()
         loss = (net(x) - u).abs().mean()
         loss.backward()

@@ -94,3 +94,37 @@ def test_bad_arguments_raise_input_error():
         local_rigid_search(fixed, moving, [truth], window_mm=0.0, **SMALL)
     with pytest.raises(InputError, match="rotations_per_seed"):
         local_rigid_search(fixed, moving, [truth], **dict(SMALL, rotations_per_seed=0))
+
+
+def _stripes(size, spacing, period_mm):
+    """Planes of constant intensity every ``period_mm`` along x: a pose shifted by one period along x (or any
+    shift along y and z) looks the same."""
+    x = np.arange(size[0]) * spacing
+    arr = np.broadcast_to(np.sin(2 * np.pi * x / period_mm)[None, None, :], size[::-1]).astype(np.float32)
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(np.ascontiguousarray(arr))
+    img.SetSpacing((spacing,) * 3)
+    return img
+
+
+def test_confidence_separates_a_clear_case_from_an_ambiguous_one():
+    # Same seeding in both cases: one seed near the truth and one a stripe period (18 mm) along x away, each
+    # searched within ± 8 mm. Each rotation keeps only its best shift, so alternatives come from the seeds.
+    def search(fixed, moving, truth):
+        seeds = [_offset(truth, 3.0, [2.0, -2.0, 1.0]), _offset(truth, 0.0, [18.0, 0.0, 0.0])]
+        return local_rigid_search(fixed, moving, seeds, window_mm=8.0, perturbation_deg=6.0, **SMALL)
+
+    fixed, moving, truth = _case()
+    clear = search(fixed, moving, truth)
+    first = clear.diagnostics["first_level"]
+    assert 0.0 <= first["runner_up"] < first["best"]  # 0: no separate peak (the other window is a flank)
+    assert clear.confidence == pytest.approx(1.0 - first["runner_up"] / first["best"])
+    import SimpleITK as sitk
+
+    fixed_s = _stripes((48, 48, 48), 3.0, 18.0)
+    moving_s = sitk.RegionOfInterest(fixed_s, [14, 14, 14], [16, 16, 16])
+    ambiguous = search(fixed_s, moving_s, np.eye(4))
+    first_s = ambiguous.diagnostics["first_level"]
+    assert first_s["runner_up_distance_mm"] > 2 * 6.0  # an alternative more than two 6 mm voxels away ...
+    assert ambiguous.confidence < 0.1 and clear.confidence > 0.3  # ... scores as well as the best: ambiguous

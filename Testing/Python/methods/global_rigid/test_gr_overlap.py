@@ -40,4 +40,5 @@ def test_impossible_overlap_fails_fast_naming_gamma():
 def test_doubtful_below_threshold_only():
     assert doubtful_reasons(DOUBTFUL_CONFIDENCE / 2) and "confidence" in doubtful_reasons(DOUBTFUL_CONFIDENCE / 2)[0]
     assert doubtful_reasons(DOUBTFUL_CONFIDENCE * 2) == []
+    assert doubtful_reasons(0.0) and doubtful_reasons(0.05) == []  # a zero confidence is flagged, a typical one not
     assert doubtful_reasons(float("nan"))

@@ -66,3 +66,39 @@ def test_fixed_to_template_cache_keyed_by_refine_iterations(monkeypatch):
         register_module._fixed_to_template(fixed, template, cfg, diag, as_progress(None))
         assert diag["fixed_to_template"]["cached"] is expect_cached, iterations
     assert len(calls) == 2
+
+
+def test_fixed_to_template_result_is_reused_from_disk_by_a_new_process(monkeypatch):
+    import RegistrationSuiteLib.methods.global_rigid as gr
+    from RegistrationSuiteLib import cache
+
+    calls = []
+    truth = np.eye(4)
+    truth[:3, 3] = (4.0, -2.0, 7.5)
+
+    def fake_search(*a, **k):
+        calls.append(1)
+        return types.SimpleNamespace(fixed_to_moving_matrix=truth, score=0.5, confidence=0.1)
+
+    monkeypatch.setattr(gr, "register_global_rigid", fake_search)
+    template = types.SimpleNamespace(image=_blob(), sha256="t", foreground_mask=lambda dilate_mm: None)
+    fixed = _blob(0.5)
+
+    def run(**options):
+        monkeypatch.setattr(register_module, "_FIXED_CACHE", type(register_module._FIXED_CACHE)())  # new process
+        diag = {}
+        cfg = PartialPreregConfig(device="cpu", **options)
+        out = register_module._fixed_to_template(fixed, template, cfg, diag, as_progress(None))
+        return out, diag["fixed_to_template"]
+
+    first, info = run()
+    assert info["cached"] is False and info["metric"] == "none"  # "auto" with the local search: no refinement
+    again, info = run()
+    assert info["cached"] is True and info["on_disk"] is True and len(calls) == 1
+    np.testing.assert_allclose(again, truth)
+    for options in ({"seed": 3}, {"global_search_rotations": 200}, {"fixed_to_template_refine": "none",
+                                                                    "local_search": False, "refine_iterations": 7}):
+        assert run(**options)[1]["cached"] is False  # every option the result depends on is in the key
+    assert run(cache_fixed_to_template=False)[1]["cached"] is False
+    assert len(calls) == 5 and cache.cache_usage()["entries"] == 4
+    assert cache.clear_cache() == 4 and run()[1]["cached"] is False

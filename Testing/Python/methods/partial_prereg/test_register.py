@@ -53,7 +53,8 @@ def test_end_to_end_shipped_model_on_shipped_sample():
     d = result.diagnostics
     assert d["ransac"]["consensus"] and d["ransac"]["num_inliers"] >= 12 and len(d["ransac"]["residuals_mm"]) > 20
     assert d["refinement"]["metric"] == "mi" and d["refinement"]["after"] >= d["refinement"]["before"]
-    assert d["fixed_to_template"]["cached"] is False and result.confidence == d["ransac"]["inlier_ratio"]
+    assert d["fixed_to_template"]["cached"] is False and result.confidence == d["local_search"]["confidence"]
+    assert result.confidence > 0.05  # a clear case: no alternative pose scores nearly as well
     assert d["initialisation"]["chosen"] in ("local_search_from_ransac", "local_search_from_orientation_prior")
     assert set(d["local_search"]["seeds"]) == {"ransac", "orientation_prior"}
     assert d["moving_inside_fixed"] == 1.0 and d["doubtful"] == [], d["doubtful"]
@@ -78,19 +79,48 @@ def test_non_3d_images_rejected():
         register_partial_prereg(img2d, load_sample("T1"), CPU)
 
 
-def test_moving_too_small_for_patches():
-    tiny = sitk.RegionOfInterest(load_sample("T1"), [10, 30, 30], [25, 25, 25])  # 20 mm along x
-    with pytest.raises(InputError, match="too small for 16³ patches at template scale"):
-        register_partial_prereg(load_sample("T2"), tiny, CPU)
+def test_moving_too_small_for_patches_is_searched_without_the_network():
+    # the issue's case: a 28 x 46 x 32 mm crop (thinner than a 16³ patch at template scale, 23.6 mm), moved
+    fixed = load_sample("T2")
+    moving, truth = _moved_crop(load_sample("T1"), [20, 25, 30], [14, 23, 16], (8.0, -6.0, 10.0),
+                                (30.0, -25.0, 20.0))
+    assert np.allclose(np.asarray(moving.GetSize()) * moving.GetSpacing(), [28, 46, 32])
+    result = register_partial_prereg(fixed, moving, CPU)
+    d = result.diagnostics
+    assert "16³ patch" in d["network_skipped"]["reason"] and "ransac" not in d
+    assert {"centre", "lattice_0"} <= set(d["local_search"]["seeds"])
+    assert any("network was skipped" in r for r in d["doubtful"])
+    assert 0.0 <= result.confidence <= 1.0 and result.confidence == d["local_search"]["confidence"]
+    assert _anchor_error(moving, result.fixed_to_moving_matrix, truth) < 4.0
 
 
-def test_too_few_foreground_patches():
+def test_constant_moving_image_is_an_input_error():
+    flat = sitk.Image([30, 30, 30], sitk.sitkFloat32) + 7.0
+    with pytest.raises(InputError, match="moving: image is constant"):
+        register_partial_prereg(load_sample("T2"), flat, CPU)
+
+
+def test_too_few_foreground_patches_searches_without_the_network(monkeypatch):
     arr = np.zeros((40, 40, 40), np.float32)
     arr[:, :, :3] = 100.0  # a thin bright slab: almost every patch is background
     img = sitk.GetImageFromArray(arr)
     img.SetSpacing((2.0, 2.0, 2.0))
-    with pytest.raises(InputError, match="too few foreground patches"):
-        register_partial_prereg(load_sample("T2"), img, CPU)
+    seen = []
+
+    def fake_search(fixed, moving, seeds, **kw):
+        from RegistrationSuiteLib.result import RegistrationResult
+
+        seen.append(len(seeds))
+        return RegistrationResult("local_rigid_search", sitk.Euler3DTransform(), confidence=0.4, diagnostics={
+            "seed_scores": [0.1] * len(seeds), "candidates": [{"seed": 1, "score": 0.7, "fixed_to_moving": np.eye(4)}]})
+
+    import RegistrationSuiteLib.methods.global_rigid.local as local_module
+
+    monkeypatch.setattr(local_module, "local_rigid_search", fake_search)
+    result = register_partial_prereg(load_sample("T2"), img, dataclasses.replace(CPU, refine="none"))
+    assert "too few foreground patches" in result.diagnostics["network_skipped"]["reason"]
+    assert seen and seen[0] >= 2 and result.confidence == 0.4
+    assert result.diagnostics["initialisation"]["chosen"].startswith("local_search_from_")
 
 
 def _random_predictions(monkeypatch):
@@ -98,17 +128,31 @@ def _random_predictions(monkeypatch):
         return np.random.default_rng(0).uniform(0.0, 1.0, (len(patches), 3))
 
     monkeypatch.setattr(register_module, "predict_positions", fake)
+    monkeypatch.setattr(register_module, "_fixed_to_template", lambda *a, **k: np.eye(4))
 
 
-def test_no_consensus_without_fallback_fails_clearly(monkeypatch):
-    _random_predictions(monkeypatch)
-    with pytest.raises(RegistrationFailed, match="RANSAC found no consensus"):
-        register_partial_prereg(load_sample("T2"), load_sample("T1"),
-                                PartialPreregConfig(device="cpu", fallback_to_global=False))
+def _fake_local_search(monkeypatch, similarity):
+    """local_rigid_search returning its first seed with the given normalised NGF similarity per call."""
+    calls = []
+
+    def fake(fixed, moving, seeds, **kw):
+        from RegistrationSuiteLib.result import RegistrationResult
+
+        score = similarity[min(len(calls), len(similarity) - 1)]
+        best = 1 if len(seeds) == 2 and score == "second" else 0
+        calls.append(dict(kw, num_seeds=len(seeds)))
+        return RegistrationResult("local_rigid_search", sitk.Euler3DTransform(), confidence=0.25, diagnostics={
+            "seed_scores": [0.1] * len(seeds),
+            "candidates": [{"seed": best, "score": 0.7 if score == "second" else score,
+                            "fixed_to_moving": seeds[best]}]})
+
+    import RegistrationSuiteLib.methods.global_rigid.local as local_module
+
+    monkeypatch.setattr(local_module, "local_rigid_search", fake)
+    return calls
 
 
-def test_no_consensus_falls_back_to_global_search_and_flags_it(monkeypatch):
-    _random_predictions(monkeypatch)
+def _fake_global(monkeypatch):
     calls = []
 
     def fake_global(fixed, moving, config=None, **kw):
@@ -120,9 +164,56 @@ def test_no_consensus_falls_back_to_global_search_and_flags_it(monkeypatch):
     import RegistrationSuiteLib.methods.global_rigid as gr
 
     monkeypatch.setattr(gr, "register_global_rigid", fake_global)
+    return calls
+
+
+NO_REFINE = PartialPreregConfig(device="cpu", refine="none")
+
+
+def test_no_consensus_without_fallback_fails_clearly(monkeypatch):
+    _random_predictions(monkeypatch)
+    _fake_local_search(monkeypatch, [0.4])  # the orientation prior's neighbourhood matches poorly
+    with pytest.raises(RegistrationFailed, match="RANSAC found no consensus.*matched poorly"):
+        register_partial_prereg(load_sample("T2"), load_sample("T1"),
+                                dataclasses.replace(NO_REFINE, fallback_to_global=False))
+
+
+def test_no_consensus_seeds_the_local_search_from_the_orientation_prior(monkeypatch):
+    _random_predictions(monkeypatch)
+    searches, globals_ = _fake_local_search(monkeypatch, [0.8]), _fake_global(monkeypatch)
+    result = register_partial_prereg(load_sample("T2"), load_sample("T1"), NO_REFINE)
+    d = result.diagnostics
+    assert not d["ransac"]["consensus"] and globals_ == [] and len(searches) == 1
+    assert searches[0]["num_seeds"] == 7  # the prior and its six neighbours
+    assert set(d["local_search"]["seeds"]) == {"orientation_prior", *(f"orientation_prior_{s}{a}" for s in "+-"
+                                                                        for a in "xyz")}
+    assert d["fallback"]["chosen"] == "orientation_prior" and result.confidence == 0.25
+    assert any("no RANSAC consensus" in r for r in d["doubtful"])
+    # the prior's neighbours are one window step (1.5 x 40 mm) away along the fixed axes
+    seeds = {k: np.linalg.inv(v) for k, v in register_module.neighbour_seeds(
+        "p", np.eye(4), load_sample("T2"), 40.0).items()}
+    np.testing.assert_allclose(seeds["p_+x"][:3, 3] - seeds["p"][:3, 3],
+                               60.0 * np.asarray(load_sample("T2").GetDirection()).reshape(3, 3)[:, 0])
+
+
+def test_no_consensus_and_a_poor_prior_ranks_it_against_the_global_search(monkeypatch):
+    _random_predictions(monkeypatch)
+    searches, globals_ = _fake_local_search(monkeypatch, [0.4, "second"]), _fake_global(monkeypatch)
+    result = register_partial_prereg(load_sample("T2"), load_sample("T1"), NO_REFINE)
+    d = result.diagnostics
+    assert len(globals_) == 1 and len(searches) == 2 and searches[1]["num_seeds"] == 2
+    assert set(d["local_search"]["seeds"]) == {"orientation_prior_search", "global_search"}
+    assert d["fallback"]["chosen"] == "global_search" and "local_search_orientation_prior" in d
+    assert d["initialisation"]["chosen"] == "local_search_from_global_search"
+    assert any("no consensus" in w for w in result.warnings) and d["doubtful"]
+
+
+def test_no_consensus_without_local_search_falls_back_to_global_search(monkeypatch):
+    _random_predictions(monkeypatch)
+    globals_ = _fake_global(monkeypatch)
     result = register_partial_prereg(load_sample("T2"), load_sample("T1"),
-                                     PartialPreregConfig(device="cpu", refine="none"))
-    assert len(calls) == 1 and result.diagnostics["fallback"]["used"] and result.confidence == 0.0
+                                     dataclasses.replace(NO_REFINE, local_search=False))
+    assert len(globals_) == 1 and result.diagnostics["fallback"]["used"] and result.confidence == 0.5
     assert not result.diagnostics["ransac"]["consensus"]
     assert any("no consensus" in w for w in result.warnings) and result.diagnostics["doubtful"]
 

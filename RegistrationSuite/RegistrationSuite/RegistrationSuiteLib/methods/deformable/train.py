@@ -171,7 +171,6 @@ def train_deformable_model(images_csv, output, config: Optional[DeformableTrainC
                            checkpoint=None, name: Optional[str] = None, notes: str = "", progress=None,
                            cancel=None, log=None) -> dict:
     """Scheme A training; writes the model file (``.pt``) and its card (``.md``). Returns the card."""
-    import torch
 
     from ...models.model_file import card_markdown, save_model
     from .network import FieldUNet, model_file_for
@@ -207,11 +206,13 @@ def train_deformable_model(images_csv, output, config: Optional[DeformableTrainC
 
 
 def evaluate_synthetic(net, images: List[TrainImage], config: DeformableTrainConfig, *, seed: int, n: int = 4) -> dict:
-    """Mean absolute field error (mm) of the network vs identity on ``n`` fresh synthetic samples."""
+    """Mean field error (mm) of the network vs identity on ``n`` fresh synthetic samples of the ``val`` images
+    (of all images when none is marked ``val``)."""
     import torch
 
     rng = np.random.default_rng(seed)
-    batches = SyntheticBatches(images, config)
+    val = [im for im in images if im.split == "val"]
+    batches = SyntheticBatches(val or images, config)  # with only val images, the batches draw from them
     err_net, err_id = [], []
     with torch.no_grad():
         for _ in range(n):
@@ -219,4 +220,5 @@ def evaluate_synthetic(net, images: List[TrainImage], config: DeformableTrainCon
             pred = net(x[None])[0]
             err_net.append(float((pred - u).norm(dim=0).mean()) * config.spacing_mm)
             err_id.append(float(u.norm(dim=0).mean()) * config.spacing_mm)
-    return {"network": float(np.mean(err_net)), "identity": float(np.mean(err_id)), "samples": n}
+    return {"network": float(np.mean(err_net)), "identity": float(np.mean(err_id)), "samples": n,
+            "images": "val" if val else "train"}

@@ -31,6 +31,9 @@ from .search import Candidate, _evaluate_local, distinct_best
 #: default levels of the local search: 5 mm then 2.5 mm (the finest level is also the refinement's)
 LOCAL_LEVELS_MM = (5.0, 2.5)
 LOCAL_BLUR_MM = (3.5, 2.0)
+#: a first-level candidate is an *alternative* to the best one when it places the moving image's corners more
+#: than this many first-level voxels away (mean distance; 2 voxels = 10 mm on the default 5 mm level)
+DISTINCT_VOXELS = 2.0
 
 
 def candidate_from_matrix(fixed_to_moving: np.ndarray, moving_center: np.ndarray, level: int = 0) -> Candidate:
@@ -85,7 +88,15 @@ def local_rigid_search(
         fixed_mask, moving_mask, seed, device, progress, cancel: as for :func:`register_global_rigid`.
 
     Returns:
-        :class:`RegistrationResult` like :func:`register_global_rigid` (``method = "local_rigid_search"``);
+        :class:`RegistrationResult` like :func:`register_global_rigid` (``method = "local_rigid_search"``).
+        ``confidence`` = ``1 - s_alt / s_best`` on the first level, where ``s_best`` is the best first-level
+        CSNGF (normalised NGF similarity) and ``s_alt`` the best separate first-level peak: a candidate that
+        places the moving image's corners more than :data:`DISTINCT_VOXELS` first-level voxels (mean) away from
+        the best one, with no better candidate that close to it (0 when there is none). Each rotation keeps
+        only its best shift, so alternatives come from other rotations and other seeds' windows. Scale [0, 1]:
+        0 = an alternative pose scores as well (ambiguous), 1 = no alternative scores at all; the same scale as
+        the global search's confidence.
+        ``diagnostics["first_level"]`` holds ``best``, ``runner_up`` and ``runner_up_distance_mm``;
         ``diagnostics["candidates"]`` lists the refined candidates (best first) with the index of the seed
         each descends from, and ``diagnostics["seed_scores"]`` the CSNGF of every seed at its own pose
         (best shift within the window).
@@ -135,6 +146,8 @@ def local_rigid_search(
                                 prog.sub(k / (n_levels + 1), (k + 1) / (n_levels + 1)), k)
         if k == 0:
             seed_scores = [float(c.score) for c in cands[:len(parents)]]
+            first = first_level_margin(cands, Grid.from_image(moving_in.image).corners(), level.moving_center,
+                                       DISTINCT_VOXELS * level.spacing)
         if not any(c.score > INVALID_SCORE for c in cands):
             raise RegistrationFailed(f"local search: no candidate reaches the minimum overlap on level {k + 1} "
                                      f"({level.spacing:g} mm)")
@@ -155,14 +168,45 @@ def local_rigid_search(
         fixed_grid=Grid.from_image(fixed_in.image),
         moving_grid=Grid.from_image(moving_in.image),
         score=float(best.angf),
-        confidence=float("nan"),
+        confidence=first["confidence"],
         timings=timings,
-        diagnostics={"seed_scores": seed_scores, "window_mm": float(window_mm),
+        diagnostics={"seed_scores": seed_scores, "first_level": first, "window_mm": float(window_mm),
                      "perturbation_deg": float(perturbation_deg),
                      "candidates": [dict(c.to_dict(), seed=seed_of.get(id(c.origin), -1),
                                          fixed_to_moving=_matrix(c, levels[-1].moving_center)) for c in final]},
         warnings=fixed_in.warnings + moving_in.warnings,
     )
+
+
+def first_level_margin(cands: Sequence[Candidate], moving_points: np.ndarray, moving_center: np.ndarray,
+                       distinct_mm: float, top: int = 400) -> dict:
+    """The best candidate's score, the runner-up's and the confidence ``1 - s_alt / s_best`` (see
+    :func:`local_rigid_search`).
+
+    The runner-up is the best *separate peak*: a candidate whose fixed-space image of ``moving_points`` lies
+    more than ``distinct_mm`` (mean) from the best one's, and with no better candidate within ``distinct_mm``
+    of it (so the flank of the best pose's own basin does not count as an alternative).
+
+    Args:
+        cands: first-level candidates ``q = R (p - a) + c_M``; moving_points: ``(P, D)`` mm (the moving corners);
+        moving_center: ``c_M`` (mm); distinct_mm: separation of peaks; top: only the ``top`` best are compared.
+    """
+    order = sorted((c for c in cands if c.score > INVALID_SCORE), key=lambda c: -c.score)[:top]
+    if not order or not order[0].score > 0:
+        return {"best": float("nan"), "runner_up": float("nan"), "runner_up_distance_mm": None,
+                "confidence": float("nan")}
+    rel = np.asarray(moving_points, float) - np.asarray(moving_center, float)
+    # fixed point of each moving point: p = R^T (q - c_M) + a, i.e. rows (q - c_M) @ R + a
+    placed = np.einsum("pj,njk->npk", rel, np.stack([c.rotation for c in order])) + np.stack(
+        [c.anchor for c in order])[:, None, :]
+    dist = np.linalg.norm(placed[:, None] - placed[None, :], axis=3).mean(axis=2)  # (n, n), sorted by score
+    best, alt, alt_dist = float(order[0].score), 0.0, None
+    for i in range(1, len(order)):
+        if dist[i, 0] > distinct_mm and not np.any(dist[i, :i] <= distinct_mm):
+            alt, alt_dist = float(order[i].score), float(dist[i, 0])
+            break
+    return {"best": best, "runner_up": alt, "runner_up_distance_mm": alt_dist,
+            "confidence": float(np.clip(1.0 - alt / best, 0.0, 1.0))}
 
 
 def _matrix(c: Candidate, moving_center: np.ndarray) -> list:

@@ -32,8 +32,10 @@ class PartialPreregConfig:
             overlap: ``"mi"`` (Mattes mutual information; multimodal default), ``"nmi"`` (normalised mutual
             information, Parzen histogram, as in the paper), ``"mse"`` (same modality only) or ``"none"``.
         refine_iterations: optimiser iterations per resolution level of the refinement.
-        fixed_to_template_refine: metric refining the fixed → template alignment after the global rigid
-            search (``"mi"`` suits any modality pair; ``"none"`` keeps the search result).
+        fixed_to_template_refine: metric refining the fixed → template alignment after the (coarse, 10 then
+            5 mm) global rigid search: ``"auto"`` (default) = ``"none"`` when the local search follows (its
+            neighbourhood absorbs the search's few-mm error, and the step costs half as much), else ``"mi"``;
+            ``"mi"`` suits any modality pair; ``"none"`` keeps the search result.
         global_search_rotations: rotations sampled on the coarsest level of the global rigid search used
             for fixed → template (and for the fallback when RANSAC finds no consensus).
         orientation_prior: also try a second initialisation that keeps the moving image's physical orientation
@@ -60,8 +62,9 @@ class PartialPreregConfig:
         model_path: model name or ``.pt`` file used when :func:`register_partial_prereg` gets no ``model``.
         template_path: optional template canvas the caller expects; an error is raised unless it is the
             template the model was trained in (a model only works in its own template space).
-        cache_fixed_to_template: reuse the fixed → template alignment of a recently seen fixed image (same
-            voxels and geometry); it does not depend on the moving image.
+        cache_fixed_to_template: reuse the fixed → template alignment of a fixed image seen before (same
+            voxels and geometry, same settings), from memory or from the on-disk cache in the user cache folder
+            (:mod:`RegistrationSuiteLib.cache`); it does not depend on the moving image.
     """
 
     num_patches: int = 100
@@ -73,7 +76,7 @@ class PartialPreregConfig:
     ransac_min_inlier_ratio: float = 0.2
     refine: str = "mi"
     refine_iterations: int = 100
-    fixed_to_template_refine: str = "mi"
+    fixed_to_template_refine: str = "auto"
     global_search_rotations: int = 500
     orientation_prior: bool = True
     local_search: bool = True
@@ -93,10 +96,10 @@ class PartialPreregConfig:
     def __post_init__(self) -> None:
         self._check_counts()
         self._check_fractions()
-        for name in ("refine", "fixed_to_template_refine"):
+        for name, allowed in (("refine", REFINE_METRICS), ("fixed_to_template_refine", ("auto",) + REFINE_METRICS)):
             value = getattr(self, name)
-            if value not in REFINE_METRICS:
-                raise InputError(f"{name}: expected one of {', '.join(REFINE_METRICS)}, got {value!r}")
+            if value not in allowed:
+                raise InputError(f"{name}: expected one of {', '.join(allowed)}, got {value!r}")
         for name in ("local_search_window_mm", "local_search_deg"):
             if not getattr(self, name) > 0:
                 raise InputError(f"{name}: expected a positive number, got {getattr(self, name)}")

@@ -25,6 +25,14 @@ from .template import Template
 PATCH_SIZE = 16
 
 
+class TooSmallForPatches(InputError):
+    """The moving image offers too few usable patches at template scale (too small, or mostly background).
+
+    Not an input error for :func:`~.register.register_partial_prereg`, which then searches without the network;
+    an :class:`InputError` for callers that need patches (training, evaluation).
+    """
+
+
 @dataclass(frozen=True)
 class IntensityConfig:
     """Mapping of raw intensities to the network's input range [−0.5, 0.5].
@@ -159,13 +167,13 @@ def sample_patches(
     image and pass the foreground rule.
 
     Raises:
-        InputError: the image is smaller than a patch at template scale, or fewer than ``min_patches``
+        TooSmallForPatches: the image is smaller than a patch at template scale, or fewer than ``min_patches``
             positions pass the foreground rule.
     """
     need = patch_size * template.spacing_mm
     extent = np.asarray(moving.GetSize()) * np.asarray(moving.GetSpacing())
     if np.any(extent < need):
-        raise InputError(
+        raise TooSmallForPatches(
             f"moving: image too small for {patch_size}³ patches at template scale: needs at least {need:.1f} mm "
             f"along every axis, got {np.round(extent, 1).tolist()} mm"
         )
@@ -174,16 +182,16 @@ def sample_patches(
     norm = normalize(values, low, high)
     fg = (norm > -0.5 + intensity.foreground_level) & valid
     if min(norm.shape) < patch_size:
-        raise InputError(f"moving: image too small for {patch_size}³ patches at template scale "
+        raise TooSmallForPatches(f"moving: image too small for {patch_size}³ patches at template scale "
                          f"({template.spacing_mm:.2f} mm voxels): resampled size {norm.shape[::-1]}")
     volume = patch_size**3
     inside = box_sums(valid, patch_size) == volume
     if not inside.any():
-        raise InputError(f"moving: no {patch_size}³ patch ({need:.1f} mm) fits inside the image domain")
+        raise TooSmallForPatches(f"moving: no {patch_size}³ patch ({need:.1f} mm) fits inside the image domain")
     frac = box_sums(fg, patch_size) / volume
     ok = np.argwhere(inside & (frac >= min_foreground_fraction))
     if len(ok) < min_patches:
-        raise InputError(
+        raise TooSmallForPatches(
             f"moving: too few foreground patches: {len(ok)} patch positions have >= "
             f"{min_foreground_fraction:.0%} foreground, need at least {min_patches} (is the image mostly background?)"
         )

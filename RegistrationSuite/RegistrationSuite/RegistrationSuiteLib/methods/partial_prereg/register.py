@@ -15,8 +15,12 @@ fixed → moving transform out (Xia et al., MICCAI 2022, Fig. 2).
 Further additions to the paper: with ``orientation_prior`` a second candidate keeps the moving image's
 physical orientation and takes only the translation from the patches (1-point RANSAC). Without the local
 search, both candidates are refined at the coarse levels and the better one (metric over the overlap) is
-finished. Without a RANSAC consensus the global rigid search moving ↔ fixed replaces TSPM (flagged).
-``diagnostics["doubtful"]`` lists reasons to check a result.
+finished. Without a RANSAC consensus the local search starts from the orientation-prior candidate and its
+six neighbours (:mod:`.seeds`); only if that matches poorly does the global rigid search moving ↔ fixed run,
+and the better of the two by normalised NGF similarity is kept (flagged). A moving image too small for a 16³
+patch at template scale (or with too few foreground patches) is not an error: the network is skipped and the
+local search covers the fixed image's foreground from scanner-orientation seeds (flagged doubtful, with the
+reason). ``diagnostics["doubtful"]`` lists reasons to check a result.
 
 Why the local search: a patch network trained on a CPU budget places patches to ~2-3 cm (see the shipped
 model's card), so the TSPM estimate is often outside the basin of an intensity-based refinement, while the
@@ -40,9 +44,10 @@ from ...progress import as_progress
 from ...result import RegistrationResult
 from .config import PartialPreregConfig
 from .network import load_tspm_model, predict_positions
-from .patches import sample_patches
+from .patches import TooSmallForPatches, sample_patches
 from .ransac import RansacResult, ransac_rigid, ransac_translation
 from .refine import LEVELS, _euler, refine_rigid
+from .seeds import neighbour_seeds, scanner_seeds
 
 # fixed → template results of recent fixed images (the step does not depend on the moving image; a session
 # that registers several moving images to one fixed image pays for it once). Keyed by content, not shape.
@@ -73,15 +78,18 @@ def register_partial_prereg(
 
     Returns:
         :class:`RegistrationResult`; ``transform`` is an ``Euler3DTransform`` fixed → moving (LPS).
-        ``confidence`` = RANSAC inlier ratio; ``score`` = refinement metric after refinement (MI/NMI:
+        ``confidence``: with the local search, ``1 - s_alt / s_best`` of its first level (normalised NGF
+        similarity of the runner-up, a separate peak, over the best; [0, 1], 0 = ambiguous; see
+        :func:`~..global_rigid.local.local_rigid_search`); without it the RANSAC inlier ratio (or the global
+        search's confidence after a fallback). ``score`` = refinement metric after refinement (MI/NMI:
         similarity, MSE: error; NaN without refinement). ``diagnostics``: ``ransac`` (inliers, residuals),
         ``patches``, ``orientation_prior``, ``fixed_to_template``, ``initialisation`` (candidates and the
         chosen one), ``refinement`` (metric before/after), ``fallback`` and ``doubtful`` (reasons to check).
 
     Raises:
-        InputError: non-3D images, moving image too small or mostly background, bad/corrupt model or a
-            model/template mismatch.
-        RegistrationFailed: no RANSAC consensus and ``config.fallback_to_global`` is off.
+        InputError: non-3D or constant images, bad/corrupt model or a model/template mismatch.
+        RegistrationFailed: no RANSAC consensus, the orientation prior's neighbourhood matched poorly (or the
+            local search is off) and ``config.fallback_to_global`` is off.
         RegistrationCancelled: ``cancel()`` returned True.
     """
     t_start = time.perf_counter()
@@ -97,19 +105,28 @@ def register_partial_prereg(
     tspm = load_tspm_model(model if model is not None else cfg.model_path, template_path=cfg.template_path)
     timings, diag, warnings = {"read": time.perf_counter() - t_start}, {"model": tspm.name}, []
     prog.report(0.0, "sampling patches")
-
-    a_mov, ransac = _moving_to_template(moving_in.image, tspm, cfg, timings, diag, prog)
+    fixed_img, moving_img = fixed_in.image, moving_in.image
+    try:
+        a_mov, ransac = _moving_to_template(moving_img, tspm, cfg, timings, diag, prog)
+    except TooSmallForPatches as exc:  # a valid partial scan, only too small for the network: search without it
+        a_mov, ransac = None, None
+        diag["network_skipped"] = {"reason": str(exc).removeprefix("moving: ")}
     t0 = time.perf_counter()
-    if ransac.consensus:
-        t_tf = _fixed_to_template(fixed_in.image, tspm.template, cfg, diag, prog.sub(0.25, 0.7))
-        inits = {name: np.linalg.inv(a) @ np.linalg.inv(t_tf) for name, a in a_mov.items()}
-    else:
-        inits = {"global_search": _fallback(fixed_in.image, moving_in.image, cfg, diag, warnings, prog.sub(0.25, 0.7))}
-    timings["fixed_to_template" if ransac.consensus else "fallback_global_search"] = time.perf_counter() - t0
-    if cfg.local_search and ransac.consensus:
-        t0 = time.perf_counter()
-        inits = _local_search(fixed_in.image, moving_in.image, inits, fmask, cfg, diag, prog.sub(0.7, 0.8))
+    if ransac is None:
+        inits = _local_search(fixed_img, moving_img, scanner_seeds(fixed_img, moving_img, cfg.local_search_window_mm),
+                              fmask, cfg, diag, prog.sub(0.1, 0.8))
         timings["local_search"] = time.perf_counter() - t0
+    elif ransac.consensus:
+        t_tf = _fixed_to_template(fixed_img, tspm.template, cfg, diag, prog.sub(0.25, 0.7))
+        inits = {name: np.linalg.inv(a) @ np.linalg.inv(t_tf) for name, a in a_mov.items()}
+        timings["fixed_to_template"] = time.perf_counter() - t0
+        if cfg.local_search:
+            t0 = time.perf_counter()
+            inits = _local_search(fixed_img, moving_img, inits, fmask, cfg, diag, prog.sub(0.7, 0.8))
+            timings["local_search"] = time.perf_counter() - t0
+    else:
+        inits = _no_consensus(fixed_img, moving_img, a_mov, tspm, fmask, cfg, diag, warnings, prog.sub(0.25, 0.8))
+        timings["no_consensus_search"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     final, score = _refine(fixed_in.image, moving_in.image, inits, fmask, cfg, diag, prog.sub(0.8, 1.0))
@@ -124,7 +141,7 @@ def register_partial_prereg(
         fixed_grid=Grid.from_image(fixed_in.image),
         moving_grid=Grid.from_image(moving_in.image),
         score=score,
-        confidence=ransac.inlier_ratio if ransac.consensus else 0.0,
+        confidence=_confidence(diag),
         timings=timings,
         diagnostics=diag,
         warnings=fixed_in.warnings + moving_in.warnings + warnings,
@@ -164,7 +181,7 @@ def _moving_to_template(moving, tspm, cfg, timings, diag, prog):
                        "intensity_range": list(ps.value_range), "centers_mm": np.round(ps.centers_mm, 2)}
     diag["ransac"] = res.to_dict()
     candidates = {"ransac": res.matrix}
-    if cfg.orientation_prior and res.consensus:
+    if cfg.orientation_prior:  # also without a consensus: it seeds the local search then
         prior = ransac_translation(ps.centers_mm, targets, np.eye(3), threshold_mm=res.threshold_mm)
         candidates["orientation_prior"] = prior.matrix
         diag["orientation_prior"] = {"num_inliers": prior.num_inliers, "inlier_ratio": prior.inlier_ratio}
@@ -190,74 +207,158 @@ def _global_config(cfg: PartialPreregConfig, fine: bool = False):
                              device=cfg.device)
 
 
-def _fixed_to_template(fixed, template, cfg, diag, prog) -> np.ndarray:
-    """Template → fixed matrix (global rigid search + overlap-restricted refinement), cached per fixed image."""
-    from ..global_rigid import register_global_rigid
+#: bump when the fixed → template computation changes: on-disk entries of older code are then not reused
+FIXED_TO_TEMPLATE_VERSION = 2
+CACHE_NAMESPACE = "tspm_fixed_to_template"
 
+
+def fixed_to_template_key(fixed: sitk.Image, template, cfg: PartialPreregConfig) -> str:
+    """Cache key of the fixed → template alignment: the fixed image's voxels and geometry and every setting
+    the result depends on (the template's fingerprint, the search's seed and rotations, the refinement metric
+    and iterations, the device it runs on, the code version). The model's weights and the moving image do not
+    enter this step."""
     from ...device import resolve_device
 
-    # every setting the cached result depends on (the search's and the refinement's), and where it ran
-    key = _image_key(fixed, template.sha256, cfg.seed, cfg.global_search_rotations, cfg.fixed_to_template_refine,
-                     cfg.refine_iterations, str(resolve_device(cfg.device)))
-    if cfg.cache_fixed_to_template and key in _FIXED_CACHE:
-        _FIXED_CACHE.move_to_end(key)
-        matrix, info = _FIXED_CACHE[key]
-        diag["fixed_to_template"] = dict(info, cached=True)
-        return matrix
+    return _image_key(fixed, FIXED_TO_TEMPLATE_VERSION, template.sha256, cfg.seed, cfg.global_search_rotations,
+                      fixed_to_template_metric(cfg), cfg.refine_iterations, str(resolve_device(cfg.device)))
+
+
+def fixed_to_template_metric(cfg: PartialPreregConfig) -> str:
+    """``"auto"``: no refinement after the coarse search when the local search follows (its ±40 mm, ±20°
+    neighbourhood absorbs the search's few-mm error), else Mattes MI."""
+    if cfg.fixed_to_template_refine == "auto":
+        return "none" if cfg.local_search else "mi"
+    return cfg.fixed_to_template_refine
+
+
+def _fixed_to_template(fixed, template, cfg, diag, prog) -> np.ndarray:
+    """Template → fixed matrix (global rigid search, optionally an overlap-restricted refinement), cached per
+    fixed image in memory and on disk (:mod:`RegistrationSuiteLib.cache`) with ``cache_fixed_to_template``."""
+    from ... import cache
+    from ..global_rigid import register_global_rigid
+
+    key = fixed_to_template_key(fixed, template, cfg)
+    if cfg.cache_fixed_to_template:
+        hit = _FIXED_CACHE.get(key)
+        if hit is None:
+            stored = cache.load_entry(CACHE_NAMESPACE, key)
+            if stored is not None and np.shape(stored.get("template_to_fixed")) == (4, 4):
+                hit = (np.asarray(stored["template_to_fixed"], float), dict(stored.get("info", {}), on_disk=True))
+                _FIXED_CACHE[key] = hit
+        if hit is not None:
+            _FIXED_CACHE.move_to_end(key)
+            diag["fixed_to_template"] = dict(hit[1], cached=True)
+            return hit[0]
     mask = template.foreground_mask(dilate_mm=5.0)
-    res = register_global_rigid(template.image, fixed, _global_config(cfg), fixed_mask=mask, progress=prog.sub(0, 0.6))
+    metric = fixed_to_template_metric(cfg)
+    res = register_global_rigid(template.image, fixed, _global_config(cfg), fixed_mask=mask,
+                                progress=prog.sub(0, 0.6 if metric != "none" else 1.0))
     matrix = res.fixed_to_moving_matrix
-    info = {"search_score": res.score, "search_confidence": res.confidence}
-    if cfg.fixed_to_template_refine != "none":
+    info = {"search_score": res.score, "search_confidence": res.confidence, "metric": metric}
+    if metric != "none":
         # Two coarse levels: a rigid fit of another brain to the template is only accurate to a few mm anyway.
-        out = refine_rigid(template.image, fixed, matrix, metric=cfg.fixed_to_template_refine, fixed_mask=mask,
+        out = refine_rigid(template.image, fixed, matrix, metric=metric, fixed_mask=mask,
                            iterations=cfg.refine_iterations, levels=LEVELS[:2], seed=cfg.seed,
                            progress=prog.sub(0.6, 1.0))
         matrix = out.fixed_to_moving
         info["refinement"] = out.to_dict()
     info["template_to_fixed"] = matrix
-    _FIXED_CACHE[key] = (matrix, info)
-    while len(_FIXED_CACHE) > _CACHE_SIZE:
-        _FIXED_CACHE.popitem(last=False)
+    if cfg.cache_fixed_to_template:
+        _FIXED_CACHE[key] = (matrix, info)
+        while len(_FIXED_CACHE) > _CACHE_SIZE:
+            _FIXED_CACHE.popitem(last=False)
+        cache.store_entry(CACHE_NAMESPACE, key, {"template_to_fixed": matrix, "info": info})
     diag["fixed_to_template"] = dict(info, cached=False)
     return matrix
 
 
-def _fallback(fixed, moving, cfg, diag, warnings, prog) -> np.ndarray:
-    """No RANSAC consensus: say so and start from the global rigid search moving ↔ fixed instead."""
+def _no_consensus(fixed, moving, a_mov: dict, tspm, fmask, cfg, diag, warnings, prog) -> dict:
+    """No RANSAC consensus. With the local search on, search the neighbourhood of the orientation-prior
+    candidate (scanner orientation + the translation the patches agree on) and of its six neighbours; a result
+    whose normalised NGF similarity reaches :data:`DOUBTFUL_MIN_NGF_SIMILARITY` is kept. Otherwise the global
+    rigid search moving ↔ fixed runs (``fallback_to_global``) and the two results are ranked by the same
+    normalised NGF similarity (a short local search seeded with both)."""
     from ...errors import RegistrationFailed
-    from ..global_rigid import register_global_rigid
 
     n, ratio = diag["ransac"]["num_inliers"], diag["ransac"]["inlier_ratio"]
     message = (f"RANSAC found no consensus among the patch predictions ({n} inliers, {ratio:.0%}); "
                "TSPM cannot place the moving image in the template")
+    prior = None
+    if cfg.local_search and "orientation_prior" in a_mov:
+        t_tf = _fixed_to_template(fixed, tspm.template, cfg, diag, prog.sub(0.0, 0.3))
+        seed = np.linalg.inv(a_mov["orientation_prior"]) @ np.linalg.inv(t_tf)
+        seeds = neighbour_seeds("orientation_prior", seed, fixed, cfg.local_search_window_mm)
+        ((name, prior),) = _local_search(fixed, moving, seeds, fmask, cfg, diag, prog.sub(0.3, 0.6)).items()
+        similarity = diag["local_search"]["candidates"][name]["ngf_similarity"]
+        if similarity >= DOUBTFUL_MIN_NGF_SIMILARITY:
+            note = (f"the local search seeded from the orientation prior was used (normalised NGF similarity "
+                    f"{similarity:.2f})")
+            diag["fallback"] = {"used": True, "reason": "no RANSAC consensus", "chosen": "orientation_prior",
+                                "note": note}
+            warnings.append(f"{message}; {note}")
+            return {name: prior}
+        message += (f"; the orientation prior's neighbourhood matched poorly (normalised NGF similarity "
+                    f"{similarity:.2f})")
     if not cfg.fallback_to_global:
         raise RegistrationFailed(message)
-    warnings.append(message + "; fell back to the global rigid search (check the result)")
+    global_matrix, info = _global_fallback(fixed, moving, cfg, prog.sub(0.6, 0.9 if prior is not None else 1.0))
+    diag["fallback"] = dict(info, used=True, reason="no RANSAC consensus", chosen="global_search",
+                            note="the global rigid search was used instead")
+    if prior is None:
+        warnings.append(message + "; fell back to the global rigid search (check the result)")
+        return {"global_search": global_matrix}
+    diag["local_search_orientation_prior"] = diag.pop("local_search")
+    # rank both by the same measure: a short local search (± 2 first-level voxels, ± 5°) seeded with both
+    ranked = _local_search(fixed, moving, {"orientation_prior_search": prior, "global_search": global_matrix},
+                           fmask, cfg, diag, prog.sub(0.9, 1.0), window_mm=10.0, degrees=5.0,
+                           rotations=max(1, cfg.local_search_rotations // 5))
+    chosen = next(iter(ranked)).removeprefix("local_search_from_")
+    diag["fallback"]["chosen"] = chosen
+    diag["fallback"]["note"] = (f"the local search from the orientation prior and the global rigid search were "
+                                f"ranked by normalised NGF similarity; {chosen} won")
+    warnings.append(f"{message}; {diag['fallback']['note']} (check the result)")
+    return ranked
+
+
+def _global_fallback(fixed, moving, cfg, prog):
+    """Global rigid search moving ↔ fixed; returns (fixed → moving matrix, diagnostics)."""
+    from ..global_rigid import register_global_rigid
+
     res = register_global_rigid(fixed, moving, _global_config(cfg, fine=True), progress=prog)
-    diag["fallback"] = {"used": True, "reason": "no RANSAC consensus", "search_score": res.score,
-                        "search_confidence": res.confidence}
-    return res.fixed_to_moving_matrix
+    return res.fixed_to_moving_matrix, {"search_score": res.score, "search_confidence": res.confidence}
 
 
-def _local_search(fixed, moving, inits: dict, fmask, cfg, diag, prog) -> dict:
-    """CSNGF search around the TSPM initialisations (rotations within ``local_search_deg``, shifts within
-    ``local_search_window_mm``); its best distinct candidates replace them as the refinement's starting points."""
-    from ..global_rigid.local import local_rigid_search
+def _local_search(fixed, moving, inits: dict, fmask, cfg, diag, prog, *, window_mm=None, degrees=None,
+                  rotations=None) -> dict:
+    """CSNGF search around the initialisations ``inits`` (rotations within ``local_search_deg``, shifts within
+    ``local_search_window_mm`` unless given); its best candidate replaces them as the refinement's start.
+    ``diag["local_search"]`` records every seed's score, the kept candidates' normalised NGF similarity and the
+    search's confidence (:func:`~..global_rigid.local.local_rigid_search`)."""
+    from ..global_rigid import local as local_module
 
     names = list(inits)
-    res = local_rigid_search(fixed, moving, [inits[n] for n in names], window_mm=cfg.local_search_window_mm,
-                             perturbation_deg=cfg.local_search_deg, rotations_per_seed=cfg.local_search_rotations,
-                             keep=cfg.local_search_keep, fixed_mask=fmask, seed=cfg.seed, device=cfg.device,
-                             progress=prog)
-    out = {}
-    for k, c in enumerate(res.diagnostics["candidates"][:1]):  # ranked by the normalised NGF similarity
-        out[f"local_search_from_{names[c['seed']]}"] = np.asarray(c["fixed_to_moving"])
+    res = local_module.local_rigid_search(
+        fixed, moving, [inits[n] for n in names], window_mm=window_mm or cfg.local_search_window_mm,
+        perturbation_deg=degrees or cfg.local_search_deg, rotations_per_seed=rotations or cfg.local_search_rotations,
+        keep=cfg.local_search_keep, fixed_mask=fmask, seed=cfg.seed, device=cfg.device, progress=prog)
+    cands = res.diagnostics["candidates"]
+    out = {f"local_search_from_{names[cands[0]['seed']]}": np.asarray(cands[0]["fixed_to_moving"])}
     diag["local_search"] = {"seeds": {n: {"csngf": s} for n, s in zip(names, res.diagnostics["seed_scores"])},
-                            "candidates": {n: {"ngf_similarity": c["score"]}
-                                           for n, c in zip(out, res.diagnostics["candidates"])},
+                            "candidates": {n: {"ngf_similarity": c["score"]} for n, c in zip(out, cands)},
+                            "confidence": res.confidence, "first_level": res.diagnostics.get("first_level"),
                             "seconds": res.timings.get("total")}
     return out
+
+
+def _confidence(diag: dict) -> float:
+    """``RegistrationResult.confidence``: the local search's (1 − runner-up / best normalised NGF similarity
+    on its first level, in [0, 1]; 0 = ambiguous) when it ran, the global search's when its result was used
+    without a local search, else the RANSAC inlier ratio (the paper's pipeline without our search)."""
+    if "local_search" in diag:
+        return float(diag["local_search"]["confidence"])
+    if diag.get("fallback", {}).get("used"):
+        return float(diag["fallback"].get("search_confidence", 0.0))
+    return float(diag["ransac"]["inlier_ratio"])
 
 
 def _refine(fixed, moving, inits: dict, fmask, cfg, diag, prog):
@@ -323,10 +424,13 @@ def _inside_fraction(fixed: sitk.Image, moving: sitk.Image, fixed_to_moving: np.
 def _flag_doubtful(diag: dict, warnings: list, cfg: PartialPreregConfig) -> None:
     """Reasons a user should inspect the result (shown by the module / CLI)."""
     reasons = []
-    ransac = diag["ransac"]
+    ransac = diag.get("ransac") or {}
     searched = "local_search" in diag
-    if diag.get("fallback", {}).get("used"):
-        reasons.append("TSPM had no RANSAC consensus; the global rigid search was used instead")
+    if "network_skipped" in diag:
+        reasons.append(f"the network was skipped ({diag['network_skipped']['reason']}); the neighbourhood of the "
+                       "fixed image was searched from scanner-orientation seeds instead")
+    elif diag.get("fallback", {}).get("used"):
+        reasons.append(f"TSPM had no RANSAC consensus; {diag['fallback']['note']}")
     elif not searched and ransac["inlier_ratio"] < 0.35:
         reasons.append(f"only {ransac['inlier_ratio']:.0%} of the patch predictions agree (RANSAC inliers)")
     if searched:
