@@ -185,25 +185,33 @@ def write_outputs(args, fixed: sitk.Image, moving: sitk.Image, result: Registrat
     temporary names and renamed together at the end; if one fails none is kept (the error names it)."""
     outputs = check_output_paths(args) if outputs is None else outputs
     with outputs:
-        resampled = None
-        if "--output-resampled" in outputs or "--output-qa" in outputs:
-            keep = None if getattr(args, "resampled_float", False) else moving_pixel_id
-            resampled = resample_moving(fixed, moving, result, pixel_id=keep if keep is not None else sitk.sitkFloat32)
-        if "--output-resampled" in outputs:
-            with outputs.stage("--output-resampled") as tmp:
-                write_image(resampled, tmp)
-        if "--output-qa" in outputs:
-            with outputs.stage("--output-qa") as tmp:
-                write_image(qa_picture(fixed, resampled, moving), tmp)
-        if "--output-scene" in outputs:
-            from ..mrml.mrb import write_scene_bundle
-
-            with outputs.stage("--output-scene") as tmp:
-                write_scene_bundle(tmp, fixed, moving, result)
+        stage_image_outputs(args, outputs, fixed, moving, result, moving_pixel_id)
         with outputs.stage("--output") as tmp:
             write_transform(result.transform, tmp)
         written = write_diagnostics_and_commit(outputs, result)
     return written
+
+
+def stage_image_outputs(args, outputs, fixed: sitk.Image, moving: sitk.Image, result: RegistrationResult,
+                        moving_pixel_id=None) -> None:
+    """Stage ``--output-resampled``, ``--output-qa`` and ``--output-scene`` (those present in ``outputs``) inside
+    an open :class:`OutputSet`; the caller stages its transform and commits. The resampled image keeps
+    ``moving_pixel_id`` unless ``--resampled-float`` (or no pixel type) is given."""
+    resampled = None
+    if "--output-resampled" in outputs or "--output-qa" in outputs:
+        keep = None if getattr(args, "resampled_float", False) else moving_pixel_id
+        resampled = resample_moving(fixed, moving, result, pixel_id=keep if keep is not None else sitk.sitkFloat32)
+    if "--output-resampled" in outputs:
+        with outputs.stage("--output-resampled") as tmp:
+            write_image(resampled, tmp)
+    if "--output-qa" in outputs:
+        with outputs.stage("--output-qa") as tmp:
+            write_image(qa_picture(fixed, resampled, moving), tmp)
+    if "--output-scene" in outputs:
+        from ..mrml.mrb import write_scene_bundle
+
+        with outputs.stage("--output-scene") as tmp:
+            write_scene_bundle(tmp, fixed, moving, result)
 
 
 def write_diagnostics_and_commit(outputs: OutputSet, result: RegistrationResult) -> list:

@@ -117,7 +117,7 @@ def run(args) -> int:
     result = register_deformable(fixed.image, moving.image, config, initial_transform=initial, model=model,
                                  fixed_mask=fmask, moving_mask=mmask, progress=prog.sub(0.3, 1.0) if search else prog)
     result.warnings[:0] = fixed.warnings + moving.warnings
-    written = _write(args, outputs, fixed.image, moving.image, result)
+    written = _write(args, outputs, fixed.image, moving.image, result, moving.pixel_id)
     d = result.diagnostics
     sim = d["similarity"]
     lines = [
@@ -129,12 +129,12 @@ def run(args) -> int:
     return 0
 
 
-def _write(args, outputs, fixed, moving, result) -> list:
+def _write(args, outputs, fixed, moving, result, moving_pixel_id=None) -> list:
     """All outputs as one set (written under temporary names, renamed together at the end)."""
     import SimpleITK as sitk
 
     from ..io import write_image, write_transform
-    from .common import qa_picture, resample_moving, write_diagnostics_and_commit
+    from .common import stage_image_outputs, write_diagnostics_and_commit
 
     field = result.transform.GetDisplacementField()
     with outputs:
@@ -145,20 +145,7 @@ def _write(args, outputs, fixed, moving, result) -> list:
             inverse = sitk.InvertDisplacementField(field, maximumNumberOfIterations=20, enforceBoundaryCondition=False)
             with outputs.stage("--output-inverse") as tmp:
                 write_transform(sitk.DisplacementFieldTransform(inverse), tmp)
-        resampled = None
-        if "--output-resampled" in outputs or "--output-qa" in outputs:
-            resampled = resample_moving(fixed, moving, result, pixel_id=sitk.sitkFloat32)
-        if "--output-resampled" in outputs:
-            with outputs.stage("--output-resampled") as tmp:
-                write_image(resampled, tmp)
-        if "--output-qa" in outputs:
-            with outputs.stage("--output-qa") as tmp:
-                write_image(qa_picture(fixed, resampled, moving), tmp)
-        if "--output-scene" in outputs:
-            from ..mrml.mrb import write_scene_bundle
-
-            with outputs.stage("--output-scene") as tmp:
-                write_scene_bundle(tmp, fixed, moving, result)
+        stage_image_outputs(args, outputs, fixed, moving, result, moving_pixel_id)
         with outputs.stage("--output") as tmp:
             if is_field_image_path(args.output):
                 write_image(field, tmp)
