@@ -244,3 +244,16 @@ def test_task_recomputed_after_worker_loss_does_not_register_again(tmp_path):
     failed = run_pair({**job, "run_token": "other", "previews": False})
     assert failed["status"] == "failed" and "missing.nii" in failed["message"]
     assert [a["event"] for a in _attempts(tmp_path)] == ["already-done", "start", "failed"]
+
+
+def test_resident_memory_needs_no_psutil(monkeypatch):
+    """The per-pair memory limit must not depend on psutil being installed (it is not a core dependency)."""
+    import os
+    import sys
+
+    from RegistrationSuiteLib.cohort.runner import resident_memory
+
+    monkeypatch.setitem(sys.modules, "psutil", None)  # import psutil now fails
+    rss = resident_memory(os.getpid())
+    assert rss is not None and rss > 10 * 2**20  # this pytest process holds well over 10 MB
+    assert resident_memory(2**22 + 12345) is None  # no such process

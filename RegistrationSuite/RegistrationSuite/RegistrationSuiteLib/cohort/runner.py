@@ -61,19 +61,28 @@ def _status_text(code: int) -> str:
     return f"exit code {code}"
 
 
-def _watch_memory(proc: subprocess.Popen, state: dict, memory_limit: int, poll: float) -> None:
-    """Poll the child's resident memory (psutil, when installed) until ``state["done"]`` is set; kill the child
-    when it exceeds ``memory_limit`` bytes. Runs beside the blocking wait, so the pair's end is seen at once."""
+def resident_memory(pid: int):
+    """Resident memory (bytes) of process ``pid``: ``/proc/<pid>/statm`` on Linux, psutil elsewhere (when
+    installed); ``None`` when it cannot be read (process gone, or no way to measure here)."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import psutil
 
-        process = psutil.Process(proc.pid)
-    except Exception:  # noqa: BLE001 - no psutil, or the child already ended: the peak then comes from rusage
-        return
+        return psutil.Process(pid).memory_info().rss
+    except Exception:  # noqa: BLE001 - no psutil, or the process already ended
+        return None
+
+
+def _watch_memory(proc: subprocess.Popen, state: dict, memory_limit: int, poll: float) -> None:
+    """Poll the child's resident memory until ``state["done"]`` is set; kill the child when it exceeds
+    ``memory_limit`` bytes. Runs beside the blocking wait, so the pair's end is seen at once."""
     while not state["done"].wait(poll):
-        try:
-            rss = process.memory_info().rss
-        except Exception:  # noqa: BLE001 - the child ended between two polls
+        rss = resident_memory(proc.pid)
+        if rss is None:  # the child ended between two polls (or memory cannot be read: rusage gives the peak)
             return
         state["peak"] = max(state["peak"], rss)
         if memory_limit and rss > memory_limit:
