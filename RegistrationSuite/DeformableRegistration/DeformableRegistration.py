@@ -270,6 +270,8 @@ class DeformableRegistrationLogic(ScriptedLoadableModuleLogic):
                 return _("Output volumes must be new volumes, not the fixed or moving volume.")
         if parameterNode.outputVolume and parameterNode.outputVolume == parameterNode.outputJacobian:
             return _("The resampled volume and the Jacobian volume must be different volumes.")
+        if parameterNode.initialTransform and parameterNode.initialTransform == parameterNode.outputTransform:
+            return _("The output transform must differ from the initial transform (it will include it).")
         for node in (fixed, moving):
             if node.GetImageData() is None:
                 return _("Volume '{name}' has no voxels.").format(name=node.GetName())
