@@ -124,14 +124,18 @@ def test_deformable_child_run_recovers_known_shift(pair, tmp_path):
 @pytest.mark.slow
 def test_initial_transform_node_is_exported_and_folded_in(pair, tmp_path):
     """An initial linear node holding the whole shift (as a GlobalRigidSearch output: moving → fixed) and a few
-    steps: the output already contains the shift, so the node's export direction is right (reversed it would
-    give twice the shift the other way)."""
+    steps, with a fixed mask: the output already contains the shift, so the node's export direction is right
+    (reversed, the output would hold the opposite shift)."""
     scene, fixed, moving = pair
     initial = set_linear_transform(None, np.r_[np.c_[np.eye(3), SHIFT_LPS], [[0, 0, 0, 1]]], scene, "rigid")
     config = make_config("fast", similarity="lncc", spacing_mm=4.0, device="cpu")
     config.io_steps = 6
-    run = ChildRun(deformable_run_spec(fixed, moving, config, initialTransformNode=initial),
-                   temp_parent=tmp_path).start()
+    fixed_image = slicer.util.arrayFromVolume(fixed)
+    mask = volume_node_from_image(sitk.BinaryThreshold(shifted_pair()[0], float(np.percentile(fixed_image, 60)), 1e9),
+                                  scene, "fixed mask", labelmap=True)  # the brighter 40 %: a fixed mask passes too
+    spec = deformable_run_spec(fixed, moving, config, initialTransformNode=initial, fixedMaskNode=mask)
+    assert spec.inputs[2].option == "--initial-transform" and spec.inputs[3].value is mask
+    run = ChildRun(spec, temp_parent=tmp_path).start()
     assert run.wait(timeout=600) == SUCCEEDED, (run.error, run.error and run.error.details)
     found = mean_from_parent_displacement(run.outcome.nodes["transform"], centre_points_ras(fixed))
     assert np.linalg.norm(found - SHIFT_LPS * LPS_TO_RAS) < 1.0, found
