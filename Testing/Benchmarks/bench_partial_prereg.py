@@ -296,10 +296,12 @@ def _one(name, fn, fixed, moving, truth, info) -> dict:
                      "refine_shift_mm": res.diagnostics.get("refinement", {}).get("mean_corner_shift_mm"),
                      "ngf_similarity": [c.get("ngf_similarity") for c in
                                         res.diagnostics.get("local_search", {}).get("candidates", {}).values()]}
+        if fn is run_tspm_cli:
+            extra = {"cli_seconds": CLI_SECONDS[-1]}
         err = anchor_error(moving, out, truth)
     except Exception as exc:  # noqa: BLE001 - a crashing peer is a failed case, not a failed benchmark
         err, extra = float("inf"), {"error": f"{type(exc).__name__}: {exc}"[:200]}
-    return dict(info, method=name, error_mm=err, seconds=time.perf_counter() - t0, **extra)
+    return dict(info, method=name, error_mm=err, seconds=time.perf_counter() - t0, load_1min=_load(), **extra)
 
 
 def summarise(rows, args) -> str:
@@ -350,6 +352,23 @@ def _report(rows, args, table) -> str:
             crashed[r["method"]] = crashed.get(r["method"], 0) + 1
     crash_text = "".join(f" {name} stopped with an error on {n} of {sum(1 for r in rows if r['method'] == name)} "
                          "cases (counted as failures; see output/partial_prereg.json)." for name, n in crashed.items())
+    notes = [
+        "",
+        "Notes. The shipped model is CPU-trained (median patch error "
+        f"{shipped_model_median_patch_error_mm():.0f} mm on its validation volume, from its model card), so "
+        "\"TSPM alone\" places no case within 4 mm; the pipeline's "
+        "accuracy comes from TSPM's rough position + the local CSNGF search of its neighbourhood (our addition, "
+        "compare \"w/o local search\") + the overlap-restricted refinement. With the local search, RANSAC is not "
+        "what carries the result (\"w/o RANSAC\", a least-squares fit to all predictions, scores the same or "
+        "better here). The thresholds of the \"doubtful\" flags were chosen on 20 tiny crops drawn with seed 7, "
+        "not on these cases. Cases are seeded and identical across methods; SimpleITK's multi-threaded MI is "
+        "not bit-reproducible, so a borderline case can flip between runs.",
+    ] if args.section == "partial_prereg" else [
+        "",
+        "Notes. A small run of selected rows beside the full table (same script and case generator); a handful "
+        "of cases is far too few to rank methods, it shows what the rows measure. Timings are wall clock on a "
+        "machine shared with other jobs (see the load figures, when recorded).",
+    ]
     lines = [
         "## TSPM partial-volume preregistration (`bench_partial_prereg.py`)"
         + ("" if args.section == "partial_prereg" else f" — {args.section}"),
@@ -366,11 +385,9 @@ def _report(rows, args, table) -> str:
         f"TSPM time per case with the fixed → template alignment cached (same fixed image): "
         f"{np.mean(cached) if cached else float('nan'):.1f} s mean; the uncached fixed → template step "
         f"(once per fixed image) took {np.mean(first) if first else float('nan'):.1f} s. "
-        + (f"The whole CLI, one new process per case without the cache (--no-cache), took "
-           f"{np.median(CLI_SECONDS):.1f} s median ({min(CLI_SECONDS):.1f}-{max(CLI_SECONDS):.1f} s, "
-           f"{len(CLI_SECONDS)} cases, wall clock, process start included). " if CLI_SECONDS else "")
-        + f"1-minute load average at the end: {_load():.1f} on {_cores()} cores. "
-        f"TSPM flagged {doubtful} result(s) as doubtful; {failed_flagged} of its {failed} failure(s) were flagged."
+        + _cli_sentence(rows)
+        + _load_sentence(rows)
+        + f"TSPM flagged {doubtful} result(s) as doubtful; {failed_flagged} of its {failed} failure(s) were flagged."
         + crash_text,
         "",
         f"Command: `python Testing/Benchmarks/bench_partial_prereg.py --cases-per-class {args.cases_per_class} "
@@ -379,16 +396,7 @@ def _report(rows, args, table) -> str:
         f"{' --classes ' + ' '.join(args.classes) if tuple(args.classes) != tuple(CLASSES) else ''}"
         f"{' --moving ' + ' '.join(args.moving) if tuple(args.moving) != ('T1',) else ''}"
         f"{' --section ' + args.section if args.section != 'partial_prereg' else ''} --write`",
-        "",
-        "Notes. The shipped model is CPU-trained (median patch error "
-        f"{shipped_model_median_patch_error_mm():.0f} mm on its validation volume, from its model card), so "
-        "\"TSPM alone\" places no case within 4 mm; the pipeline's "
-        "accuracy comes from TSPM's rough position + the local CSNGF search of its neighbourhood (our addition, "
-        "compare \"w/o local search\") + the overlap-restricted refinement. With the local search, RANSAC is not "
-        "what carries the result (\"w/o RANSAC\", a least-squares fit to all predictions, scores the same or "
-        "better here). The thresholds of the \"doubtful\" flags were chosen on 20 tiny crops drawn with seed 7, "
-        "not on these cases. Cases are seeded and identical across methods; SimpleITK's multi-threaded MI is "
-        "not bit-reproducible, so a borderline case can flip between runs.",
+        *notes,
     ]
     return "\n".join(lines)
 
@@ -404,6 +412,7 @@ def main(argv=None) -> int:
                     help="contrasts of the moving crops (T1: against T2/FLAIR; T2, FLAIR: against T1)")
     ap.add_argument("--model", help="TSPM model (name or .pt; default: the shipped one)")
     ap.add_argument("--write", action="store_true", help="update the section in BENCHMARKS.md")
+    ap.add_argument("--from-json", help="summarise the rows saved by an earlier run (output/partial_prereg.json)")
     ap.add_argument("--section", default="partial_prereg",
                     help="BENCHMARKS.md section to write (a small run of a few rows can go beside the full table)")
     args = ap.parse_args(argv)
@@ -412,14 +421,36 @@ def main(argv=None) -> int:
     if args.model:
         global MODEL
         MODEL = args.model
-    rows = run_all(args.cases_per_class, args.seed, set(args.skip), lambda s: print(s, flush=True),
-                   tuple(args.fixed), tuple(args.classes), tuple(args.moving))
-    (out_dir / "partial_prereg.json").write_text(json.dumps(rows, indent=1, default=str))
+    if args.from_json:  # summarise the rows of an earlier run (same arguments) without running again
+        rows = json.loads(Path(args.from_json).read_text())
+    else:
+        rows = run_all(args.cases_per_class, args.seed, set(args.skip), lambda s: print(s, flush=True),
+                       tuple(args.fixed), tuple(args.classes), tuple(args.moving))
+        (out_dir / "partial_prereg.json").write_text(json.dumps(rows, indent=1, default=str))
     body = summarise(rows, args)
     print(body)
     if args.write:
         update_benchmarks_md(args.section, body)
     return 0
+
+
+def _cli_sentence(rows) -> str:
+    cli = [r for r in rows if r["method"].startswith("TSPM whole CLI") and "error" not in r]
+    if not cli:
+        return ""
+    exact = all("cli_seconds" in r for r in cli)
+    secs = [r["cli_seconds"] if exact else r["seconds"] for r in cli]
+    return (f"The whole CLI, one new process per case without the cache (--no-cache), took {np.median(secs):.1f} s "
+            f"median ({min(secs):.1f}-{max(secs):.1f} s, {len(secs)} cases, wall clock, process start included"
+            f"{'' if exact else ', and writing its two input files'}). ")
+
+
+def _load_sentence(rows) -> str:
+    loads = [r["load_1min"] for r in rows if "load_1min" in r]
+    if not loads:
+        return "(The machine's load was not recorded in this run's rows.) "
+    return (f"1-minute load average after each case: {np.median(loads):.1f} median ({min(loads):.1f}-"
+            f"{max(loads):.1f}) on {_cores()} cores. ")
 
 
 def _load() -> float:

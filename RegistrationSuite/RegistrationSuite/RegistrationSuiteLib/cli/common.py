@@ -167,11 +167,13 @@ def cast_like(image: sitk.Image, pixel_id: int) -> sitk.Image:
     return sitk.Cast(image, pixel_id)
 
 
-def qa_picture(fixed: sitk.Image, resampled: sitk.Image, moving: sitk.Image) -> sitk.Image:
-    """Before (moving on the fixed grid, identity) and after (resampled) checkerboards side by side, RGB."""
+def qa_picture(fixed: sitk.Image, resampled: sitk.Image, moving: sitk.Image, *, labels: bool = False) -> sitk.Image:
+    """Before (moving on the fixed grid, identity) above after (resampled), each a checkerboard and a colour
+    overlay of the middle slice, RGB. ``labels``: label volumes (the "before" is resampled nearest-neighbour)."""
     from ..sample_data import checkerboard_png_array
 
-    before = sitk.Resample(moving, fixed, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    interp = sitk.sitkNearestNeighbor if labels else sitk.sitkLinear
+    before = sitk.Resample(moving, fixed, sitk.Transform(), interp, 0.0, sitk.sitkFloat32)
     top = checkerboard_png_array(fixed, before)
     bottom = checkerboard_png_array(fixed, sitk.Cast(resampled, sitk.sitkFloat32))
     return sitk.GetImageFromArray(np.concatenate([top, bottom], axis=0), isVector=True)

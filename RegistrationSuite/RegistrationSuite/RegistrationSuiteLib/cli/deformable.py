@@ -44,6 +44,7 @@ def add_parser(sub):
     p.add_argument("--output-jacobian", help="write the Jacobian determinant of the mapping (working grid)")
     p.add_argument("--output-inverse", help="write the inverse transform (moving → fixed points; .h5)")
     p.add_argument("--output-scene", help="write a Slicer scene bundle (.mrb)")
+    p.add_argument("--output-qa", help="write a before/after checkerboard picture (.png) of the middle slice")
     p.add_argument("--max-memory-gb", type=float, default=4.0, help="refuse working grids needing more (default 4)")
     p.add_argument("--seed", type=int, default=0, help=f"random seed (default 0); {SEED_PROMISE}")
     add_device_argument(p)
@@ -133,7 +134,7 @@ def _write(args, outputs, fixed, moving, result) -> list:
     import SimpleITK as sitk
 
     from ..io import write_image, write_transform
-    from .common import resample_moving, write_diagnostics_and_commit
+    from .common import qa_picture, resample_moving, write_diagnostics_and_commit
 
     field = result.transform.GetDisplacementField()
     with outputs:
@@ -144,9 +145,15 @@ def _write(args, outputs, fixed, moving, result) -> list:
             inverse = sitk.InvertDisplacementField(field, maximumNumberOfIterations=20, enforceBoundaryCondition=False)
             with outputs.stage("--output-inverse") as tmp:
                 write_transform(sitk.DisplacementFieldTransform(inverse), tmp)
+        resampled = None
+        if "--output-resampled" in outputs or "--output-qa" in outputs:
+            resampled = resample_moving(fixed, moving, result, pixel_id=sitk.sitkFloat32)
         if "--output-resampled" in outputs:
             with outputs.stage("--output-resampled") as tmp:
-                write_image(resample_moving(fixed, moving, result, pixel_id=sitk.sitkFloat32), tmp)
+                write_image(resampled, tmp)
+        if "--output-qa" in outputs:
+            with outputs.stage("--output-qa") as tmp:
+                write_image(qa_picture(fixed, resampled, moving), tmp)
         if "--output-scene" in outputs:
             from ..mrml.mrb import write_scene_bundle
 

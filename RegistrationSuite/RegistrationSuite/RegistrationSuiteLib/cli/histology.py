@@ -51,7 +51,8 @@ def add_parser(sub):
     p.add_argument("--io-steps", type=int, default=None,
                    help="non-rigid instance optimisation steps per level (0 = affine only)")
     p.add_argument("--output-resampled", help="write the moving slide warped onto the fixed one (colours kept)")
-    p.add_argument("--output-checkerboard", help="write a fixed / warped-moving checkerboard (PNG)")
+    p.add_argument("--output-checkerboard", "--output-qa", dest="output_checkerboard",
+                   help="write a fixed / warped-moving checkerboard (PNG); --output-qa is the same option")
     p.add_argument("--seed", type=int, default=0, help=f"random seed (default 0); {SEED_PROMISE}")
     add_device_argument(p)
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest on busy machines)")

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..seeding import SEED_PROMISE
-from .common import (add_device_argument, add_summary_arguments, check_output_paths, print_result,
+from .common import (add_device_argument, add_summary_arguments, check_output_paths, print_result, qa_picture,
                      write_diagnostics_and_commit)
 from .progress_lines import progress_for
 
@@ -52,6 +52,8 @@ def add_parser(sub):
     add_device_argument(p)
     p.add_argument("--output-points", help="write the fixed points mapped into moving space (CSV x,y,z,label)")
     p.add_argument("--output-resampled-labels", help="write the moving labels resampled onto the fixed grid")
+    p.add_argument("--output-qa", help="write a before/after checkerboard picture (.png) of the fixed labels and "
+                   "the moving labels (middle slice; label volumes only)")
     add_summary_arguments(p)
     p.set_defaults(run=run)
     return p
@@ -107,20 +109,25 @@ def run(args) -> int:
     from ..methods.organ_point_cloud import register_organ_point_cloud
 
     outputs = check_output_paths(args)
-    if args.output_resampled_labels and (_is_points(args.fixed) or _is_points(args.moving)):
-        raise InputError("--output-resampled-labels needs label volumes as --fixed and --moving, not point files")
+    for option in ("--output-resampled-labels", "--output-qa"):
+        if option in outputs and (_is_points(args.fixed) or _is_points(args.moving)):
+            raise InputError(f"{option} needs label volumes as --fixed and --moving, not point files")
     config = build_config(args)
     result = register_organ_point_cloud(args.fixed, args.moving, config, progress=progress_for(args))
     with outputs:
         if args.output_points:
             with outputs.stage("--output-points") as tmp:
                 write_points(result.fixed_points_in_moving, tmp)
-        if args.output_resampled_labels:
+        if "--output-resampled-labels" in outputs or "--output-qa" in outputs:
             fixed = sitk.ReadImage(args.fixed)
             moving = sitk.ReadImage(args.moving)
             resampled = sitk.Resample(moving, fixed, result.transform, sitk.sitkNearestNeighbor, 0, moving.GetPixelID())
+        if "--output-resampled-labels" in outputs:
             with outputs.stage("--output-resampled-labels") as tmp:
                 write_image(resampled, tmp)
+        if "--output-qa" in outputs:  # labels: "before" is the moving labels on the fixed grid as read
+            with outputs.stage("--output-qa") as tmp:
+                write_image(qa_picture(fixed, resampled, moving, labels=True), tmp)
         with outputs.stage("--output") as tmp:
             write_transform(result.transform, tmp)
         written = write_diagnostics_and_commit(outputs, result)

@@ -26,7 +26,8 @@ from .report import add_output_report_argument
 
 HELP = "run registration steps in order (e.g. rigid-search,deformable), each from the previous result"
 # Options the pipeline sets itself for every step.
-_RESERVED = ("--fixed", "--moving", "--output", "--initial-transform", "--json", "--output-scene", "--output-resampled", "--output-report")
+_RESERVED = ("--fixed", "--moving", "--output", "--initial-transform", "--json", "--output-scene", "--output-resampled",
+             "--output-report", "--output-qa")
 
 
 def add_parser(sub):
@@ -47,6 +48,8 @@ def add_parser(sub):
                    help='options for one step, e.g. "deformable:--io-steps 200" (repeatable)')
     p.add_argument("--output-dir", help="write each step's composed transform, own transform and JSON summary here")
     p.add_argument("--output-resampled", help="write moving resampled onto the fixed grid with the composed transform")
+    p.add_argument("--output-qa", help="write a before/after checkerboard picture (.png) of the middle slice, after = "
+                   "the composed transform")
     p.add_argument("--json", action="store_true", help="print a one-line JSON summary on stdout")
     add_initial_transform_argument(p)
     add_output_report_argument(p)
@@ -148,16 +151,20 @@ def run(args) -> int:
         final = read_transform(previous)
         if progress:
             progress(1.0, "done")
-        with outputs:  # written as a set: both or neither
-            if args.output_resampled:
+        with outputs:  # written as a set: all or none
+            if "--output-resampled" in outputs or "--output-qa" in outputs:
                 from ..result import RegistrationResult
-                from .common import resample_moving
+                from .common import qa_picture, resample_moving
 
                 fixed, moving = read_image(args.fixed, "fixed"), read_image(args.moving, "moving")
                 resampled = resample_moving(fixed.image, moving.image, RegistrationResult("pipeline", final),
                                             pixel_id=moving.pixel_id)
+            if "--output-resampled" in outputs:
                 with outputs.stage("--output-resampled") as tmp:
                     write_image(resampled, tmp)
+            if "--output-qa" in outputs:
+                with outputs.stage("--output-qa") as tmp:
+                    write_image(qa_picture(fixed.image, resampled, moving.image), tmp)
             with outputs.stage("--output") as tmp:
                 write_transform(final, tmp)
             outputs.commit()

@@ -75,8 +75,9 @@ def _ensure_previews(folder: Path, record: dict) -> tuple:
     return prev, "" if done else "before registration (identity): the pair failed"
 
 
-def write_report(out_dir, *, title: str = "RegistrationSuite batch review") -> Path:
-    """Write ``out_dir/report.html`` from the pairs' folders; returns its path."""
+def write_report(out_dir, *, title: str = "RegistrationSuite batch review", source: str = None) -> Path:
+    """Write ``out_dir/report.html`` from the pairs' folders; returns its path (``source``: the origin named
+    on the page, default the folder)."""
     out_dir = Path(out_dir)
     records = []
     for pid in _pair_ids(out_dir):
@@ -88,9 +89,9 @@ def write_report(out_dir, *, title: str = "RegistrationSuite batch review") -> P
     n_doubtful = sum(bool(r.get("doubtful")) and r.get("status") == "done" for r in records)
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{_CSS}</style><script>{_JS}</script></head><body>",
-             f"<h1>{html.escape(title)}</h1><p>{len(records)} pairs: {len(records) - n_failed} done "
+             f"<h1>{html.escape(title)}</h1><p>{len(records)} pair(s): {len(records) - n_failed} done "
              f"({n_doubtful} doubtful), {n_failed} failed. Written {time.strftime('%Y-%m-%d %H:%M:%S')} from "
-             f"{html.escape(str(out_dir.resolve()))}. Click a column header to sort.</p>", _table(records)]
+             f"{html.escape(source or str(out_dir.resolve()))}. Click a column header to sort.</p>", _table(records)]
     for rec in records:
         parts.append(_section(out_dir / rec["id"], rec))
     parts.append("</body></html>")
@@ -176,7 +177,7 @@ def write_pair_report(path, pair_id: str, fixed, moving, transform, summary: dic
                   "doubtful": doubtful_reasons(summary), "folding_percent": folding_percent(transform),
                   "time_s": (summary.get("timings") or {}).get("total")}
         (folder / RECORD).write_text(json.dumps(record, indent=1, default=str))
-        os.replace(write_report(work, title=f"RegistrationSuite review: {pair_id}"), path)
+        os.replace(write_report(work, title=f"RegistrationSuite review: {pair_id}", source="one registration"), path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return path

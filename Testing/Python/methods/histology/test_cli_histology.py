@@ -163,3 +163,28 @@ def test_bad_output_suffix(pair, capsys):
     argv = _base(pair)
     argv[argv.index("--output") + 1] = str(pair[3] / "t.png")
     _refused(capsys, pair[3], argv, "--output: expected a transform")
+
+
+def test_output_qa_is_the_checkerboard(pair):
+    """``--output-qa`` means what it means in the other commands' option lists: the QA picture, here the
+    fixed / warped-moving checkerboard (a valid PNG the size of the fixed slide)."""
+    out = pair[3]
+    argv = _base(pair, output_qa=out / "qa.png")
+    assert main(argv) == 0
+    data = (out / "qa.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    qa = sitk.ReadImage(str(out / "qa.png"))
+    assert qa.GetSize() == (256, 256) and qa.GetNumberOfComponentsPerPixel() == 3
+    fixed = sitk.GetArrayFromImage(sitk.ReadImage(pair[0]))
+    rgb = sitk.GetArrayFromImage(qa)
+    assert np.array_equal(rgb[:32, :32], fixed[:32, :32]) and not np.array_equal(rgb, fixed)  # squares alternate
+
+
+def test_output_qa_never_an_input(pair, capsys):
+    _refused(capsys, pair[3], _base(pair, output_qa=pair[0]), "refusing to overwrite an input")
+
+
+def test_output_qa_nothing_written_on_bad_input(pair, capsys):
+    argv = _base(pair, output_qa=pair[3] / "qa.png")
+    argv[argv.index("--moving") + 1] = "nope.png"
+    _refused(capsys, pair[3], argv, "moving: file not found")
