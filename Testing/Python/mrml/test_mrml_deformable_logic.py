@@ -78,6 +78,32 @@ def test_presets_and_options():
         cli_options(make_config("fast", min_overlap=0.5))
 
 
+def test_model_list_keeps_deformable_models_only(tmp_path):
+    """Kinds are read without torch: the shipped TSPM model and another kind are left out, a deformable model
+    and an unreadable file stay (the run checks those)."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from RegistrationSuiteLib.methods.deformable.network import MODEL_KIND
+    from RegistrationSuiteLib.mrml.deformable_logic import MODEL_KIND as LISTED_KIND
+    from RegistrationSuiteLib.mrml.deformable_logic import deformable_models, read_model_kind
+
+    assert LISTED_KIND == MODEL_KIND
+    torch.save({"kind": MODEL_KIND, "state_dict": {"w": torch.zeros(3)}}, tmp_path / "mine.pt")
+    torch.save({"kind": "tspm_patch_position", "state_dict": {"w": torch.zeros(3)}}, tmp_path / "other.pt")
+    (tmp_path / "broken.pt").write_bytes(b"not a zip")
+    names = {name: source for name, source, _path in deformable_models(tmp_path)}
+    assert names == {"mine": "user", "broken": "user"}  # no shipped deformable model; the TSPM one is left out
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from RegistrationSuiteLib.mrml.deformable_logic import read_model_kind\n"
+            f"print(read_model_kind({str(tmp_path / 'mine.pt')!r}), read_model_kind({str(tmp_path / 'other.pt')!r}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == [MODEL_KIND, "tspm_patch_position"], out.stderr[-1000:]
+    assert read_model_kind(tmp_path / "broken.pt") is None
+
+
 def test_run_spec_refuses_bad_nodes(pair):
     scene, fixed, moving = pair
     linear = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")

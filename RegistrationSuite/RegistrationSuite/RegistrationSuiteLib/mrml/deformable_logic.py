@@ -25,6 +25,8 @@ CLI_FIELDS = ("spacing_mm", "similarity", "io_steps", "regularization", "regular
 #: Colour map of the Jacobian volume (Slicer's built-in diverging table: blue < 1 < red).
 JACOBIAN_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileDivergingBlueRed.txt"
 OUTPUT_NAME = "DeformableRegistration transform"
+#: ``kind`` of deformable model files (= ``methods.deformable.network.MODEL_KIND``, which imports torch).
+MODEL_KIND = "deformable_field"
 
 
 def preset_values(preset: str):
@@ -44,12 +46,41 @@ def make_config(preset="balanced", similarity="auto", regularization=None, model
                             similarity=similarity, model=(model or None), **kwargs)
 
 
+def read_model_kind(path):
+    """The ``kind`` of a model file, read without torch (Slicer's own process never imports it), or ``None``
+    when it cannot be read this way.
+
+    A model file is a zip (``torch.save``) whose ``data.pkl`` pickles a dictionary; a restricted unpickler
+    rebuilds that dictionary with every class reference and tensor storage replaced by ``None`` (nothing is
+    imported or constructed), which leaves the strings such as ``"kind"`` intact."""
+    import pickle
+    import zipfile
+
+    class _Restricted(pickle.Unpickler):
+        def find_class(self, module, name):
+            return lambda *args, **kwargs: None
+
+        def persistent_load(self, pid):
+            return None
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next(n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl")
+            with archive.open(name) as stream:
+                content = _Restricted(stream).load()
+    except Exception:  # noqa: BLE001 - any unreadable file: unknown kind (the run reports the real error)
+        return None
+    kind = content.get("kind") if isinstance(content, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
 def deformable_models(user_dir=None) -> list:
-    """``[(name, source, path)]`` of the model files offered (user models first). Only lists files: the run
-    checks that a chosen file is a deformable field network (another kind is refused with one line)."""
+    """``[(name, source, path)]`` of the deformable model files offered (user models first): files whose kind
+    (read without torch) is another method's are left out; unreadable ones stay listed (the run checks them
+    and refuses a wrong one with one line)."""
     from .partial_prereg_logic import available_models
 
-    return available_models(user_dir)
+    return [m for m in available_models(user_dir) if read_model_kind(m[2]) in (MODEL_KIND, None)]
 
 
 def _check_cli_expressible(config) -> None:
