@@ -78,6 +78,19 @@ def test_presets_and_options():
         cli_options(make_config("fast", min_overlap=0.5))
 
 
+def test_result_lines_from_known_diagnostics():
+    from RegistrationSuiteLib.result import RegistrationResult
+
+    result = RegistrationResult("deformable", sitk.Transform(), warnings=["w1"], diagnostics={
+        "folding_fraction": 0.0012, "jacobian_min": -0.25, "network": "my_net",
+        "similarity": {"name": "mind", "before": -0.61, "after": -0.42}})
+    assert result_lines(result, 12.34) == ["Folding: 0.120 % of voxels (Jacobian min -0.250)",
+                                           "Similarity (mind): -0.6100 → -0.4200",
+                                           "Model: my_net    Time: 12.3 s", "Warning: w1"]
+    missing = result_lines(RegistrationResult("deformable", sitk.Transform(), diagnostics={"folding_fraction": None}))
+    assert missing[0].startswith("Folding: n/a") and "none (optimisation only)" in missing[2]
+
+
 def test_model_list_keeps_deformable_models_only(tmp_path):
     """Kinds are read without torch: the shipped TSPM model and another kind are left out, a deformable model
     and an unreadable file stay (the run checks those)."""

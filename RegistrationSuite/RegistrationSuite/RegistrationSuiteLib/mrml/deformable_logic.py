@@ -186,7 +186,8 @@ def result_lines(result, seconds=None) -> list:
         return "n/a" if not math.isfinite(value) else format(value, fmt)
 
     total = seconds if seconds is not None else (result.timings or {}).get("total")
-    lines = [f"Folding: {number(100.0 * d['folding_fraction'] if 'folding_fraction' in d else None, '.3f')} % of "
+    folding = d.get("folding_fraction")
+    lines = [f"Folding: {number(100.0 * folding if isinstance(folding, (int, float)) else None, '.3f')} % of "
              f"voxels (Jacobian min {number(d.get('jacobian_min'), '.3f')})",
              f"Similarity ({sim.get('name', '?')}): {number(sim.get('before'), '.4f')} → "
              f"{number(sim.get('after'), '.4f')}",
