@@ -6,6 +6,7 @@ the files when this script or the sample volumes change.
 - ``Resources/Icons/RegistrationSuite.png`` (extension) and the hub module's icon: a fixed (blue) and a moving
   (orange) square, the moving one rotated, overlapping.
 - ``GlobalRigidSearch.png``: the same pair with a circular arrow (a search over rotations).
+- ``DeformableRegistration.png``: a regular grid bent by a smooth displacement inside a fixed square.
 - ``PartialVolumePreregistration.png``: a full (blue) square and a thin, rotated partial slab (orange) inside it,
   with the small patches whose template positions the network predicts.
 - ``GlobalRigidSearchSampleT1.png`` / ``...T2.png``: middle axial slice of each shipped sample volume, used as
@@ -24,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HUB = ROOT / "RegistrationSuite" / "RegistrationSuite"
 GLOBAL_RIGID = ROOT / "RegistrationSuite" / "GlobalRigidSearch"
 PARTIAL_PREREG = ROOT / "RegistrationSuite" / "PartialVolumePreregistration"
+DEFORMABLE = ROOT / "RegistrationSuite" / "DeformableRegistration"
 DATA = HUB / "RegistrationSuiteLib" / "data"
 
 SIZE = 128
@@ -93,6 +95,25 @@ def _partial_slab(scale: int) -> Image.Image:
     return img
 
 
+def _warped_grid(scale: int) -> Image.Image:
+    """A fixed square (blue) carrying a regular grid bent by a smooth displacement (moving colour): a
+    deformation field."""
+    s = SIZE * scale
+    img = Image.new("RGBA", (s, s), (0, 0, 0, 0))
+    ImageDraw.Draw(img).polygon(_square((0.5 * s, 0.5 * s), 0.44 * s, 0.0), fill=FIXED_RGBA,
+                                outline=(30, 30, 30, 255), width=2 * scale)
+    draw = ImageDraw.Draw(img)
+    t = np.linspace(0.10, 0.90, 200)
+
+    def warp(x, y):  # displacement of a sine field, fraction of the icon
+        return x + 0.05 * np.sin(2 * np.pi * y), y + 0.05 * np.sin(2 * np.pi * x)
+
+    for c in np.linspace(0.18, 0.82, 5):
+        for xs, ys in (warp(np.full_like(t, c), t), warp(t, np.full_like(t, c))):
+            draw.line([(x * s, y * s) for x, y in zip(xs, ys)], fill=MOVING_RGBA[:3] + (255,), width=4 * scale)
+    return img
+
+
 def _save(img: Image.Image, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     img.resize((SIZE, SIZE), Image.LANCZOS).save(path, optimize=True)
@@ -123,6 +144,7 @@ def main() -> None:
     _save(pair, HUB / "Resources" / "Icons" / "RegistrationSuite.png")
     _save(_rotation_arrow(_two_squares(SUPERSAMPLE), SUPERSAMPLE), GLOBAL_RIGID / "Resources" / "Icons" / "GlobalRigidSearch.png")
     _save(_partial_slab(SUPERSAMPLE), PARTIAL_PREREG / "Resources" / "Icons" / "PartialVolumePreregistration.png")
+    _save(_warped_grid(SUPERSAMPLE), DEFORMABLE / "Resources" / "Icons" / "DeformableRegistration.png")
     for key in ("T1", "T2"):
         _thumbnail(DATA / f"sample_{key}_2mm.nii.gz", GLOBAL_RIGID / "Resources" / "Icons" / f"GlobalRigidSearchSample{key}.png")
 
