@@ -43,7 +43,7 @@ def run(args) -> int:
     from ..errors import InputError
     from ..methods.deformable.train import DeformableTrainConfig, read_images_csv, train_deformable_model
     from ..models.training import TrainingConfig
-    from .common import StderrProgress
+    from .progress_lines import progress_for
 
     if args.scheme == "paired":
         raise InputError("--scheme paired: not implemented yet (only 'synthetic', RegNet scheme A)")
@@ -58,7 +58,7 @@ def run(args) -> int:
     config = DeformableTrainConfig(optim=optim, spacing_mm=args.spacing, patch=args.patch,
                                    diffeomorphic=args.diffeomorphic)
     card = train_deformable_model(args.images, out, config, checkpoint=args.checkpoint or str(out) + ".ckpt",
-                                  name=args.name, notes=args.notes, progress=StderrProgress(not args.quiet),
+                                  name=args.name, notes=args.notes, progress=progress_for(args),
                                   log=lambda line: print(line, flush=True))
     print(f"model written to {out}; synthetic MAE (mm): {card['metrics']['synthetic_mae_mm']}")
     return 0
