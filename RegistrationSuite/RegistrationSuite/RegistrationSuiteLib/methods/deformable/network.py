@@ -39,24 +39,35 @@ class FieldUNet(nn.Module):
         encoder: channels per encoder level (each level halves the size).
         decoder: channels per decoder level (as many as ``encoder``).
         diffeomorphic: integrate the output as a stationary velocity (``integration_steps`` squarings).
+        output_stride: 1 = the field is predicted at full resolution; 2 = the last decoder level is skipped,
+            the field is predicted at half resolution and upsampled linearly (for smooth fields: about a
+            quarter of the computation; ``decoder`` then has one entry fewer).
     """
 
     def __init__(self, dim: int = 3, encoder: Sequence[int] = (8, 16, 16, 32), decoder: Sequence[int] = (32, 16, 16, 8),
-                 diffeomorphic: bool = False, integration_steps: int = 7):
+                 diffeomorphic: bool = False, integration_steps: int = 7, output_stride: int = 1):
         super().__init__()
         if dim not in (2, 3):
             raise InputError(f"dim: expected 2 or 3, got {dim}")
-        if len(decoder) != len(encoder):
-            raise InputError(f"decoder: expected {len(encoder)} levels like the encoder, got {len(decoder)}")
+        if output_stride not in (1, 2):
+            raise InputError(f"output_stride: expected 1 or 2, got {output_stride}")
+        if output_stride == 2 and len(encoder) < 2:
+            raise InputError("output_stride 2 needs at least 2 encoder levels")
+        if len(decoder) != len(encoder) - (output_stride - 1):
+            raise InputError(f"decoder: expected {len(encoder) - (output_stride - 1)} levels for this encoder and "
+                             f"output stride, got {len(decoder)}")
         conv = nn.Conv2d if dim == 2 else nn.Conv3d
         self.dim, self.diffeomorphic, self.integration_steps = dim, bool(diffeomorphic), int(integration_steps)
+        self.output_stride = int(output_stride)
         self.config = {"dim": dim, "encoder": list(encoder), "decoder": list(decoder),
                        "diffeomorphic": bool(diffeomorphic), "integration_steps": int(integration_steps)}
+        if self.output_stride != 1:  # files of stride-1 networks keep their original config keys
+            self.config["output_stride"] = self.output_stride
         self.stem = _Block(conv, 2, encoder[0])
         self.down = nn.ModuleList(_Block(conv, a, b, stride=2) for a, b in zip(encoder[:-1], encoder[1:]))
         self.bottom = _Block(conv, encoder[-1], decoder[0])
         ups, c = [], decoder[0]
-        for skip, out in zip(reversed(encoder[:-1]), decoder[1:]):
+        for skip, out in zip(list(reversed(encoder[:-1]))[: len(decoder) - 1], decoder[1:]):
             ups.append(_Block(conv, c + skip, out))
             c = out
         self.up = nn.ModuleList(ups)
@@ -83,7 +94,12 @@ class FieldUNet(nn.Module):
             skip = skips.pop()
             y = F.interpolate(y, size=skip.shape[2:], mode="nearest")
             y = block(torch.cat([y, skip], 1))
-        y = self.head(y)[(slice(None), slice(None)) + tuple(slice(0, n) for n in shape)]
+        y = self.head(y)
+        if self.output_stride != 1:
+            from ...deform import resize_field
+
+            y = resize_field(y, x.shape[2:])
+        y = y[(slice(None), slice(None)) + tuple(slice(0, n) for n in shape)]
         if self.diffeomorphic:
             from ...deform import integrate_velocity
 

@@ -161,7 +161,7 @@ def register_deformable(
         from .network import predict_field
 
         prog.report(0.08, "network field estimate")
-        u0 = predict_field(net, data["fixed"], data["moving"])
+        u0 = predict_field(net, data["fixed"], data["moving"], spacing_mm=config.spacing_mm)
         timings["network"] = time.perf_counter() - t
     io = _optimise(data, sim_name, u0, config, prog.sub(0.1, 0.92))
     timings["optimisation"] = io["seconds"]
