@@ -58,6 +58,9 @@ def main(argv=None) -> int:
     ap.add_argument("--classes", default="0,1,2")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--output-dir", default=str(Path(__file__).resolve().parent / "output" / "eval_deformable_models"))
+    ap.add_argument("--untrained-baseline", action="store_true",
+                    help="also run each model's architecture with its initial (untrained) weights, network only: "
+                         "what the training adds beyond the fixed correlation layer")
     ap.add_argument("--write", action="store_true", help="write BENCHMARKS.md and the model cards")
     args = ap.parse_args(argv)
 
@@ -68,6 +71,14 @@ def main(argv=None) -> int:
     from RegistrationSuiteLib.methods.deformable.synthetic import REGNET_CLASSES
 
     models = {name: load_deformable_model(name) for name in args.models.split(",") if name}
+    baselines = {}
+    if args.untrained_baseline:
+        from RegistrationSuiteLib.methods.deformable.network import DeformableModel, FieldUNet
+
+        for name, model in models.items():
+            torch.manual_seed(0)
+            net = FieldUNet(**model.network.config).eval()
+            baselines[name] = DeformableModel(net, model.spacing_mm, model.modality, {}, f"{model.name} untrained")
     pairs = [p for p in args.pairs.split(",") if p]
     steps = [int(s) for s in args.steps.split(",") if s]
     classes = [int(k) for k in args.classes.split(",") if k]
@@ -85,6 +96,9 @@ def main(argv=None) -> int:
                 base = {"pair": f"T1→{pair}", "class": k, "case": case}
                 ident = evaluate(dense(sitk.Transform(3, sitk.sitkIdentity), fixed), truth, mask)
                 records.append({**base, "method": "identity", "io_steps": 0, **ident, "seconds": 0.0, "cpu_seconds": 0.0})
+                for model in baselines.values():
+                    records.append({**base, "method": f"{model.name} only", "io_steps": 0,
+                                    **run_one(fixed, moving, truth, mask, model=model, io_steps=0)})
                 for n_steps in steps:
                     if n_steps > 0:
                         records.append({**base, "method": "optimisation only", "io_steps": n_steps,
@@ -93,7 +107,7 @@ def main(argv=None) -> int:
                         method = f"{model.name} only" if n_steps == 0 else f"{model.name} + optimisation"
                         records.append({**base, "method": method, "io_steps": n_steps,
                                         **run_one(fixed, moving, truth, mask, model=model, io_steps=n_steps)})
-                for r in records[-(1 + len(steps) * (1 + len(models))):]:
+                for r in records[-(1 + len(baselines) + len(steps) * (1 + len(models))):]:
                     if r["pair"] == base["pair"] and r["class"] == k and r["case"] == case:
                         print(f"{r['pair']} class {k} case {case} {r['method']:<40} steps {r['io_steps']:>4} "
                               f"mean {r['mean']:.2f} p95 {r['p95']:.2f} fold {r['folding']:.4%} cpu {r['cpu_seconds']:.1f}s",
@@ -137,7 +151,9 @@ def describe(args, models) -> str:
             f"`register_deformable`, 1 torch thread, {platform.processor() or platform.machine()}, torch {torch.__version__}; "
             f"wall times measured on a shared 2-core machine under load (upper bounds). Written by "
             f"`Testing/Benchmarks/eval_deformable_models.py --models {args.models} --pairs {args.pairs} "
-            f"--cases {args.cases} --steps {args.steps} --write`.")
+            f"--cases {args.cases} --steps {args.steps}{' --untrained-baseline' if args.untrained_baseline else ''} "
+            f"--write`. \"untrained\" rows: the same architecture with its initial weights (its fixed MIND-SSC "
+            f"correlation layer and soft-argmin alone), so the difference to the trained rows is what training adds.")
 
 
 def write_card_section(model, body) -> None:

@@ -41,6 +41,11 @@ def add_parser(sub):
     p.add_argument("--decoder", default="32,16,16,8", help="U-Net decoder channels (comma separated)")
     p.add_argument("--output-stride", type=int, default=1, choices=[1, 2],
                    help="2: predict the field at half the model resolution (decoder has one level fewer)")
+    p.add_argument("--correlation-radius", type=int, default=0,
+                   help="MIND-SSC correlation layer: search radius in (strided) voxels; 0 = none")
+    p.add_argument("--correlation-stride", type=int, default=1, choices=[1, 2], help="correlation at full or half resolution")
+    p.add_argument("--correlation-sigma", type=float, default=1.5, help="smoothing of the correlation field (model voxels)")
+    p.add_argument("--mind-dilation", type=int, default=1, help="MIND-SSC neighbour distance (model voxels)")
     p.add_argument("--ncc-radius", type=int, default=3, help="scheme B: local NCC window radius in model voxels (0: global)")
     p.add_argument("--init-model", help="start from this model's weights (name or .pt; same architecture and spacing)")
     p.add_argument("--checkpoint", help="checkpoint file (default OUTPUT.ckpt)")
@@ -75,7 +80,10 @@ def run(args) -> int:
                                    fine_spacing_mm=args.fine_spacing, box=_ints(args.box, "--box", 3),
                                    pool=args.pool, contrast=args.contrast, skull_strip=args.skull_strip,
                                    encoder=_ints(args.encoder, "--encoder"), decoder=_ints(args.decoder, "--decoder"),
-                                   output_stride=args.output_stride, ncc_radius=args.ncc_radius)
+                                   output_stride=args.output_stride, ncc_radius=args.ncc_radius,
+                                   correlation_radius=args.correlation_radius,
+                                   correlation_stride=args.correlation_stride,
+                                   correlation_sigma=args.correlation_sigma, mind_dilation=args.mind_dilation)
     card = train_deformable_model(args.images, out, config, checkpoint=args.checkpoint or str(out) + ".ckpt",
                                   name=args.name, notes=args.notes, progress=progress_for(args),
                                   log=lambda line: print(line, flush=True), scheme=args.scheme,

@@ -189,3 +189,25 @@ def test_init_model_must_match_the_architecture(tmp_path):
         train_deformable_model(lst, tmp_path / "m.pt", _cfg(1), scheme="paired", init_model=other)
     with pytest.raises(InputError, match="volume sampling"):
         train_deformable_model(lst, tmp_path / "m.pt", DeformableTrainConfig(), scheme="paired")
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_correlation_layer_finds_a_known_shift_in_itk_channel_order(stride):
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(2)
+    big = torch.from_numpy(gaussian_filter(rng.random((40, 44, 48)), 1.5).astype(np.float32))
+    shift = (0, 2, -2)  # tensor order (z, y, x): u = (x, y, z) = (-2, 2, 0) voxels
+    fixed = big[8:32, 8:36, 8:40]
+    moving = big[8 - shift[0]:32 - shift[0], 8 - shift[1]:36 - shift[1], 8 - shift[2]:40 - shift[2]]
+    # fixed(p) = big(p + 8) = moving(p + shift): the true fixed → moving field is +shift
+    moving = 1.0 - moving  # inverted contrast: MIND-SSC features do not care
+    net = FieldUNet(3, (4, 8, 8), (8, 8), output_stride=2, correlation_radius=2 if stride == 1 else 1,
+                    correlation_stride=stride, correlation_sigma=1.0).eval()
+    with torch.no_grad():
+        base, conf = net.correlation(torch.stack([fixed, moving])[None])
+        full = net(torch.stack([fixed, moving])[None])
+    inner = base[0, :, 6:-6, 6:-6, 6:-6].mean((1, 2, 3))
+    assert inner.tolist() == pytest.approx([-2.0, 2.0, 0.0], abs=0.5)
+    assert conf.shape == (1, 1, 24, 28, 32) and float(conf.mean()) > 1 / 27
+    assert torch.allclose(full, base, atol=1e-2)  # untrained residual head starts near zero

@@ -48,6 +48,8 @@ class DeformableTrainConfig:
         deformed_moving: probability of the paper's deformed-moving variant.
         encoder, decoder: U-Net channels.
         output_stride: 2 = the field is predicted at half the model's resolution (see :class:`FieldUNet`).
+        correlation_radius, correlation_stride, correlation_sigma, mind_dilation: the MIND-SSC correlation
+            layer of :class:`FieldUNet` (radius 0 = none).
         diffeomorphic: the network outputs a velocity integrated by scaling and squaring.
         sampling: ``"patch"`` (crops on the model's grid, fields drawn on the crop) or ``"volume"`` (whole
             brains, :class:`~.volumes.VolumeSampler`).
@@ -65,6 +67,10 @@ class DeformableTrainConfig:
     decoder: tuple = (32, 16, 16, 8)
     diffeomorphic: bool = False
     output_stride: int = 1
+    correlation_radius: int = 0
+    correlation_stride: int = 1
+    correlation_sigma: float = 1.5
+    mind_dilation: int = 1
     sampling: str = "patch"
     fine_spacing_mm: float = 2.0
     box: tuple = (79, 95, 87)
@@ -225,7 +231,7 @@ def train_deformable_model(images_csv, output, config: Optional[DeformableTrainC
         raise InputError(f"scheme: expected 'synthetic' or 'paired', got {scheme!r}")
     if scheme == "paired" and config.sampling != "volume":
         raise InputError("scheme 'paired' needs volume sampling (--sampling volume)")
-    net = FieldUNet(3, config.encoder, config.decoder, config.diffeomorphic, output_stride=config.output_stride)
+    net = network_for(config)
     init_name = None
     if init_model is not None:
         from .network import load_deformable_model
@@ -316,11 +322,23 @@ def evaluate_synthetic(net, images: List[TrainImage], config: DeformableTrainCon
             "images": "val" if val else "train"}
 
 
+def network_for(config: DeformableTrainConfig):
+    """The untrained :class:`FieldUNet` a run with ``config`` trains."""
+    from .network import FieldUNet
+
+    return FieldUNet(3, config.encoder, config.decoder, config.diffeomorphic, output_stride=config.output_stride,
+                     correlation_radius=config.correlation_radius, correlation_stride=config.correlation_stride,
+                     correlation_sigma=config.correlation_sigma, mind_dilation=config.mind_dilation)
+
+
 def _run_settings(config: DeformableTrainConfig, scheme: str) -> dict:
     """The config as stored in (and compared with) checkpoints; scheme-B-only keys only for scheme B."""
     out = config.to_dict()
     if scheme != "paired":
         out.pop("ncc_radius", None)
+    if not config.correlation_radius:
+        for key in ("correlation_radius", "correlation_stride", "correlation_sigma", "mind_dilation"):
+            out.pop(key, None)
     return out
 
 
