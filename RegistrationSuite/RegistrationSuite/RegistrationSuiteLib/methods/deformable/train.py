@@ -284,11 +284,16 @@ def train_deformable_model(images_csv, output, config: Optional[DeformableTrainC
         "summary": ("3D field U-Net trained with RegNet synthetic displacement fields (scheme A, MR)" if scheme == "synthetic"
                     else "3D field U-Net trained on pre-aligned contrast pairs with Cao et al.'s intra-contrast "
                          "NCC loss (scheme B, MR)"),
+        "architecture": (f"FieldUNet {net.config}" + (
+            "; MIND-SSC correlation layer (soft-argmin over integer displacements, learned temperature) whose "
+            "smoothed field the U-Net corrects as a residual" if config.correlation_radius else "")
+            + f"; runs at {config.spacing_mm} mm" + (f", trained on whole brains warped at {config.fine_spacing_mm} mm"
+                                                      if config.sampling == "volume" else "")),
         "scheme": scheme,
         "initialised_from": init_name,
         "training_data": [{"image": str(r["image"]), "split": r["split"], "licence": r["licence"]} for r in rows],
         "data_licence": sorted({r["licence"] for r in rows if r["licence"]}) or "see ../shared/data/MANIFEST.md",
-        "command": " ".join(shlex.quote(a) for a in ["registration-suite", *sys.argv[1:]]),
+        "command": " ".join(shlex.quote(a) for a in ["registration-suite", *_without_notes(sys.argv[1:])]),
         "seed": config.optim.seed,
         "metrics": {"final_train_mae_vox": outcome.history[-1]["loss"] if outcome.history else None,
                     "synthetic_mae_mm": val, "epochs": len(outcome.history),
@@ -320,6 +325,19 @@ def evaluate_synthetic(net, images: List[TrainImage], config: DeformableTrainCon
             err_id.append(float(u.norm(dim=0).mean()) * config.spacing_mm)
     return {"network": float(np.mean(err_net)), "identity": float(np.mean(err_id)), "samples": n,
             "images": "val" if val else "train"}
+
+
+def _without_notes(argv):
+    """The command line without ``--notes TEXT`` (free text for the card, not a training setting)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--notes":
+            skip = True
+        elif not a.startswith("--notes="):
+            out.append(a)
+    return out
 
 
 def network_for(config: DeformableTrainConfig):
