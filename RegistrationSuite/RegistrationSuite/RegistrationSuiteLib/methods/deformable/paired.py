@@ -28,7 +28,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from .volumes import OUTSIDE_WEIGHT, TrainVolume, VolumeSampler, VolumeSamplerConfig, _crop, mirror
+from .volumes import OUTSIDE_WEIGHT, TrainVolume, VolumeSampler, VolumeSamplerConfig, crop_box
 
 LAMBDA_BENDING = 0.5
 LAMBDA_L2 = 0.01
@@ -117,7 +117,7 @@ class PairedSampler(VolumeSampler):
         region = vol.brain if vol.brain is not None else vol.foreground
         centre = np.argwhere(region).mean(0) + rng.uniform(-1, 1, 3) * cfg.jitter_mm / cfg.fine_spacing_mm
         tissue = getattr(vol, "tissue", None)
-        crops = _crop([vol.array, vol.foreground, vol.brain], centre, self.fine_shape)
+        crops = crop_box([vol.array, vol.foreground, vol.brain], centre, self.fine_shape)
         arr, fg, brain = crops
         strip = brain is not None and rng.random() < cfg.skull_strip
         if strip:
@@ -125,7 +125,7 @@ class PairedSampler(VolumeSampler):
         region = brain if brain is not None else fg
         images = [arr]
         if tissue is not None:
-            stack = np.stack(_crop(list(tissue), centre, self.fine_shape))
+            stack = np.stack(crop_box(list(tissue), centre, self.fine_shape))
             if strip:
                 stack = stack * brain[None]
                 stack[0] += 1.0 - stack.sum(0)

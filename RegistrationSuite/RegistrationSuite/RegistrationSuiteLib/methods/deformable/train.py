@@ -222,7 +222,7 @@ def train_deformable_model(images_csv, output, config: Optional[DeformableTrainC
     """
 
     from ...models.model_file import card_markdown, save_model
-    from .network import FieldUNet, model_file_for
+    from .network import model_file_for
 
     config = config or DeformableTrainConfig()
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -293,6 +293,7 @@ def train_deformable_model(images_csv, output, config: Optional[DeformableTrainC
         "initialised_from": init_name,
         "training_data": [{"image": str(r["image"]), "split": r["split"], "licence": r["licence"]} for r in rows],
         "data_licence": sorted({r["licence"] for r in rows if r["licence"]}) or "see ../shared/data/MANIFEST.md",
+        "licence_notes": licence_notes([r["licence"] for r in rows]),
         "command": " ".join(shlex.quote(a) for a in ["registration-suite", *_without_notes(sys.argv[1:])]),
         "seed": config.optim.seed,
         "metrics": {"final_train_mae_vox": outcome.history[-1]["loss"] if outcome.history else None,
@@ -325,6 +326,22 @@ def evaluate_synthetic(net, images: List[TrainImage], config: DeformableTrainCon
             err_id.append(float(u.norm(dim=0).mean()) * config.spacing_mm)
     return {"network": float(np.mean(err_net)), "identity": float(np.mean(err_id)), "samples": n,
             "images": "val" if val else "train"}
+
+
+ICBM_NOTICE = ("Copyright (C) 1993-2020 Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological "
+               "Institute, McGill University. Permission to use, copy, modify, and distribute this software and its "
+               "documentation for any purpose and without fee is hereby granted, provided that the above copyright "
+               "notice appear in all copies. The authors and McGill University make no representations about the "
+               "suitability of this software for any purpose. It is provided \"as is\" without express or implied "
+               "warranty.")
+
+
+def licence_notes(licences) -> str:
+    """Notices the training data's licences ask to carry along (the ICBM templates' copyright notice)."""
+    notes = "Per-file sources and licences: ../shared/data/MANIFEST.md."
+    if any("ICBM" in str(x) or "MNI" in str(x) for x in licences):
+        notes += " Weights derived in part from the ICBM 2009 / MNI152 templates, whose terms ask for this notice: " + ICBM_NOTICE
+    return notes
 
 
 def _without_notes(argv):

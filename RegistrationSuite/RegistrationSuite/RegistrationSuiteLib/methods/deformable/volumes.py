@@ -141,7 +141,9 @@ def random_intensity_map(x, rng: np.random.Generator, knots: int = 6):
     return y0 + (xc - x0) * (y1 - y0) / (x1 - x0)
 
 
-def _crop(arrays, centre, box):
+def crop_box(arrays, centre, box):
+    """Each array (or ``None``) cropped to ``box`` voxels centred on ``centre`` (array order), zero-padded
+    where the box leaves the array."""
     out = []
     for a in arrays:
         if a is None:
@@ -189,7 +191,7 @@ class VolumeSampler:
         vol = volume or self.volumes[int(rng.integers(len(self.volumes)))]
         region = vol.brain if vol.brain is not None else vol.foreground
         centre = np.argwhere(region).mean(0) + rng.uniform(-1, 1, 3) * cfg.jitter_mm / cfg.fine_spacing_mm
-        arr, fg, brain = _crop([vol.array, vol.foreground, vol.brain], centre, self.fine_shape)
+        arr, fg, brain = crop_box([vol.array, vol.foreground, vol.brain], centre, self.fine_shape)
         if brain is not None and rng.random() < cfg.skull_strip:
             arr = arr * brain
             fg = brain
