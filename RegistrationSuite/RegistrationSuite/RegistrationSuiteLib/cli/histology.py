@@ -44,7 +44,11 @@ def add_parser(sub):
     level.add_argument("--resolution-um", type=float, help="working pixel size in µm (picks the pyramid level)")
     p.add_argument("--working-size", type=int, default=256,
                    help="longest side in pixels of the finest working level (default 256)")
-    p.add_argument("--model", default="none", help="multi-magnification network (none: classical stages only)")
+    p.add_argument("--model", default="none",
+                   help="multi-magnification networks after the initial alignment: a model name (see "
+                        "'registration-suite models'), a .pt path, or none (classical stages only; the default)")
+    p.add_argument("--network-stages", default="affine+nonrigid", choices=["affine+nonrigid", "affine"],
+                   help="with --model: both networks (default) or the local affine network only")
     p.add_argument("--mirror", default="auto", choices=["auto", "no", "yes"],
                    help="also search mirrored sections (default auto)")
     p.add_argument("--iterations", type=int, default=3, help="network passes (only with --model; default 3)")
@@ -82,9 +86,18 @@ def check_arguments(args):
                           ("fixed_points", "output_points")):
         if bool(getattr(args, given)) != bool(getattr(args, wanted)):
             raise InputError(f"--{given.replace('_', '-')} and --{wanted.replace('_', '-')} go together; got only one")
+    args.net_grid_size = None
     if args.model not in (None, "none", "None"):
-        raise InputError(f"--model: no histology network is available in this version (got {args.model!r}); "
-                         "use --model none")
+        from ..methods.histology.networks import load_histology_model
+
+        try:
+            args.net_grid_size = load_histology_model(args.model)[2].grid_size
+        except InputError as exc:
+            raise InputError(f"--model: {exc}") from None
+        if args.io_steps:
+            raise InputError("--io-steps: the instance optimisation runs without --model only; give one of them")
+    if args.iterations < 1:
+        raise InputError(f"--iterations: expected an integer >= 1, got {args.iterations}")
     if args.io_steps is not None and args.io_steps < 0:
         raise InputError(f"--io-steps: expected an integer >= 0, got {args.io_steps}")
     inputs = {f"--{a.replace('_', '-')}": getattr(args, a) for a in ("fixed", "moving", "fixed_landmarks",
@@ -108,8 +121,11 @@ def build_config(args):
     kw = {"search_size": min(HistologyConfig.search_size, args.working_size)}
     if args.io_steps is not None:
         kw["io_steps"] = args.io_steps
+    if getattr(args, "net_grid_size", None):
+        kw["model"] = args.model
+        kw["network_stages"] = args.network_stages
     return HistologyConfig(level=args.level, resolution_um=args.resolution_um, working_size=args.working_size,
-                           mirror=args.mirror, iterations=max(1, args.iterations), seed=args.seed,
+                           mirror=args.mirror, iterations=args.iterations, seed=args.seed,
                            device=args.device, num_threads=args.threads, **kw)
 
 
@@ -119,10 +135,11 @@ def run(args) -> int:
 
     outputs = check_arguments(args)
     config = build_config(args)
+    target = max(config.working_size, getattr(args, "net_grid_size", None) or 0)
     fixed = read_slide(args.fixed, "fixed", level=config.level, resolution_um=config.resolution_um,
-                       target_size=config.working_size)
+                       target_size=target)
     moving = read_slide(args.moving, "moving", level=config.level, resolution_um=config.resolution_um,
-                        target_size=config.working_size)
+                        target_size=target)
     fixed_lm = (read_landmarks(args.fixed_landmarks, "--fixed-landmarks", size=fixed.level0_size)
                 if args.fixed_landmarks else None)
     moving_lm = (read_landmarks(args.moving_landmarks, "--moving-landmarks", size=moving.level0_size)
