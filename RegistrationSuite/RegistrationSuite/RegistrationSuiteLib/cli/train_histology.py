@@ -21,10 +21,11 @@ def add_parser(sub):
     )
     p.add_argument("--images", required=True, help="LIST.csv of training slides")
     p.add_argument("--output", required=True, help="model file to write (.pt)")
-    p.add_argument("--steps-affine", type=int, default=300, help="optimiser steps of the affine network")
-    p.add_argument("--steps-nonrigid", type=int, default=300, help="optimiser steps of the non-rigid network")
+    p.add_argument("--steps-affine", type=int, default=600, help="optimiser steps of the affine network")
+    p.add_argument("--steps-nonrigid", type=int, default=400, help="optimiser steps of the non-rigid network")
     p.add_argument("--batch-size", type=int, default=8, help="patches per step")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--loss-sigma", type=float, default=2.0, help="blur (pixels) of the patches compared by the loss")
     p.add_argument("--smoothness", type=float, default=5.0, help="λ of the curvature term (non-rigid)")
     p.add_argument("--patch", type=int, default=64, help="patch side in pixels (multiple of 8)")
     p.add_argument("--grid-size", type=int, default=512, help="longest side of the network grid (pixels)")
@@ -61,7 +62,7 @@ def run(args) -> int:
     net = NetworkConfig(patch=args.patch, width=args.width, context=not args.single_magnification,
                         grid_size=args.grid_size)
     cfg = HistologyTrainConfig(steps_affine=args.steps_affine, steps_nonrigid=args.steps_nonrigid,
-                               batch=args.batch_size, learning_rate=args.lr, smoothness=args.smoothness,
+                               batch=args.batch_size, learning_rate=args.lr, smoothness=args.smoothness, loss_sigma=args.loss_sigma,
                                max_cpu_minutes=args.max_cpu_minutes, seed=args.seed, net=net)
     cfg.validate()
     import torch

@@ -301,3 +301,18 @@ def test_network_displacement_is_composed_fixed_to_moving(tiny_model, tmp_path):
     expected = transfer_landmarks(base, pts) + (a @ np.array([1.0, -0.5]) * spacing)[None]
     np.testing.assert_allclose(transfer_landmarks(out, pts), expected, atol=0.05)
     assert out.diagnostics["networks"]["passes"][0]["network"] == "affine"
+
+
+def test_correlation_peaks_at_the_displacement():
+    """``m(x + (2, −1)) = f(x)``: the cost volume's largest channel is the one of (dx, dy) = (2, −1)."""
+    from RegistrationSuiteLib.methods.histology.networks import correlation
+
+    torch.manual_seed(0)
+    f = torch.randn(1, 64, 20, 20)
+    m = torch.zeros_like(f)
+    m[..., 0:19, 2:20] = f[..., 1:20, 0:18]  # m(y) = f(y − (2, −1))
+    cv = correlation(f, m, 3)
+    assert cv.shape == (1, 49, 20, 20)
+    best = cv[0, :, 4:-4, 4:-4].argmax(0)
+    expected = (-1 + 3) * 7 + (2 + 3)
+    assert (best == expected).float().mean() == 1.0

@@ -10,9 +10,10 @@ Patch sets (paper §2.1): a *base* patch of ``patch / rate`` pixels is cut aroun
 the *context* patch is the whole base patch downsampled by ``1 / rate`` to ``patch`` pixels (lower magnification,
 four times the area for ``rate = 0.5``). Both networks predict the deformation of the target patch only.
 
-Networks (paper §2.2, Fig. 2, reduced in width for CPUs): a U-Net on the target patches (fixed and moving
-concatenated) and an encoder on the context patches whose feature maps are centre-cropped at the same rate and
-upsampled by a transposed convolution to join the U-Net's maps at every scale. The *affine* network ends in a
+Networks (paper §2.2, Fig. 2, reduced in width for CPUs): a U-Net on the target patches and an encoder on the
+context patches whose feature maps are centre-cropped at the same rate and upsampled by a transposed convolution
+to join the U-Net's maps at every scale. Adaptation: each branch encodes fixed and moving with shared weights
+and adds a local cost volume at its coarsest scale (see :class:`MultiMagNet`). The *affine* network ends in a
 pooled linear head with 6 parameters per patch (a 2 × 2 matrix and a translation about the patch centre); the
 *non-rigid* network ends in a 2-channel displacement. ``context=False`` gives the single-magnification
 variants of the paper's ablation (the target branch alone). Heads start at zero (identity).
@@ -39,6 +40,7 @@ from ...errors import InputError
 
 MODEL_KIND = "histology_multimag"
 NETWORK_NAME = "multimag_affine_nonrigid"
+CORRELATION_RADIUS = 3  # cost-volume search radius at the coarsest (1/4) scale
 
 
 @dataclass
@@ -171,8 +173,27 @@ class Encoder(nn.Module):
         return out
 
 
+def correlation(f: torch.Tensor, m: torch.Tensor, radius: int) -> torch.Tensor:
+    """Local cost volume ``(N, (2r+1)², H, W)``: channel ``(dy + r)(2r+1) + (dx + r)`` is the mean over feature
+    channels of ``f(x) · m(x + (dx, dy))`` (zero outside)."""
+    h, w = f.shape[-2:]
+    padded = F.pad(m, (radius, radius, radius, radius))
+    out = []
+    for dy in range(2 * radius + 1):
+        for dx in range(2 * radius + 1):
+            out.append((f * padded[..., dy:dy + h, dx:dx + w]).mean(1, keepdim=True))
+    return torch.cat(out, 1)
+
+
 class MultiMagNet(nn.Module):
-    """Target-magnification U-Net plus (``context=True``) a lower-magnification context encoder.
+    """Target-magnification U-Net plus (``context=True``) a lower-magnification context branch.
+
+    Each branch encodes the fixed and the moving patch with shared weights (Siamese) and compares them in a
+    local cost volume (:func:`correlation`, radius :data:`CORRELATION_RADIUS` at the coarsest scale, i.e. ±12
+    target pixels and ±24 for the context): an adaptation of the paper's early fusion (concatenated patches)
+    for CPU training budgets, where early fusion did not learn in a few hundred steps (see the model card).
+    The context branch's maps (features of both images and its cost volume) are centre-cropped at the
+    cropping rate and upsampled by a transposed convolution to join the U-Net at every scale (paper Fig. 2).
 
     Args:
         head: ``"affine"`` (6 parameters per patch) or ``"nonrigid"`` (2-channel displacement).
@@ -189,29 +210,38 @@ class MultiMagNet(nn.Module):
         self.head_kind, self.cfg = head, cfg
         w = cfg.width
         widths = (w, 2 * w, 2 * w)
-        cin = 2 * cfg.channels
-        self.target = Encoder(cin, widths)
+        ncorr = (2 * CORRELATION_RADIUS + 1) ** 2
+        own = (2 * widths[0], 2 * widths[1], widths[2] + ncorr)  # per scale: fixed + moving (+ cost volume)
+        self.target = Encoder(cfg.channels, widths)
         self.use_context = bool(cfg.context)
         if self.use_context:
-            self.context = Encoder(cin, widths)
+            self.context = Encoder(cfg.channels, widths)
             factor = int(round(1.0 / cfg.rate))
-            self.context_up = nn.ModuleList(nn.ConvTranspose2d(c, c, factor, stride=factor) for c in widths)
-        extra = widths if self.use_context else (0, 0, 0)
-        self.up2 = nn.ConvTranspose2d(widths[2] + extra[2], widths[1], 2, stride=2)
-        self.dec1 = ConvBlock(widths[1] + widths[1] + extra[1], widths[1])
+            self.context_up = nn.ModuleList(nn.ConvTranspose2d(c, c, factor, stride=factor) for c in own)
+        extra = own if self.use_context else (0, 0, 0)
+        self.up2 = nn.ConvTranspose2d(own[2] + extra[2], widths[1], 2, stride=2)
+        self.dec1 = ConvBlock(widths[1] + own[1] + extra[1], widths[1])
         self.up1 = nn.ConvTranspose2d(widths[1], widths[0], 2, stride=2)
-        self.dec0 = ConvBlock(widths[0] + widths[0] + extra[0], widths[0])
+        self.dec0 = ConvBlock(widths[0] + own[0] + extra[0], widths[0])
         if head == "affine":
-            self.out = nn.Linear(widths[0] + widths[2] + extra[2], 6)
+            self.out = nn.Linear(widths[0] + own[2] + extra[2], 6)
         else:
             self.out = nn.Conv2d(widths[0], 2, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         self.last_params: Optional[torch.Tensor] = None
 
+    def _branch(self, encoder: Encoder, pair: torch.Tensor) -> list:
+        c = self.cfg.channels
+        n = pair.shape[0]
+        feats = encoder(torch.cat([pair[:, :c], pair[:, c:]], 0))  # shared weights: fixed and moving in one batch
+        f0, f1, f2 = (x[:n] for x in feats)
+        m0, m1, m2 = (x[n:] for x in feats)
+        return [torch.cat([f0, m0], 1), torch.cat([f1, m1], 1), torch.cat([f2, correlation(f2, m2, CORRELATION_RADIUS)], 1)]
+
     def _context_maps(self, context: torch.Tensor) -> list:
         maps = []
-        for feat, up in zip(self.context(context), self.context_up):
+        for feat, up in zip(self._branch(self.context, context), self.context_up):
             s = feat.shape[-1]
             keep = int(round(s * self.cfg.rate))
             lo = (s - keep) // 2
@@ -219,7 +249,7 @@ class MultiMagNet(nn.Module):
         return maps
 
     def forward(self, target: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
-        t0, t1, t2 = self.target(target)
+        t0, t1, t2 = self._branch(self.target, target)
         if self.use_context:
             if context is None:
                 raise InputError("multi-magnification network: context patches are required")
@@ -252,8 +282,13 @@ def curvature_energy(v: torch.Tensor) -> torch.Tensor:
     return lap.pow(2).sum(1).mean()
 
 
-def registration_loss(net: MultiMagNet, fixed_t, moving_t, fixed_c, moving_c, moving_base, weight, lam: float):
+def registration_loss(net: MultiMagNet, fixed_t, moving_t, fixed_c, moving_c, moving_base, weight, lam: float,
+                      sigma: float = 0.0):
     """Unsupervised loss of one batch: ``mean(1 − NCC) + λ · curvature`` (λ used for the non-rigid head only).
+
+    ``sigma`` > 0 blurs the fixed target and the moving base (Gaussian, pixels) for the similarity only (the
+    networks still see the sharp patches): the NCC of sharp edge maps is flat beyond a pixel or two of
+    misalignment, the blurred one still has a slope there.
 
     Args:
         fixed_t, moving_t: target patches ``(N, C, P, P)``; fixed_c, moving_c: context patches.
@@ -267,11 +302,20 @@ def registration_loss(net: MultiMagNet, fixed_t, moving_t, fixed_c, moving_c, mo
     v = net(torch.cat([fixed_t, moving_t], 1), torch.cat([fixed_c, moving_c], 1) if net.use_context else None)
     p = fixed_t.shape[-1]
     shift = (moving_base.shape[-1] - p) / 2.0
+    if sigma > 0:
+        fixed_t, moving_base = _blur_batch(fixed_t, sigma), _blur_batch(moving_base, sigma)
     warped, inside = warp_patches_base(moving_base, v, shift)
     loss = (1.0 - patch_ncc(fixed_t, warped, weight * inside)).mean()
     if net.head_kind == "nonrigid" and lam > 0:
         loss = loss + lam * curvature_energy(v)
     return loss, v
+
+
+def _blur_batch(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    from .preprocess import gaussian_blur
+
+    n, c, h, w = x.shape
+    return gaussian_blur(x.reshape(n * c, h, w), sigma).reshape(n, c, h, w)
 
 
 def warp_patches_base(base: torch.Tensor, v: torch.Tensor, shift: float) -> tuple:

@@ -45,6 +45,7 @@ class HistologyTrainConfig:
         batch: patches per step (all from one synthetic pair).
         learning_rate: Adam step (the paper: 1e-3).
         smoothness: λ of the curvature term of the non-rigid loss.
+        loss_sigma: Gaussian blur (pixels) of the patches compared by the loss (see :func:`.networks.registration_loss`).
         max_cpu_minutes: stop (and still write the model) when this much process CPU time has been used, resumed
             runs included.
         checkpoint_every: steps between checkpoints.
@@ -53,11 +54,12 @@ class HistologyTrainConfig:
         net: :class:`NetworkConfig`.
     """
 
-    steps_affine: int = 300
-    steps_nonrigid: int = 300
+    steps_affine: int = 600
+    steps_nonrigid: int = 400
     batch: int = 8
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     smoothness: float = 5.0
+    loss_sigma: float = 2.0
     max_cpu_minutes: float = 15.0
     checkpoint_every: int = 25
     validation_pairs: int = 4
@@ -77,8 +79,10 @@ class HistologyTrainConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise InputError(f"{name}: expected a positive number, got {v!r}")
-        if not (isinstance(self.smoothness, (int, float)) and math.isfinite(self.smoothness) and self.smoothness >= 0):
-            raise InputError(f"smoothness: expected a number >= 0, got {self.smoothness!r}")
+        for name in ("smoothness", "loss_sigma"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise InputError(f"{name}: expected a number >= 0, got {v!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise InputError(f"seed: expected an integer >= 0, got {self.seed!r}")
         self.net.validate()
@@ -267,7 +271,7 @@ def train_histology_model(images_csv, output, config: Optional[HistologyTrainCon
             fixed, moving, _, fmask = synthetic_pair(rgb, mask, rng, STAGES[k])
             ft, mt, fc, mc, base = batch_from_pair(fixed, moving, fmask, rng, cfg.batch, cfg.net)
             loss, _ = registration_loss(net, ft, mt, fc, mc, base, torch.ones_like(ft[:, :1]),
-                                        cfg.smoothness if k == 1 else 0.0)
+                                        cfg.smoothness if k == 1 else 0.0, cfg.loss_sigma)
             opt.zero_grad()
             loss.backward()
             opt.step()
