@@ -256,7 +256,9 @@ def test_train_cli_writes_a_usable_model_and_resume_checks_settings(tmp_path, im
     assert "synthetic_epe_px_identity" in model.card["metrics"] and (tmp_path / "m.md").is_file()
     assert (tmp_path / "m.pt.ckpt").is_file()
     capsys.readouterr()
-    # the same checkpoint with other settings is refused
+    # resuming with another CPU budget is allowed (the run is the same); other settings are refused
+    assert main(_train_argv(image_list, out, "--max-cpu-minutes", "0.5")) == 0
+    assert "resumed from" in capsys.readouterr().out
     _refused(capsys, tmp_path, _train_argv(image_list, out, "--lr", "0.01"), "--checkpoint")
 
 
@@ -316,3 +318,18 @@ def test_correlation_peaks_at_the_displacement():
     best = cv[0, :, 4:-4, 4:-4].argmax(0)
     expected = (-1 + 3) * 7 + (2 + 3)
     assert (best == expected).float().mean() == 1.0
+
+
+@pytest.mark.parametrize("name,multi", [("histology_multimag", True), ("histology_singlemag", False)])
+def test_shipped_models_load_with_a_card_and_are_small(name, multi):
+    from RegistrationSuiteLib.models.registry import resolve_model
+
+    path = resolve_model(name)
+    assert path.stat().st_size < 20 * 1024 * 1024
+    affine, nonrigid, cfg, model = load_histology_model(name)
+    assert cfg.context is multi
+    card = model.card
+    assert "train-histology" in card["command"] and card["seed"] == 0
+    assert "Rat-Kidney" not in card["training_data"] and "Izd2" not in card["training_data"]  # evaluation pairs
+    assert card["metrics"]["synthetic_epe_px_identity"] > 0
+    assert path.with_suffix(".md").is_file()

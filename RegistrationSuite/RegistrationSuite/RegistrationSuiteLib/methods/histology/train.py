@@ -232,7 +232,7 @@ def train_histology_model(images_csv, output, config: Optional[HistologyTrainCon
     settings["images"] = [r["image"] for r in rows]
     if ckpt_path.is_file():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ck.get("settings") != settings:
+        if _comparable(ck.get("settings")) != _comparable(settings):
             raise InputError(f"--checkpoint: {ckpt_path} was made with other settings or images; delete it or "
                              "change --checkpoint")
         affine.load_state_dict(ck["affine"])
@@ -320,6 +320,13 @@ def train_histology_model(images_csv, output, config: Optional[HistologyTrainCon
                                                                     "percentile = 1)"}, card=card), output)
     output.with_suffix(".md").write_text(card_markdown(card), encoding="utf-8")
     return card
+
+
+VOLATILE = ("max_cpu_minutes", "checkpoint_every")  # may change between a run and its resumption
+
+
+def _comparable(settings) -> dict:
+    return {k: v for k, v in (settings or {}).items() if k not in VOLATILE}
 
 
 @torch.no_grad()
