@@ -438,7 +438,12 @@ def _notes(rows) -> list:
         "every 2° with mirror, then affine refinement). Network rows add the multi-magnification networks of the "
         f"shipped model `{MULTI}` on its own grid ({card}); the ablation rows use `{SINGLE}`, trained with the same "
         "command and budget with `--single-magnification`. The instance-optimisation row is the shared `deform` "
-        "module (local NCC of the optical-density gradient magnitude, bending penalty) after the initial alignment.",
+        "module (local NCC of the optical-density gradient magnitude, bending penalty) after the initial alignment. "
+        "The networks follow the paper's multi-magnification design (patch 64 on a 512-pixel grid, context patch at "
+        "cropping rate 0.5, NCC + λ·curvature, unsupervised) with one adaptation for CPU budgets: Siamese encoders "
+        "and a local cost volume in each branch. They were trained on self-supervised pairs from other slides "
+        "(never these two pairs). Each row is one fresh process per pair; rows are cached per method in "
+        "output/histology/ and may come from separate invocations of this script (see the load range).",
         "",
         f"Landmark floor (from the landmarks alone, median rTRE, computed by this script): {cells}. Our initial "
         "alignment is compared with the best affine; where a smooth deformation fitted to the other landmarks "
