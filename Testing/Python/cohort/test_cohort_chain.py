@@ -1,6 +1,7 @@
 """Initial transforms and composition (fixed→moving, ITK order) and the valid chains."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ from RegistrationSuiteLib.cohort.chain import (VALID_CHAINS, check_chain, compos
 from RegistrationSuiteLib.errors import InputError
 from RegistrationSuiteLib.geometry import affine_matrix_from_sitk
 
-from tiny_cases import corner_error_mm, known_pair_2d, rigid_2d
+from tiny_cases import corner_error_mm, inside_points, known_deformable_pair_3d, known_pair_2d, rigid_2d
 
 CLI = [sys.executable, "-m", "RegistrationSuiteLib"]
 
@@ -160,6 +161,46 @@ def test_rigid_search_initial_transform_known_answer(tmp_path):
     # --output-report: one self-contained page with the checkerboard and the edge overlay
     page = (tmp_path / "r.html").read_text()
     assert page.count('src="data:image/png;base64,') == 2 and "http" not in page.replace("http-equiv", "")
+
+
+@pytest.mark.slow
+def test_rigid_search_then_real_deformable_known_answer(tmp_path):
+    """The real chain (rigid-search, then the deformable command from its result) on a 3D case whose answer is
+    a rotation+shift and a smooth field: the composed transform recovers the answer, and better than the rigid
+    step alone (the deformable step did real work, composed after the rigid one, not instead of it)."""
+    pytest.importorskip("torch")
+    fixed, moving, moving_to_fixed, _ = known_deformable_pair_3d(amplitude_mm=4.0)
+    sitk.WriteImage(fixed, str(tmp_path / "f.nii.gz"))
+    sitk.WriteImage(moving, str(tmp_path / "m.nii.gz"))
+    out, steps = tmp_path / "chain.h5", tmp_path / "steps"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(CLI + ["pipeline", "--fixed", str(tmp_path / "f.nii.gz"), "--moving", str(tmp_path / "m.nii.gz"),
+                                 "--steps", "rigid-search,deformable", "--output", str(out), "--output-dir", str(steps),
+                                 "--step-options", "rigid-search:--device cpu --rotations 300,60,3",
+                                 "--step-options", "deformable:--device cpu --spacing 4 --io-steps 60",
+                                 "--json", "--quiet"], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["step_methods"] == ["global_rigid", "deformable"]
+    ys = inside_points(moving, n=300)  # a correct fixed→moving estimate T satisfies T(W(y)) = y
+
+    def error(t):
+        return float(np.mean([np.linalg.norm(np.subtract(t.TransformPoint(moving_to_fixed.TransformPoint(y)), y))
+                              for y in ys]))
+
+    chain = sitk.ReadTransform(str(out))
+    rigid = sitk.ReadTransform(str(steps / "01_rigid-search.composed.h5"))
+    e_identity, e_rigid, e_chain = error(sitk.Transform(3, sitk.sitkIdentity)), error(rigid), error(chain)
+    assert e_identity > 10.0  # the answer is far from the identity
+    assert 1.5 < e_rigid < 5.0  # the rigid step finds the pose; the smooth field is left to the next step
+    assert e_chain < 1.2 and e_chain < 0.5 * e_rigid, (e_rigid, e_chain)
+    # the deformable step's own transform is a field that moves points by millimetres (not the identity)
+    own = sitk.ReadTransform(str(steps / "02_deformable.step.h5"))
+    xs = [moving_to_fixed.TransformPoint(y) for y in ys[:50]]
+    assert np.mean([np.linalg.norm(np.subtract(own.TransformPoint(x), x)) for x in xs]) > 1.0
+    # and the rigid result followed by it is the composed one
+    np.testing.assert_allclose([rigid.TransformPoint(own.TransformPoint(x)) for x in xs],
+                               [chain.TransformPoint(x) for x in xs], atol=1e-3)
 
 
 def test_initial_transform_dimension_mismatch_is_input_error(tmp_path):
