@@ -257,3 +257,73 @@ def test_resident_memory_needs_no_psutil(monkeypatch):
     rss = resident_memory(os.getpid())
     assert rss is not None and rss > 10 * 2**20  # this pytest process holds well over 10 MB
     assert resident_memory(2**22 + 12345) is None  # no such process
+
+
+def _organ_labels(shift_vox=0):
+    """Two ellipsoid 'organs' (labels 1, 2) on an anisotropic grid; ``shift_vox`` moves organ 2 along x."""
+    z, y, x = np.mgrid[0:24, 0:40, 0:48].astype(float)
+    arr = np.zeros(z.shape, np.uint8)
+    arr[((x - 15) / 8) ** 2 + ((y - 20) / 10) ** 2 + ((z - 12) / 6) ** 2 <= 1] = 1
+    arr[((x - 33 - shift_vox) / 7) ** 2 + ((y - 20) / 8) ** 2 + ((z - 12) / 7) ** 2 <= 1] = 2
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((2.0, 2.0, 3.0))
+    img.SetOrigin((-40.0, 10.0, 5.0))
+    return img
+
+
+@pytest.mark.slow
+def test_mixed_cohort_rows_with_their_own_method_and_report_images(tmp_path):
+    """One cohort mixing an image pair (the batch's rigid-search) and a label-map pair run by organ-points
+    (the row's method/options columns): both registered correctly, and the review page has images for both."""
+    truths = _write_cohort(tmp_path, ids=("p1",), bad=False)
+    sitk.WriteImage(_organ_labels(), str(tmp_path / "img" / "seg_f.nii.gz"))
+    sitk.WriteImage(_organ_labels(shift_vox=3), str(tmp_path / "img" / "seg_m.nii.gz"))  # organ 2: +6 mm in x
+    with open(tmp_path / "cohort.csv", "a") as f:
+        f.write("organs,img/seg_f.nii.gz,img/seg_m.nii.gz,organ-points,--device cpu --points-per-organ 300\n")
+    text = (tmp_path / "cohort.csv").read_text().replace("id,fixed,moving\n", "id,fixed,moving,method,options\n")
+    (tmp_path / "cohort.csv").write_text(text.replace("_m.nii.gz\n", "_m.nii.gz,,\n", 1))
+    out = tmp_path / "D"
+    code = main(["batch", "--pairs", str(tmp_path / "cohort.csv"), "--output-dir", str(out), "--workers", "1",
+                 "--options=--device cpu", "--quiet"])
+    assert code == 0
+    fixed, truth = truths["p1"]
+    assert corner_error_mm(fixed, sitk.ReadTransform(str(out / "p1" / "transform.h5")), truth) < 1.5
+    record = json.loads((out / "organs" / "pair.json").read_text())
+    assert record["command"][:2] == ["organ-points", "--device"] and record["status"] == "done"
+    assert record["cpu_s"] > 0 and record["worker_peak_memory_mb"] >= record["peak_memory_mb"] * 0.5
+    field = sitk.ReadTransform(str(out / "organs" / "transform.h5"))
+    c2 = np.array(_organ_labels().TransformContinuousIndexToPhysicalPoint((33, 20, 12)))
+    assert np.asarray(field.TransformPoint(tuple(c2)))[0] - c2[0] == pytest.approx(6.0, abs=2.0)
+    parser = _ReportParser()
+    parser.feed((out / "report.html").read_text())
+    assert sorted(parser.images) == ["organs", "p1"]
+    assert len(parser.images["p1"]) == 2  # rigid: checkerboard + edges
+    assert len(parser.images["organs"]) == 3  # a displacement field: + the Jacobian map
+    rows = _summary(out)
+    assert float(rows["organs"]["cpu_s"]) > 0 and rows["organs"]["status"] == "done"
+
+
+def test_cohort_csv_method_and_options_columns(tmp_path):
+    (tmp_path / "U.csv").write_text("1,0\n0,1\n")
+    (tmp_path / "c.csv").write_text("id,fixed,moving,method,options,seed\n"
+                                    "a,f.nii,m.nii,organ-points,\"--labels 1,2 --label-transition U.csv\",4\n"
+                                    "b,f.nii,m.nii,,,\n")
+    a, b = read_pairs(tmp_path / "c.csv")
+    assert a.method == "organ-points" and a.extra == {"--seed": "4"}
+    assert a.options == ["--labels", "1,2", "--label-transition", str((tmp_path / "U.csv").resolve())]
+    assert a.command(["rigid-search", "--device", "cpu"]) == ["organ-points", *a.options]
+    assert b.method is None and b.command(["rigid-search"]) == ["rigid-search"]
+    # the options file's content is part of the pair's hash (resume redoes the pair when it changes)
+    from RegistrationSuiteLib.cohort.pairs import pair_hash
+
+    before = pair_hash(a, ["rigid-search"])
+    (tmp_path / "U.csv").write_text("0.9,0.1\n0.1,0.9\n")
+    assert pair_hash(a, ["rigid-search"]) != before
+    (tmp_path / "c.csv").write_text("id,fixed,moving,method,options\na,f,m,organ-points,--labels 1,2\n")
+    with pytest.raises(InputError, match="must be quoted"):
+        read_pairs(tmp_path / "c.csv")
+    (tmp_path / "c.csv").write_text("id,fixed,moving,options\na,f,m,--seed 3\n")
+    with pytest.raises(InputError, match="needs a 'method'"):
+        read_pairs(tmp_path / "c.csv")
+    (tmp_path / "c.csv").write_text("id,fixed,moving,method\na,f,m,pipeline\n")
+    assert main(["batch", "--pairs", str(tmp_path / "c.csv"), "--output-dir", str(tmp_path / "D")]) == 2

@@ -19,7 +19,8 @@ def add_parser(sub):
         help=HELP,
         description=(
             "Register every pair of COHORT.csv (columns id,fixed,moving plus optional per-row option columns such "
-            "as fixed_mask or initial_transform; paths relative to the CSV). Each pair runs the CLI command in a "
+            "as fixed_mask or initial_transform; paths relative to the CSV; a 'method' column, with that row's "
+            "options in an 'options' column, runs that row with its own method). Each pair runs the CLI command in a "
             "child process and writes D/<id>/ atomically; a failed pair is recorded in D/<id>/error.json and "
             "never stops the batch. Writes D/summary.csv and D/report.html. Uses Dask distributed when installed "
             "(pip install 'registration-suite[cluster]'): a local cluster by default, or --scheduler ADDRESS for "
@@ -74,6 +75,10 @@ def run(args) -> int:
     if args.retries < 0:
         raise InputError(f"--retries: expected 0 or more, got {args.retries}")
     pairs = read_pairs(args.pairs)
+    for pair in pairs:
+        if pair.method is not None and (pair.method not in METHODS or pair.method not in available):
+            raise InputError(f"--pairs: pair {pair.id}: method {pair.method!r} is not one of "
+                             f"{', '.join(m for m in METHODS if m in available)}")
     out = Path(args.output_dir)
     if not out.resolve().parent.is_dir():
         raise InputError(f"--output-dir: parent folder does not exist: {out.resolve().parent}")

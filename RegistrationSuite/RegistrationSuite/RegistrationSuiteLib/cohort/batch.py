@@ -25,7 +25,7 @@ from .runner import RECORD, TRANSFORM, run_pair
 
 INSTALL_HINT = "pip install 'registration-suite[cluster]' (or: pip install \"dask[distributed]\")"
 SUMMARY_COLUMNS = ("id", "status", "score", "confidence", "doubtful", "doubtful_reasons", "folding_percent",
-                   "time_s", "peak_memory_mb", "exit_code", "reused", "message")
+                   "time_s", "cpu_s", "peak_memory_mb", "worker_peak_memory_mb", "exit_code", "reused", "message")
 
 
 @dataclass
@@ -93,7 +93,7 @@ def plan(pairs: list, options: BatchOptions, out_dir: Path) -> tuple:
     threads = max(1, options.threads_per_worker)
     token = uuid.uuid4().hex  # this batch run: a task recomputed by Dask after a worker loss sees it is done
     for pair in pairs:
-        argv = [*options.command, "--fixed", pair.fixed, "--moving", pair.moving,
+        argv = [*pair.command(options.command), "--fixed", pair.fixed, "--moving", pair.moving,
                 *[w for k, v in pair.extra.items() for w in (k, v)]]
         h = pair_hash(pair, options.command)
         if options.resume and _finished(out_dir / pair.id, h):
@@ -278,7 +278,9 @@ def write_summary_csv(pairs: list, out_dir, reused_ids=()) -> Path:
         rows.append({"id": pair.id, "status": rec.get("status", "missing"), "score": _fmt(rec.get("score")),
                      "confidence": _fmt(rec.get("confidence")), "doubtful": "yes" if reasons else "no",
                      "doubtful_reasons": " | ".join(reasons), "folding_percent": _fmt(rec.get("folding_percent")),
-                     "time_s": _fmt(rec.get("time_s")), "peak_memory_mb": _fmt(rec.get("peak_memory_mb")),
+                     "time_s": _fmt(rec.get("time_s")), "cpu_s": _fmt(rec.get("cpu_s")),
+                     "peak_memory_mb": _fmt(rec.get("peak_memory_mb")),
+                     "worker_peak_memory_mb": _fmt(rec.get("worker_peak_memory_mb")),
                      "exit_code": "" if rec.get("exit_code") is None else rec.get("exit_code"),
                      "reused": "yes" if pair.id in reused_ids else "no", "message": rec.get("message", "")})
     path = out_dir / "summary.csv"

@@ -78,14 +78,18 @@ def resident_memory(pid: int):
 
 
 def _watch_memory(proc: subprocess.Popen, state: dict, memory_limit: int, poll: float) -> None:
-    """Poll the child's resident memory until ``state["done"]`` is set; kill the child when it exceeds
-    ``memory_limit`` bytes. Runs beside the blocking wait, so the pair's end is seen at once."""
+    """Poll the child's resident memory until ``state["done"]`` is set; kill the child when it and this process
+    (the worker running it) together hold more than ``memory_limit`` bytes: the limit is the worker's, and a
+    pair's memory lives in its child. Runs beside the blocking wait, so the pair's end is seen at once."""
+    me = os.getpid()
     while not state["done"].wait(poll):
         rss = resident_memory(proc.pid)
         if rss is None:  # the child ended between two polls (or memory cannot be read: rusage gives the peak)
             return
+        together = rss + (resident_memory(me) or 0)
         state["peak"] = max(state["peak"], rss)
-        if memory_limit and rss > memory_limit:
+        state["peak_worker"] = max(state["peak_worker"], together)
+        if memory_limit and together > memory_limit:
             with state["lock"]:
                 if not state["done"].is_set():
                     state["killed"] = True
@@ -96,27 +100,31 @@ def _watch_memory(proc: subprocess.Popen, state: dict, memory_limit: int, poll: 
 def run_child(argv: list, folder: Path, *, threads: int, memory_limit: int = 0, poll: float = 0.25) -> dict:
     """Run ``python -m RegistrationSuiteLib.cohort.child <this pid> -- argv`` with stdout/stderr in ``folder``.
 
-    Returns ``{"code", "seconds", "peak_rss_mb", "memory_killed"}``; a child whose memory (RSS) exceeds
-    ``memory_limit`` bytes is killed (``memory_killed`` True).
+    Returns ``{"code", "seconds", "cpu_seconds", "peak_rss_mb", "worker_peak_mb", "memory_killed"}``:
+    ``peak_rss_mb`` is the child's peak resident memory, ``worker_peak_mb`` the largest sum of the child's and
+    this process's resident memory seen while polling (what the worker's limit applies to), ``cpu_seconds`` the
+    child's user + system CPU time. A child is killed (``memory_killed`` True) when that sum exceeds
+    ``memory_limit`` bytes.
     """
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(max(1, threads))
     cmd = [sys.executable, "-m", "RegistrationSuiteLib.cohort.child", str(os.getpid()), "--", *argv]
     t0 = time.perf_counter()
-    state = {"done": threading.Event(), "lock": threading.Lock(), "peak": 0, "killed": False}
+    state = {"done": threading.Event(), "lock": threading.Lock(), "peak": 0, "peak_worker": 0, "killed": False}
     with open(folder / "stdout.log", "wb") as out, open(folder / "stderr.log", "wb") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
         watcher = threading.Thread(target=_watch_memory, args=(proc, state, memory_limit, poll), daemon=True)
         watcher.start()
-        _, status, usage = os.wait4(proc.pid, 0)  # blocking: rusage of this child (its peak memory)
+        _, status, usage = os.wait4(proc.pid, 0)  # blocking: rusage of this child (its peak memory, CPU time)
         with state["lock"]:
             state["done"].set()
         watcher.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
     peak = max(state["peak"], usage.ru_maxrss * 1024)  # ru_maxrss is in KiB on Linux
-    return {"code": proc.returncode, "seconds": time.perf_counter() - t0, "peak_rss_mb": round(peak / 2**20, 1),
-            "memory_killed": state["killed"]}
+    return {"code": proc.returncode, "seconds": time.perf_counter() - t0,
+            "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_rss_mb": round(peak / 2**20, 1),
+            "worker_peak_mb": round(state["peak_worker"] / 2**20, 1), "memory_killed": state["killed"]}
 
 
 def run_pair(job: dict) -> dict:
@@ -147,14 +155,17 @@ def run_pair(job: dict) -> dict:
             break
     record = {"id": job["id"], "hash": job["hash"], "fixed": job["fixed"], "moving": job["moving"],
               "command": job["argv"], "exit_code": run["code"], "time_s": round(run["seconds"], 3),
-              "peak_memory_mb": run["peak_rss_mb"], "child_attempts": attempts, "worker": socket.gethostname(),
+              "peak_memory_mb": run["peak_rss_mb"], "cpu_s": round(run["cpu_seconds"], 3),
+              "worker_peak_memory_mb": run["worker_peak_mb"], "memory_limit_mb": round(job.get("memory_limit", 0) / 2**20, 1),
+              "child_attempts": attempts, "worker": socket.gethostname(),
               "run_token": job.get("run_token")}
     if run["code"] == 0 and (tmp / TRANSFORM).exists():
         record.update(_success(tmp, job))
     else:
         message = _last_error_line(tmp / "stderr.log") or _status_text(run["code"])
         if run["memory_killed"]:
-            message = f"exceeded the memory limit of {job['memory_limit'] / 2**30:.1f} GiB per worker (killed)"
+            message = (f"the pair's process and its worker exceeded the memory limit of {job['memory_limit'] / 2**30:.1f} GiB "
+                       "per worker (the pair's process was killed)")
         record.update(status="failed", message=message)
         write_json(tmp / ERROR, {"message": message, "exit_code": run["code"], "status": _status_text(run["code"])})
     write_json(tmp / RECORD, record)
