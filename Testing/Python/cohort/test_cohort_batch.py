@@ -327,3 +327,36 @@ def test_cohort_csv_method_and_options_columns(tmp_path):
         read_pairs(tmp_path / "c.csv")
     (tmp_path / "c.csv").write_text("id,fixed,moving,method\na,f,m,pipeline\n")
     assert main(["batch", "--pairs", str(tmp_path / "c.csv"), "--output-dir", str(tmp_path / "D")]) == 2
+
+
+def test_output_dir_that_would_destroy_inputs_is_refused(tmp_path, capsys):
+    """A pair's folder D/<id>/ is replaced by its results: refused, before anything runs, when it holds an input
+    or is not a batch result; the CSV may not be D/summary.csv; D may not be a file. Nothing is touched."""
+    (tmp_path / "p0").mkdir()
+    fixed, moving, _ = known_pair_2d()
+    sitk.WriteImage(fixed, str(tmp_path / "p0" / "f.nii.gz"))
+    sitk.WriteImage(moving, str(tmp_path / "p0" / "m.nii.gz"))
+    (tmp_path / "p0" / "notes.txt").write_text("the user's own file")
+    (tmp_path / "cohort.csv").write_text("id,fixed,moving\np0,p0/f.nii.gz,p0/m.nii.gz\n")
+    before = sorted(p.name for p in (tmp_path / "p0").iterdir())
+
+    def batch(out, csv="cohort.csv"):
+        return main(["batch", "--pairs", str(tmp_path / csv), "--output-dir", str(out), "--workers", "1",
+                     "--quiet", "--no-report", "--no-previews"])
+
+    assert batch(tmp_path) == 2  # D = the data folder: D/p0/ holds the pair's own inputs
+    assert "lies in" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "p0").iterdir()) == before
+    (tmp_path / "D" / "p0").mkdir(parents=True)
+    (tmp_path / "D" / "p0" / "mine.txt").write_text("not a batch result")
+    (tmp_path / "c2.csv").write_text("id,fixed,moving\np0,p0/f.nii.gz,p0/m.nii.gz\n")
+    assert batch(tmp_path / "D", "c2.csv") == 2
+    assert "is not a batch result" in capsys.readouterr().err and (tmp_path / "D" / "p0" / "mine.txt").is_file()
+    (tmp_path / "E").mkdir()
+    (tmp_path / "E" / "summary.csv").write_text("id,fixed,moving\nq0,../p0/f.nii.gz,../p0/m.nii.gz\n")
+    assert batch(tmp_path / "E", "E/summary.csv") == 2
+    assert "is the batch's output summary.csv" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    assert batch(tmp_path / "afile") == 2 and "is a file" in capsys.readouterr().err
+    # a folder of an earlier batch (pair.json) is replaced as before
+    assert batch(tmp_path / "F") == 0 and batch(tmp_path / "F") == 0

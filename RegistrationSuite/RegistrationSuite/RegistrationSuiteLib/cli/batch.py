@@ -61,7 +61,7 @@ def pair_command(args, available) -> list:
 
 
 def run(args) -> int:
-    from ..cohort.batch import BatchOptions, parse_memory, run_batch, write_summary_csv
+    from ..cohort.batch import BatchOptions, check_output_dir, parse_memory, run_batch, write_summary_csv
     from ..cohort.pairs import read_pairs
     from .main import build_parser
     from .pipeline import available_commands
@@ -82,6 +82,7 @@ def run(args) -> int:
     out = Path(args.output_dir)
     if not out.resolve().parent.is_dir():
         raise InputError(f"--output-dir: parent folder does not exist: {out.resolve().parent}")
+    check_output_dir(pairs, out, inputs=[args.pairs])
     options = BatchOptions(command=command, workers=args.workers, threads_per_worker=args.threads_per_worker,
                            memory_per_worker=parse_memory(args.memory_per_worker), scheduler=args.scheduler,
                            retries=args.retries, resume=args.resume, previews=not args.no_previews,
