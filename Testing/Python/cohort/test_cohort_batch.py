@@ -19,7 +19,7 @@ from RegistrationSuiteLib.cohort import batch as batch_mod
 from RegistrationSuiteLib.cohort.pairs import read_pairs
 from RegistrationSuiteLib.errors import InputError
 
-from tiny_cases import corner_error_mm, known_pair_2d
+from tiny_cases import corner_error_mm, known_pair_2d, organ_labels
 
 CLI = [sys.executable, "-m", "RegistrationSuiteLib"]
 ANGLES = {"p0": (12.0, (4.0, -2.0)), "p1": (-28.0, (-3.0, 5.0)), "p2": (35.0, (6.0, 1.0))}
@@ -259,25 +259,13 @@ def test_resident_memory_needs_no_psutil(monkeypatch):
     assert resident_memory(2**22 + 12345) is None  # no such process
 
 
-def _organ_labels(shift_vox=0):
-    """Two ellipsoid 'organs' (labels 1, 2) on an anisotropic grid; ``shift_vox`` moves organ 2 along x."""
-    z, y, x = np.mgrid[0:24, 0:40, 0:48].astype(float)
-    arr = np.zeros(z.shape, np.uint8)
-    arr[((x - 15) / 8) ** 2 + ((y - 20) / 10) ** 2 + ((z - 12) / 6) ** 2 <= 1] = 1
-    arr[((x - 33 - shift_vox) / 7) ** 2 + ((y - 20) / 8) ** 2 + ((z - 12) / 7) ** 2 <= 1] = 2
-    img = sitk.GetImageFromArray(arr)
-    img.SetSpacing((2.0, 2.0, 3.0))
-    img.SetOrigin((-40.0, 10.0, 5.0))
-    return img
-
-
 @pytest.mark.slow
 def test_mixed_cohort_rows_with_their_own_method_and_report_images(tmp_path):
     """One cohort mixing an image pair (the batch's rigid-search) and a label-map pair run by organ-points
     (the row's method/options columns): both registered correctly, and the review page has images for both."""
     truths = _write_cohort(tmp_path, ids=("p1",), bad=False)
-    sitk.WriteImage(_organ_labels(), str(tmp_path / "img" / "seg_f.nii.gz"))
-    sitk.WriteImage(_organ_labels(shift_vox=3), str(tmp_path / "img" / "seg_m.nii.gz"))  # organ 2: +6 mm in x
+    sitk.WriteImage(organ_labels(), str(tmp_path / "img" / "seg_f.nii.gz"))
+    sitk.WriteImage(organ_labels(shift_vox=3), str(tmp_path / "img" / "seg_m.nii.gz"))  # organ 2: +6 mm in x
     with open(tmp_path / "cohort.csv", "a") as f:
         f.write("organs,img/seg_f.nii.gz,img/seg_m.nii.gz,organ-points,--device cpu --points-per-organ 300\n")
     text = (tmp_path / "cohort.csv").read_text().replace("id,fixed,moving\n", "id,fixed,moving,method,options\n")
@@ -292,7 +280,7 @@ def test_mixed_cohort_rows_with_their_own_method_and_report_images(tmp_path):
     assert record["command"][:2] == ["organ-points", "--device"] and record["status"] == "done"
     assert record["cpu_s"] > 0 and record["worker_peak_memory_mb"] >= record["peak_memory_mb"] * 0.5
     field = sitk.ReadTransform(str(out / "organs" / "transform.h5"))
-    c2 = np.array(_organ_labels().TransformContinuousIndexToPhysicalPoint((33, 20, 12)))
+    c2 = np.array(organ_labels().TransformContinuousIndexToPhysicalPoint((33, 20, 12)))
     assert np.asarray(field.TransformPoint(tuple(c2)))[0] - c2[0] == pytest.approx(6.0, abs=2.0)
     parser = _ReportParser()
     parser.feed((out / "report.html").read_text())

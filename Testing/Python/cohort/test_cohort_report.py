@@ -8,7 +8,7 @@ from RegistrationSuiteLib.cohort.png import encode_png
 from RegistrationSuiteLib.cohort.previews import render_pair_previews
 from RegistrationSuiteLib.cohort.quality import doubtful_reasons, folding_percent
 
-from tiny_cases import known_pair_2d
+from tiny_cases import known_pair_2d, organ_labels
 
 
 def test_png_round_trip(tmp_path):
@@ -74,3 +74,27 @@ def test_previews_2d_one_plane_and_checkerboard_alternates(tmp_path):
     assert set(out) == {"checkerboard", "edges"}
     cb = sitk.GetArrayFromImage(sitk.ReadImage(str(out["checkerboard"])))
     assert cb.ndim == 3 and cb.shape[1] < 2 * cb.shape[0]  # one plane (the slide)
+
+
+@pytest.mark.slow
+def test_organ_points_output_report(tmp_path):
+    """``--output-report`` on organ-points (label volumes): one self-contained page with the checkerboard, the
+    edge overlay and the Jacobian map of its field; point-file inputs are refused before the run."""
+    import subprocess
+    import sys
+
+    sitk.WriteImage(organ_labels(), str(tmp_path / "f.nii.gz"))
+    sitk.WriteImage(organ_labels(shift_vox=3), str(tmp_path / "m.nii.gz"))
+    cli = [sys.executable, "-m", "RegistrationSuiteLib", "organ-points", "--device", "cpu", "--points-per-organ", "300"]
+    proc = subprocess.run(cli + ["--fixed", "f.nii.gz", "--moving", "m.nii.gz", "--output", "t.h5", "--output-report",
+                                 "r.html", "--quiet"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    page = (tmp_path / "r.html").read_text()
+    assert page.count('src="data:image/png;base64,iVBOR') == 3 and "Jacobian" in page
+    assert "http://" not in page and "https://" not in page
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.nii.gz", "m.nii.gz", "r.html", "t.h5"]  # no leftovers
+    (tmp_path / "p.csv").write_text("x,y,z,label\n0,0,0,1\n1,0,0,1\n0,1,0,2\n")
+    proc = subprocess.run(cli + ["--fixed", "p.csv", "--moving", "p.csv", "--output", "t2.h5", "--output-report",
+                                 "r2.html"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "--output-report needs label volumes" in proc.stderr
+    assert not (tmp_path / "t2.h5").exists() and not (tmp_path / "r2.html").exists()

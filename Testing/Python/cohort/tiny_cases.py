@@ -95,3 +95,15 @@ def inside_points(image: sitk.Image, n: int = 300, seed: int = 0) -> list:
         if arr[tuple(np.round(i[::-1]).astype(int))] > 0.1 * arr.max():
             out.append(image.TransformContinuousIndexToPhysicalPoint(i.tolist()))
     return out
+
+
+def organ_labels(shift_vox=0):
+    """Two ellipsoid 'organs' (labels 1, 2) on an anisotropic grid; ``shift_vox`` moves organ 2 along x."""
+    z, y, x = np.mgrid[0:24, 0:40, 0:48].astype(float)
+    arr = np.zeros(z.shape, np.uint8)
+    arr[((x - 15) / 8) ** 2 + ((y - 20) / 10) ** 2 + ((z - 12) / 6) ** 2 <= 1] = 1
+    arr[((x - 33 - shift_vox) / 7) ** 2 + ((y - 20) / 8) ** 2 + ((z - 12) / 7) ** 2 <= 1] = 2
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((2.0, 2.0, 3.0))
+    img.SetOrigin((-40.0, 10.0, 5.0))
+    return img

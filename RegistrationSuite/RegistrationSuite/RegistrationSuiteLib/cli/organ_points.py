@@ -12,6 +12,7 @@ from ..seeding import SEED_PROMISE
 from .common import (add_device_argument, add_summary_arguments, check_output_paths, print_result, qa_picture,
                      write_diagnostics_and_commit)
 from .progress_lines import progress_for
+from .report import add_output_report_argument, write_output_report
 
 HELP = "multi-organ point cloud registration (MO-BCPD) of two segmentations or labelled point sets"
 _POINT_SUFFIXES = (".csv", ".vtk", ".vtp", ".ply")
@@ -54,6 +55,7 @@ def add_parser(sub):
     p.add_argument("--output-resampled-labels", help="write the moving labels resampled onto the fixed grid")
     p.add_argument("--output-qa", help="write a before/after checkerboard picture (.png) of the fixed labels and "
                    "the moving labels (middle slice; label volumes only)")
+    add_output_report_argument(p)
     add_summary_arguments(p)
     p.set_defaults(run=run)
     return p
@@ -109,6 +111,8 @@ def run(args) -> int:
     from ..methods.organ_point_cloud import register_organ_point_cloud
 
     outputs = check_output_paths(args)
+    if args.output_report and (_is_points(args.fixed) or _is_points(args.moving)):
+        raise InputError("--output-report needs label volumes as --fixed and --moving, not point files")
     for option in ("--output-resampled-labels", "--output-qa"):
         if option in outputs and (_is_points(args.fixed) or _is_points(args.moving)):
             raise InputError(f"{option} needs label volumes as --fixed and --moving, not point files")
@@ -139,6 +143,7 @@ def run(args) -> int:
         organs,
         "written: " + ", ".join(str(p) for p in written),
     ])
+    write_output_report(args, result)
     return 0
 
 
