@@ -178,10 +178,13 @@ def test_rigid_search_then_real_deformable_known_answer(tmp_path):
                                  "--steps", "rigid-search,deformable", "--output", str(out), "--output-dir", str(steps),
                                  "--step-options", "rigid-search:--device cpu --rotations 300,60,3",
                                  "--step-options", "deformable:--device cpu --spacing 4 --io-steps 60",
-                                 "--json", "--quiet"], capture_output=True, text=True, timeout=600, env=env)
+                                 "--json", "--quiet", "--output-report", str(tmp_path / "r.html")],
+                          capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["step_methods"] == ["global_rigid", "deformable"]
+    # the review page of the real composed result: checkerboard, edges and the Jacobian map of its field
+    assert (tmp_path / "r.html").read_text().count('src="data:image/png;base64,iVBOR') == 3
     ys = inside_points(moving, n=300)  # a correct fixed→moving estimate T satisfies T(W(y)) = y
 
     def error(t):
