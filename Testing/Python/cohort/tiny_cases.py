@@ -107,3 +107,31 @@ def organ_labels(shift_vox=0):
     img.SetSpacing((2.0, 2.0, 3.0))
     img.SetOrigin((-40.0, 10.0, 5.0))
     return img
+
+
+def slide_pair_rgb(angle_deg: float = 40.0, shift_px=(6.0, -4.0), size: int = 192, seed: int = 0):
+    """``(fixed_rgb, moving_rgb, matrix, offset)``: an H&E-like fixed slide and a DAB-like moving slide of a
+    textured, asymmetric section; fixed pixel ``x`` (x, y) maps to moving pixel ``matrix @ x + offset``
+    (a rotation by ``angle_deg`` about the centre plus ``shift_px``)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    body = ((xx - 0.45) / 0.27) ** 2 + ((yy - 0.52) / 0.2) ** 2 < 1
+    lobe = ((xx - 0.68) / 0.1) ** 2 + ((yy - 0.3) / 0.09) ** 2 < 1
+    texture = ndimage.gaussian_filter(rng.normal(size=(size, size)), size / 40)
+    texture = (texture - texture.min()) / np.ptp(texture)
+    density = ndimage.gaussian_filter((body | lobe) * (0.25 + 0.75 * texture), 0.7)
+    a = np.radians(angle_deg)
+    matrix = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    centre = np.array([size / 2, size / 2])
+    offset = centre + np.asarray(shift_px, float) - matrix @ centre
+    inv = np.linalg.inv(matrix)
+    swap = np.array([[0, 1], [1, 0]])  # ndimage works in (row, col) = (y, x)
+    moved = ndimage.affine_transform(density, swap @ inv @ swap, swap @ (-inv @ offset), order=1, cval=0.0)
+
+    def stain(d, od, strength):
+        rgb = 0.96 * np.exp(-strength * d[..., None] * np.asarray(od)[None, None, :])
+        return np.clip(rgb * 255 + 0.5, 0, 255).astype(np.uint8)
+
+    return stain(density, (0.55, 0.85, 0.45), 1.5), stain(moved, (0.27, 0.57, 0.78), 1.2), matrix, offset
