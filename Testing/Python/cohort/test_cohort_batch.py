@@ -348,3 +348,26 @@ def test_output_dir_that_would_destroy_inputs_is_refused(tmp_path, capsys):
     assert batch(tmp_path / "afile") == 2 and "is a file" in capsys.readouterr().err
     # a folder of an earlier batch (pair.json) is replaced as before
     assert batch(tmp_path / "F") == 0 and batch(tmp_path / "F") == 0
+
+
+@pytest.mark.slow
+def test_optional_outputs_of_each_pair_land_in_its_folder(tmp_path, capsys):
+    """``--options "--output-qa qa.png ..."``: each pair writes its own qa.png (and resampled image) into
+    D/<id>/, published with the rest; absolute or reserved names are refused before anything runs."""
+    _write_cohort(tmp_path, ids=("p0", "p2"), bad=False)
+    out = tmp_path / "D"
+    code = main(["batch", "--pairs", str(tmp_path / "cohort.csv"), "--output-dir", str(out), "--workers", "1",
+                 "--options=--device cpu --output-qa qa.png --output-resampled=r.nii.gz", "--quiet", "--no-report",
+                 "--no-previews"])
+    assert code == 0
+    for pid in ("p0", "p2"):
+        assert (out / pid / "qa.png").is_file()
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / pid / "r.nii.gz"))).shape[::-1],
+                                      sitk.ReadImage(str(tmp_path / "img" / f"{pid}_f.nii.gz")).GetSize())
+    assert not (tmp_path / "qa.png").exists() and not Path("qa.png").exists()
+    for bad, needle in [(f"--output-qa {tmp_path / 'x.png'}", "give a file name"), ("--output-qa ../x.png", "give a file name"),
+                        ("--output-diagnostics summary.json", "the batch's own file")]:
+        code = main(["batch", "--pairs", str(tmp_path / "cohort.csv"), "--output-dir", str(tmp_path / "E"),
+                     "--workers", "1", f"--options=--device cpu {bad}", "--quiet"])
+        assert code == 2 and needle in capsys.readouterr().err
+        assert not (tmp_path / "E").exists()

@@ -33,7 +33,8 @@ def add_parser(sub):
     what.add_argument("--method", choices=METHODS, help="the command run for each pair (default rigid-search)")
     what.add_argument("--steps", help="a chain run by `pipeline` for each pair, e.g. rigid-search,deformable")
     p.add_argument("--options", action="append", default=[], metavar="OPTIONS",
-                   help='options for every pair: "--device cpu" for --method; "STEP:OPTIONS" for --steps (repeatable)')
+                   help='options for every pair: "--device cpu" for --method; "STEP:OPTIONS" for --steps (repeatable); '
+                        'output options take file names, written into each pair\'s folder (--output-qa qa.png)')
     p.add_argument("--scheduler", metavar="ADDRESS", help="address of a running Dask scheduler (tcp://host:8786)")
     p.add_argument("--workers", type=int, help="local workers (default: from cores and memory; 1 without Dask: in-process)")
     p.add_argument("--threads-per-worker", type=int, default=1, help="pairs run at once per worker (default 1)")
@@ -75,7 +76,11 @@ def run(args) -> int:
     if args.retries < 0:
         raise InputError(f"--retries: expected 0 or more, got {args.retries}")
     pairs = read_pairs(args.pairs)
+    from ..cohort.runner import check_pair_outputs
+
+    check_pair_outputs(command, "--options")
     for pair in pairs:
+        check_pair_outputs(pair.options + [w for kv in pair.extra.items() for w in kv], f"--pairs: pair {pair.id}")
         if pair.method is not None and (pair.method not in METHODS or pair.method not in available):
             raise InputError(f"--pairs: pair {pair.id}: method {pair.method!r} is not one of "
                              f"{', '.join(m for m in METHODS if m in available)}")

@@ -6,7 +6,8 @@ each pair runs exactly the command a user would run by hand. The cost is one int
 (measured in BENCHMARKS.md against calling the CLI directly).
 
 Folder of a pair (all written in ``D/.tmp/<id>-<random>/`` and renamed to ``D/<id>/`` when complete):
-``transform.h5`` and ``summary.json`` (success), ``error.json`` (failure: one-line message, exit code),
+``transform.h5`` and ``summary.json`` (success), the outputs the command's options ask for (``--output-qa
+qa.png``: ``D/<id>/qa.png``), ``error.json`` (failure: one-line message, exit code),
 ``pair.json`` (status, input hash, command, time, peak memory, attempts), ``stderr.log``, ``previews/``.
 """
 
@@ -29,6 +30,49 @@ SUMMARY = "summary.json"
 ERROR = "error.json"
 RECORD = "pair.json"
 ATTEMPTS = ".batch/attempts.jsonl"
+#: Names the batch writes in a pair's folder (an output option may not take them).
+RESERVED = (TRANSFORM, SUMMARY, ERROR, RECORD, "stdout.log", "stderr.log", "previews", "steps")
+
+
+def output_options(argv: list) -> list:
+    """``[(index of the value, option, value)]`` for every ``--output-*`` option in a command (``--opt value``
+    and ``--opt=value``; ``--output-dir`` excepted: the pipeline's, set by the batch)."""
+    found = []
+    for i, word in enumerate(argv):
+        if not word.startswith("--output-") or word.startswith("--output-dir"):
+            continue
+        if "=" in word:
+            option, value = word.split("=", 1)
+            found.append((i, option, value))
+        elif i + 1 < len(argv):
+            found.append((i + 1, word, argv[i + 1]))
+    return found
+
+
+def check_pair_outputs(argv: list, where: str) -> None:
+    """The optional outputs a batch's command asks for (``--output-resampled r.nii.gz``) are written into each
+    pair's folder, so they must be plain relative names.
+
+    Raises:
+        InputError: an absolute path or one leaving the pair's folder (every pair would overwrite it).
+    """
+    from ..errors import InputError
+
+    for _, option, value in output_options(argv):
+        p = Path(value)
+        if p.is_absolute() or ".." in p.parts or not value:
+            raise InputError(f"{where}: {option} {value}: give a file name; each pair writes it into its own folder "
+                             "D/<id>/ (an absolute path would be overwritten by every pair)")
+        if p.parts[0] in RESERVED:
+            raise InputError(f"{where}: {option} {value}: that name is the batch's own file in D/<id>/; choose another")
+
+
+def localize_outputs(argv: list, folder: Path) -> list:
+    """``argv`` with every ``--output-*`` value made a path inside ``folder`` (the pair's staging folder)."""
+    out = list(argv)
+    for i, option, value in output_options(argv):
+        out[i] = f"{option}={folder / value}" if out[i].startswith(option + "=") else str(folder / value)
+    return out
 
 
 def log_attempt(out_root, **event) -> None:
@@ -144,7 +188,7 @@ def run_pair(job: dict) -> dict:
     tmp = root / ".tmp" / f"{job['id']}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     log_attempt(root, id=job["id"], event="start")
-    argv = [*job["argv"], "--output", str(tmp / TRANSFORM), "--json"]
+    argv = [*localize_outputs(job["argv"], tmp), "--output", str(tmp / TRANSFORM), "--json"]
     if job["argv"][0] == "pipeline":  # keep each step's transforms and summary beside the composed one
         argv += ["--output-dir", str(tmp / "steps")]
     attempts, run = 0, {}
