@@ -146,7 +146,8 @@ def run_child(argv: list, folder: Path, *, threads: int, memory_limit: int = 0, 
 
     Returns ``{"code", "seconds", "cpu_seconds", "peak_rss_mb", "worker_peak_mb", "memory_killed"}``:
     ``peak_rss_mb`` is the child's peak resident memory, ``worker_peak_mb`` the largest sum of the child's and
-    this process's resident memory seen while polling (what the worker's limit applies to), ``cpu_seconds`` the
+    this process's resident memory seen while polling (what the worker's limit applies to; for a child that ended
+    before the first poll, its peak plus this process's memory at the end), ``cpu_seconds`` the
     child's user + system CPU time. A child is killed (``memory_killed`` True) when that sum exceeds
     ``memory_limit`` bytes.
     """
@@ -166,6 +167,8 @@ def run_child(argv: list, folder: Path, *, threads: int, memory_limit: int = 0, 
         watcher.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
     peak = max(state["peak"], usage.ru_maxrss * 1024)  # ru_maxrss is in KiB on Linux
+    if not state["peak_worker"]:  # a child that ended before the first poll: its peak plus this process's memory
+        state["peak_worker"] = peak + (resident_memory(os.getpid()) or 0)
     return {"code": proc.returncode, "seconds": time.perf_counter() - t0,
             "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_rss_mb": round(peak / 2**20, 1),
             "worker_peak_mb": round(state["peak_worker"] / 2**20, 1), "memory_killed": state["killed"]}
