@@ -118,8 +118,9 @@ def test_report_parses_and_shows_every_pair(finished_batch):
     assert parser.rows[0] == "bad" and sorted(parser.rows) == ["bad", "p0", "p1", "p2"]  # failed first
     for pid in truths:  # checkerboard + edge overlay, embedded
         assert len(parser.images[pid]) == 2 and all(s.startswith("data:image/png;base64,iVBOR") for s in parser.images[pid])
-    # the failed pair (unreadable moving image) is shown with its error, no image can be drawn
-    assert "broken.nii.gz" in text and parser.images["bad"] == []
+    # the failed pair (unreadable moving image) is shown with its error and its readable fixed image alone
+    assert "broken.nii.gz" in text and len(parser.images["bad"]) == 1
+    assert parser.images["bad"][0].startswith("data:image/png;base64,iVBOR") and "the fixed image alone" in text
     assert "http://" not in text and "https://" not in text  # self-contained
     # `registration-suite report D` rewrites it
     os.remove(out / "report.html")

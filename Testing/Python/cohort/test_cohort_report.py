@@ -1,11 +1,13 @@
 """Review images and quality figures: PNG encoding, Jacobian/folding known answers, previews per dimension."""
 
+import json
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from RegistrationSuiteLib.cohort.png import encode_png
-from RegistrationSuiteLib.cohort.previews import render_pair_previews
+from RegistrationSuiteLib.cohort.previews import render_pair_previews, render_single_image
 from RegistrationSuiteLib.cohort.quality import doubtful_reasons, folding_percent
 
 from tiny_cases import known_pair_2d, organ_labels
@@ -98,3 +100,27 @@ def test_organ_points_output_report(tmp_path):
                                  "r2.html"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "--output-report needs label volumes" in proc.stderr
     assert not (tmp_path / "t2.h5").exists() and not (tmp_path / "r2.html").exists()
+
+
+def test_single_image_preview_for_a_pair_with_one_unreadable_input(tmp_path):
+    """The report of a failed pair whose moving file is unreadable shows the fixed image alone, three planes."""
+    from RegistrationSuiteLib.cohort.report import write_report
+
+    rng = np.random.default_rng(4)
+    fixed = sitk.GetImageFromArray(rng.random((12, 20, 16)).astype(np.float32))
+    fixed.SetSpacing((1.0, 1.0, 3.0))
+    sitk.WriteImage(fixed, str(tmp_path / "f.nii.gz"))
+    png = sitk.GetArrayFromImage(sitk.ReadImage(str(render_single_image(tmp_path / "f.nii.gz", tmp_path / "one.png"))))
+    assert png.shape == (220, 176 + 98 + 122 + 2 * 4, 3)  # the pair previews' three planes, square millimetres
+    (tmp_path / "broken.nii.gz").write_bytes(b"not an image")
+    d = tmp_path / "D"
+    (d / "p").mkdir(parents=True)
+    (d / "p" / "pair.json").write_text(json.dumps({"id": "p", "status": "failed", "fixed": str(tmp_path / "f.nii.gz"),
+                                                    "moving": str(tmp_path / "broken.nii.gz"), "message": "bad"}))
+    (d / "q").mkdir()
+    (d / "q" / "pair.json").write_text(json.dumps({"id": "q", "status": "failed", "fixed": str(tmp_path / "broken.nii.gz"),
+                                                    "moving": str(tmp_path / "broken.nii.gz"), "message": "bad"}))
+    page = write_report(d).read_text()
+    p_part, q_part = page.split('id="pair-p"')[1].split('id="pair-q"')
+    assert p_part.count("data:image/png;base64,") == 1 and "the fixed image alone" in p_part
+    assert "data:image/png" not in q_part and "no preview of the pair" in q_part  # nothing readable: a note
