@@ -20,12 +20,12 @@ import torch
 
 from ...device import resolve_device
 from ...errors import InputError
-from ...geometry import Grid
+from ...geometry import Grid, apply_affine
 from ...io.points import POINT_SUFFIXES, LabeledPoints, read_points
 from ...progress import as_progress
 from ...result import RegistrationResult
 from ...surfaces import image_labels, labels_to_points
-from .bcpd import BCPDFit, run_bcpd, stratified_subset
+from .bcpd import BCPDFit, fit_similarity, run_bcpd, stratified_subset
 from .config import LabelModel, OrganPointCloudConfig
 from .field import displacement_field, field_grid
 from .mapping import FittedMapping
@@ -116,6 +116,11 @@ def _register(fixed, moving, cfg: OrganPointCloudConfig, prog, t_start: float) -
 
     ctrl = stratified_subset(fixed_pts.labels, cfg.downsample_to, cfg.seed, MIN_POINTS_PER_ORGAN)
     data = stratified_subset(moving_pts.labels, cfg.downsample_to, cfg.seed + 1, MIN_POINTS_PER_ORGAN)
+    fov = {"applied": False}
+    if cfg.common_fov and fixed_in.image is not None and moving_in.image is not None and cfg.similarity:
+        prog.report(0.01, "restricting to the common field of view")
+        ctrl, data, fov = common_field_of_view(fixed_pts, moving_pts, ctrl, data, Grid.from_image(fixed_in.image),
+                                               Grid.from_image(moving_in.image), model, cfg)
     fit = run_bcpd(moving_pts.points[data], model.index_of(moving_pts.labels[data]), fixed_pts.points[ctrl],
                    model.index_of(fixed_pts.labels[ctrl]), model, cfg, prog.sub(0.02, 0.85))
     t_fit = time.perf_counter()
@@ -135,7 +140,8 @@ def _register(fixed, moving, cfg: OrganPointCloudConfig, prog, t_start: float) -
     return OrganPointCloudResult(
         method="organ_point_cloud", transform=transform,
         fixed_grid=_grid_of(fixed_in), moving_grid=_grid_of(moving_in), score=-fit.sigma,
-        timings=timings, diagnostics=_diagnostics(fit, model, fixed_pts, moving_pts, ctrl, data, info, skipped, cfg),
+        timings=timings, diagnostics={**_diagnostics(fit, model, fixed_pts, moving_pts, ctrl, data, info, skipped, cfg),
+                                      "common_fov": fov},
         warnings=notes + list(fit.warnings), fixed_points=fixed_pts, fixed_points_in_moving=moved, mapping=mapping)
 
 
@@ -227,6 +233,52 @@ def _points_for(inp: _Input, labels: list, cfg: OrganPointCloudConfig, name: str
         return inp.points.select(labels)
     return labels_to_points(inp.image, labels, cfg.points_per_organ, cfg.seed + (0 if name == "fixed" else 7919),
                             name=name, notes=notes)
+
+
+FOV_ROUNDS = 2  # similarity fit → restrict → refit → restrict (a third round changed nothing on the A/B pair)
+
+
+def common_field_of_view(fixed: LabeledPoints, moving: LabeledPoints, ctrl: np.ndarray, data: np.ndarray,
+                         fixed_grid: Grid, moving_grid: Grid, model, cfg: OrganPointCloudConfig):
+    """EM points restricted to the part of the anatomy both scans show (label-image inputs).
+
+    Two scans of different lengths cut the organs at different heights. BCPD explains *every* moving point by
+    the fixed points, so moving organ parts outside the fixed scan pull the fixed organs out of place (and
+    fixed parts outside the moving scan are pulled onto the moving organ's cut end). Each round fits the
+    global similarity T(y) = sRy + t (:func:`.bcpd.fit_similarity`) on the current points, then keeps the
+    fixed points whose T(y) lies inside the moving image's box and the moving points whose T⁻¹(x) lies inside
+    the fixed image's box. An organ that would keep fewer than ``MIN_POINTS_PER_ORGAN`` points on a side keeps
+    all of them there. Every fixed point still receives the delivered displacement (only the EM uses fewer).
+
+    Returns ``(ctrl, data, info)``: the kept indices into ``fixed`` / ``moving`` and a diagnostics dict.
+    """
+    f_lab, m_lab = model.index_of(fixed.labels), model.index_of(moving.labels)
+    keep_f, keep_m = ctrl, data
+    for _ in range(FOV_ROUNDS):
+        sim = fit_similarity(moving.points[keep_m], m_lab[keep_m], fixed.points[keep_f], f_lab[keep_f], model, cfg)
+        in_moving = _inside(moving_grid, fixed.points[ctrl] * sim.s @ sim.R.T + sim.t)
+        in_fixed = _inside(fixed_grid, (moving.points[data] - sim.t) @ sim.R / sim.s)
+        keep_f = _keep_per_organ(ctrl, in_moving, fixed.labels[ctrl])
+        keep_m = _keep_per_organ(data, in_fixed, moving.labels[data])
+    info = {"applied": True, "fixed_points_kept": float(keep_f.size / max(ctrl.size, 1)),
+            "moving_points_kept": float(keep_m.size / max(data.size, 1))}
+    return keep_f, keep_m, info
+
+
+def _inside(grid: Grid, points: np.ndarray) -> np.ndarray:
+    """``(N,)`` True where ``points`` (LPS mm) lie within the image's box (voxel centres ± half a voxel)."""
+    index = apply_affine(grid.world_to_index(), points)
+    size = np.asarray(grid.size, dtype=np.float64)
+    return np.all((index >= -0.5) & (index <= size - 0.5), axis=1)
+
+
+def _keep_per_organ(indices: np.ndarray, inside: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    keep = inside.copy()
+    for lab in np.unique(labels).tolist():
+        sel = labels == lab
+        if (inside & sel).sum() < MIN_POINTS_PER_ORGAN:
+            keep[sel] = True
+    return indices[keep]
 
 
 def _check_counts(points: LabeledPoints, name: str) -> None:
