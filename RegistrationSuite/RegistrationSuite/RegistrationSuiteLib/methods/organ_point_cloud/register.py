@@ -235,7 +235,7 @@ def _points_for(inp: _Input, labels: list, cfg: OrganPointCloudConfig, name: str
                             name=name, notes=notes)
 
 
-FOV_ROUNDS = 2  # similarity fit → restrict → refit → restrict (a third round changed nothing on the A/B pair)
+FOV_ROUNDS = 5  # at most this many (similarity fit → restrict) rounds; they stop once the kept points repeat
 
 
 def common_field_of_view(fixed: LabeledPoints, moving: LabeledPoints, ctrl: np.ndarray, data: np.ndarray,
@@ -247,20 +247,23 @@ def common_field_of_view(fixed: LabeledPoints, moving: LabeledPoints, ctrl: np.n
     fixed parts outside the moving scan are pulled onto the moving organ's cut end). Each round fits the
     global similarity T(y) = sRy + t (:func:`.bcpd.fit_similarity`) on the current points, then keeps the
     fixed points whose T(y) lies inside the moving image's box and the moving points whose T⁻¹(x) lies inside
-    the fixed image's box. An organ that would keep fewer than ``MIN_POINTS_PER_ORGAN`` points on a side keeps
+    the fixed image's box; rounds repeat until the kept points no longer change (at most ``FOV_ROUNDS``). An organ that would keep fewer than ``MIN_POINTS_PER_ORGAN`` points on a side keeps
     all of them there. Every fixed point still receives the delivered displacement (only the EM uses fewer).
 
     Returns ``(ctrl, data, info)``: the kept indices into ``fixed`` / ``moving`` and a diagnostics dict.
     """
     f_lab, m_lab = model.index_of(fixed.labels), model.index_of(moving.labels)
     keep_f, keep_m = ctrl, data
-    for _ in range(FOV_ROUNDS):
+    for rounds in range(1, FOV_ROUNDS + 1):
         sim = fit_similarity(moving.points[keep_m], m_lab[keep_m], fixed.points[keep_f], f_lab[keep_f], model, cfg)
         in_moving = _inside(moving_grid, fixed.points[ctrl] * sim.s @ sim.R.T + sim.t)
         in_fixed = _inside(fixed_grid, (moving.points[data] - sim.t) @ sim.R / sim.s)
-        keep_f = _keep_per_organ(ctrl, in_moving, fixed.labels[ctrl])
-        keep_m = _keep_per_organ(data, in_fixed, moving.labels[data])
-    info = {"applied": True, "fixed_points_kept": float(keep_f.size / max(ctrl.size, 1)),
+        new_f = _keep_per_organ(ctrl, in_moving, fixed.labels[ctrl])
+        new_m = _keep_per_organ(data, in_fixed, moving.labels[data])
+        if np.array_equal(new_f, keep_f) and np.array_equal(new_m, keep_m):
+            break
+        keep_f, keep_m = new_f, new_m
+    info = {"applied": True, "rounds": rounds, "fixed_points_kept": float(keep_f.size / max(ctrl.size, 1)),
             "moving_points_kept": float(keep_m.size / max(data.size, 1))}
     return keep_f, keep_m, info
 
