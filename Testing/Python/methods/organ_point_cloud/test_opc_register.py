@@ -213,3 +213,12 @@ def test_point_inputs_have_no_field_of_view_to_share():
     fixed = two_organs(n=60, seed=21)
     result = _register(fixed, shuffled(fixed.points + [4.0, 0.0, 0.0], fixed.labels), max_iterations=5)
     assert result.diagnostics["common_fov"] == {"applied": False}
+
+
+def test_label_images_whose_border_cuts_no_organ_are_not_cut():
+    """A label image padded around its organs (as a segmentation export is) shows where the organs end, not
+    where a scan stopped: no common field of view is applied."""
+    fixed = _sphere_image([(1, (0.0, 0.0, 0.0), 14.0)], direction=np.eye(3))
+    moving = _sphere_image([(1, (9.0, -6.0, 4.0), 14.0)], direction=np.eye(3))
+    result = _register(fixed, moving, points_per_organ=200, max_iterations=5)
+    assert result.diagnostics["common_fov"] == {"applied": False}

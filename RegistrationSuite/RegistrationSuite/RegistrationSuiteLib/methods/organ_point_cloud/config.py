@@ -97,8 +97,9 @@ class OrganPointCloudConfig:
             image's box mapped through it (until the kept points repeat; see :func:`.register.common_field_of_view`). **Not in the
             paper**, which registers whole organs: two scans of different lengths show different parts of
             the same organs, and BCPD must explain every moving point, so the part one scan shows and the
-            other does not pulls the organs out of place. Point-file inputs carry no field of view and are
-            used whole. Label-image surfaces also leave out the faces where the image border cuts an organ
+            other does not pulls the organs out of place. Point-file inputs, and label images whose border
+            cuts no organ (e.g. a segmentation exported with padding), carry no field of view and are used
+            whole. Label-image surfaces also leave out the faces where the image border cuts an organ
             (:func:`RegistrationSuiteLib.surfaces.labels_to_points`).
         estep_cutoff_sigma: on CPU, once σ is small, the E-step keeps only pairs closer than this many σ
             (KD-tree); dropped terms are below exp(−c²/2) of a coincident pair. ``None`` = always dense (exact).

@@ -117,10 +117,10 @@ def _register(fixed, moving, cfg: OrganPointCloudConfig, prog, t_start: float) -
     ctrl = stratified_subset(fixed_pts.labels, cfg.downsample_to, cfg.seed, MIN_POINTS_PER_ORGAN)
     data = stratified_subset(moving_pts.labels, cfg.downsample_to, cfg.seed + 1, MIN_POINTS_PER_ORGAN)
     fov = {"applied": False}
-    if cfg.common_fov and fixed_in.image is not None and moving_in.image is not None and cfg.similarity:
+    fixed_fov, moving_fov = _field_of_view(fixed_in, labels), _field_of_view(moving_in, labels)
+    if cfg.common_fov and cfg.similarity and (fixed_fov is not None or moving_fov is not None):
         prog.report(0.01, "restricting to the common field of view")
-        ctrl, data, fov = common_field_of_view(fixed_pts, moving_pts, ctrl, data, Grid.from_image(fixed_in.image),
-                                               Grid.from_image(moving_in.image), model, cfg)
+        ctrl, data, fov = common_field_of_view(fixed_pts, moving_pts, ctrl, data, fixed_fov, moving_fov, model, cfg)
     fit = run_bcpd(moving_pts.points[data], model.index_of(moving_pts.labels[data]), fixed_pts.points[ctrl],
                    model.index_of(fixed_pts.labels[ctrl]), model, cfg, prog.sub(0.02, 0.85))
     t_fit = time.perf_counter()
@@ -239,7 +239,7 @@ FOV_ROUNDS = 5  # at most this many (similarity fit → restrict) rounds; they s
 
 
 def common_field_of_view(fixed: LabeledPoints, moving: LabeledPoints, ctrl: np.ndarray, data: np.ndarray,
-                         fixed_grid: Grid, moving_grid: Grid, model, cfg: OrganPointCloudConfig):
+                         fixed_grid: Optional[Grid], moving_grid: Optional[Grid], model, cfg: OrganPointCloudConfig):
     """EM points restricted to the part of the anatomy both scans show (label-image inputs).
 
     Two scans of different lengths cut the organs at different heights. BCPD explains *every* moving point by
@@ -249,6 +249,9 @@ def common_field_of_view(fixed: LabeledPoints, moving: LabeledPoints, ctrl: np.n
     fixed points whose T(y) lies inside the moving image's box and the moving points whose T⁻¹(x) lies inside
     the fixed image's box; rounds repeat until the kept points no longer change (at most ``FOV_ROUNDS``). An organ that would keep fewer than ``MIN_POINTS_PER_ORGAN`` points on a side keeps
     all of them there. Every fixed point still receives the delivered displacement (only the EM uses fewer).
+
+    A grid is ``None`` when that input has no field of view that cuts an organ (point files; label images
+    whose organs all lie inside, such as a segmentation exported with padding): the other set is then not cut.
 
     Returns ``(ctrl, data, info)``: the kept indices into ``fixed`` / ``moving`` and a diagnostics dict.
     """
@@ -268,8 +271,21 @@ def common_field_of_view(fixed: LabeledPoints, moving: LabeledPoints, ctrl: np.n
     return keep_f, keep_m, info
 
 
-def _inside(grid: Grid, points: np.ndarray) -> np.ndarray:
-    """``(N,)`` True where ``points`` (LPS mm) lie within the image's box (voxel centres ± half a voxel)."""
+def _field_of_view(inp: _Input, labels) -> Optional[Grid]:
+    """The grid of a label-image input whose border cuts at least one of ``labels`` (an organ voxel on a face
+    of the image), else ``None``: only then does the image's box say where that scan stops seeing anatomy."""
+    if inp.image is None:
+        return None
+    array = sitk.GetArrayViewFromImage(inp.image)
+    faces = (array[0], array[-1], array[:, 0], array[:, -1], array[:, :, 0], array[:, :, -1])
+    return Grid.from_image(inp.image) if any(np.isin(f, labels).any() for f in faces) else None
+
+
+def _inside(grid: Optional[Grid], points: np.ndarray) -> np.ndarray:
+    """``(N,)`` True where ``points`` (LPS mm) lie within the image's box (voxel centres ± half a voxel); all
+    True without a grid."""
+    if grid is None:
+        return np.ones(len(points), dtype=bool)
     index = apply_affine(grid.world_to_index(), points)
     size = np.asarray(grid.size, dtype=np.float64)
     return np.all((index >= -0.5) & (index <= size - 0.5), axis=1)
