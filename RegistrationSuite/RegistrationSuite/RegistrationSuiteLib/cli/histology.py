@@ -7,6 +7,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..seeding import SEED_PROMISE
 from .common import add_device_argument, add_summary_arguments, print_result
+from .initial_transform import add_initial_transform_argument
 from .progress_lines import progress_for
 
 HELP = "register two histology slides (H&E / IHC, rotation + mirror search, affine, non-rigid)"
@@ -57,6 +58,7 @@ def add_parser(sub):
     p.add_argument("--output-resampled", help="write the moving slide warped onto the fixed one (colours kept)")
     p.add_argument("--output-checkerboard", "--output-qa", dest="output_checkerboard",
                    help="write a fixed / warped-moving checkerboard (PNG); --output-qa is the same option")
+    add_initial_transform_argument(p)
     p.add_argument("--seed", type=int, default=0, help=f"random seed (default 0); {SEED_PROMISE}")
     add_device_argument(p)
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest on busy machines)")
@@ -101,7 +103,8 @@ def check_arguments(args):
     if args.io_steps is not None and args.io_steps < 0:
         raise InputError(f"--io-steps: expected an integer >= 0, got {args.io_steps}")
     inputs = {f"--{a.replace('_', '-')}": getattr(args, a) for a in ("fixed", "moving", "fixed_landmarks",
-                                                                       "moving_landmarks", "fixed_points")
+                                                                       "moving_landmarks", "fixed_points",
+                                                                       "initial_transform")
               if getattr(args, a)}
     outputs = OutputSet(inputs)
     outputs.add("--output", args.output, TRANSFORM_SUFFIXES + FIELD_IMAGE_SUFFIXES)
@@ -132,6 +135,7 @@ def build_config(args):
 def run(args) -> int:
     from ..io.points import read_points
     from ..methods.histology import read_landmarks, read_slide, register_histology
+    from .initial_transform import compose_histology_result, prewarp_slide, read_initial_transform
 
     outputs = check_arguments(args)
     config = build_config(args)
@@ -145,7 +149,11 @@ def run(args) -> int:
     moving_lm = (read_landmarks(args.moving_landmarks, "--moving-landmarks", size=moving.level0_size)
                  if args.moving_landmarks else None)
     fixed_points = read_points(args.fixed_points, "--fixed-points") if args.fixed_points else None
-    result = register_histology(fixed, moving, config, progress=progress_for(args))
+    initial = read_initial_transform(args)
+    seen = prewarp_slide(moving, fixed, initial) if initial is not None else moving
+    result = register_histology(fixed, seen, config, progress=progress_for(args))
+    if initial is not None:
+        result = compose_histology_result(result, initial, moving, args.initial_transform)
     write_outputs(args, outputs, result, fixed_lm, moving_lm, fixed_points)
     d = result.diagnostics
     print_result(args, result, [
