@@ -175,7 +175,13 @@ def run_tspm_paper_nmi(fixed, moving):
 def _local_search_then_refine(fixed, moving, seeds):
     from RegistrationSuiteLib.methods.global_rigid.local import local_rigid_search
 
-    res = local_rigid_search(fixed, moving, list(seeds.values()), seed=0, device="cpu")
+    from RegistrationSuiteLib.methods.partial_prereg import PartialPreregConfig
+
+    cfg = PartialPreregConfig()  # TSPM's own local search settings
+    res = local_rigid_search(fixed, moving, list(seeds.values()), window_mm=cfg.local_search_window_mm,
+                             perturbation_deg=cfg.local_search_deg, rotations_per_seed=cfg.local_search_rotations,
+                             keep=cfg.local_search_keep, refine_iterations=cfg.local_search_refine_iterations,
+                             seed=0, device="cpu")
     return _refine(fixed, moving, res.fixed_to_moving_matrix)
 
 
