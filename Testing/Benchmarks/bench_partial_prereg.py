@@ -253,6 +253,7 @@ def run_tspm_cli_cached(fixed, moving):
 
 
 CLI_SECONDS: list = []
+ROWS_JSON = None  # output/partial_prereg.json, rewritten after every row
 CACHE_DIR = None
 WARM: set = set()
 
@@ -314,6 +315,8 @@ def run_all(cases_per_class: int, seed: int, skip, log, modalities=FIXED_MODALIT
                                                                            moving_contrast=contrast, case=k,
                                                                            largest_mm=largest)))
                     log(json.dumps({k_: v for k_, v in rows[-1].items() if k_ != "diagnostics"}))
+                    if ROWS_JSON is not None:  # after every case: a run stopped early can still be summarised
+                        ROWS_JSON.write_text(json.dumps(rows, indent=1, default=str))
     return rows
 
 
@@ -406,9 +409,13 @@ def _report(rows, args, table) -> str:
         "not bit-reproducible, so a borderline case can flip between runs.",
     ] if args.section == "partial_prereg" else [
         "",
-        "Notes. A small run of selected rows beside the full table (same script and case generator); a handful "
-        "of cases is far too few to rank methods, it shows what the rows measure. Timings are wall clock on a "
-        "machine shared with other jobs (see the load figures, when recorded).",
+        "Notes. A subset run of selected rows beside the full table (same script and case generator), with the "
+        "current code: the full table above may predate later changes (see its command and BENCHMARKS history). "
+        f"Rows not run here: {', '.join(n for n, (k, _) in METHODS.items() if k in set(args.skip)) or 'none'}; "
+        f"size classes not run: {', '.join(c for c in CLASSES if c not in args.classes) or 'none'}. "
+        "A handful of cases is far too few to rank methods, it shows what the rows measure. Timings are wall "
+        "clock on a machine shared with other jobs (see the load figures); the CLI rows' CPU time is the "
+        "child process's own.",
     ]
     lines = [
         "## TSPM partial-volume preregistration (`bench_partial_prereg.py`)"
@@ -459,9 +466,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     out_dir = REPO / "Testing" / "Benchmarks" / "output"
     out_dir.mkdir(parents=True, exist_ok=True)
+    global MODEL, ROWS_JSON
     if args.model:
-        global MODEL
         MODEL = args.model
+    if not args.from_json:
+        ROWS_JSON = out_dir / "partial_prereg.json"
     if args.from_json:  # summarise the rows of an earlier run (same arguments) without running again
         rows = json.loads(Path(args.from_json).read_text())
     else:
