@@ -45,7 +45,8 @@ class HistologyRegistration(ScriptedLoadableModule):
         self.parent.helpText = _("""
 Aligns two histology slides (consecutive or re-stained sections, e.g. H&E and an immunohistochemistry stain):
 tissue detection and optical-density features, a full rotation search (0-359 degrees, optionally mirrored
-sections), an affine refinement and an optional non-rigid instance optimisation.
+sections), an affine refinement, then optionally the multi-magnification networks (Model: a model name such as
+histology_multimag, or none) or a non-rigid instance optimisation.
 <br><br>
 Inputs: the fixed and moving slides as Slicer loads them (RGB or scalar volumes with one slice); optional
 markups on the fixed slide to transfer. Outputs: a grid transform (place the moving slide under it to see it
@@ -57,7 +58,8 @@ T.h5</code> (also pyramidal TIFF/OME-TIFF/SVS slides and ANHIR landmark files).
 """)
         self.parent.acknowledgementText = _("""
 Pipeline after the reference of the multi-magnification histology registration paper (WBIR 2022): tissue mask,
-rotation search, affine and non-rigid stages. The paper's networks are not part of this version.
+rotation search, affine stage, then the paper's multi-magnification local affine and non-rigid patch networks
+(small CPU versions trained here, see the model card) or an instance optimisation.
 """)
 
 
@@ -72,7 +74,9 @@ class HistologyRegistrationParameterNode:
 
     mirror: also search mirrored sections ("auto"), never ("no"), or only mirrored ("yes").
     workingSize: longest side in pixels of the fixed slide while registering.
-    ioSteps: non-rigid instance optimisation steps per level (0 = affine only).
+    ioSteps: non-rigid instance optimisation steps per level (0 = affine only); not used with a model.
+    model: multi-magnification model name or .pt path ("none": classical stages only).
+    networkPasses: passes of the networks (with a model).
     """
 
     fixedVolume: vtkMRMLScalarVolumeNode
@@ -84,6 +88,8 @@ class HistologyRegistrationParameterNode:
     mirror: Annotated[str, Choice(["auto", "no", "yes"])] = "auto"
     workingSize: Annotated[int, WithinRange(64, 4096)] = 256
     ioSteps: Annotated[int, Minimum(0)] = 0
+    model: str = "none"
+    networkPasses: Annotated[int, WithinRange(1, 5)] = 3
     seed: Annotated[int, Minimum(0)] = 0
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
 
@@ -193,7 +199,12 @@ class HistologyRegistrationLogic(ScriptedLoadableModuleLogic):
     def optionsFromParameterNode(parameterNode):
         """The CLI options of a run (the one place where the module's parameters become options)."""
         p = parameterNode
-        return ["--mirror", p.mirror, "--working-size", str(int(p.workingSize)), "--io-steps", str(int(p.ioSteps)),
+        model = (p.model or "none").strip() or "none"
+        if model.lower() != "none":
+            net = ["--model", model, "--iterations", str(int(p.networkPasses)), "--io-steps", "0"]
+        else:
+            net = ["--io-steps", str(int(p.ioSteps))]
+        return ["--mirror", p.mirror, "--working-size", str(int(p.workingSize)), *net,
                 "--seed", str(int(p.seed)), "--device", p.device]
 
     def whyCannotRun(self, parameterNode) -> str:

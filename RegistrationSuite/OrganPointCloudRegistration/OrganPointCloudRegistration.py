@@ -92,7 +92,7 @@ class OrganPointCloudRegistrationParameterNode:
     defaultLambda: Annotated[float, WithinRange(0.1, 500.0)] = 3.0  # the library's defaults (see its config)
     defaultBeta: Annotated[float, WithinRange(0.1, 500.0)] = 50.0
     pointsPerOrgan: Annotated[int, Minimum(4)] = 1500
-    omega: Annotated[float, WithinRange(0.0, 0.99)] = 0.0
+    omega: Annotated[float, WithinRange(0.0, 0.99)] = 0.05  # the library default (paper: 0)
     gridSpacing: Annotated[float, WithinRange(0.5, 50.0)] = 3.0
     seed: Annotated[int, Minimum(0)] = 0
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"

@@ -37,6 +37,25 @@ def per_organ_cpd(fixed_points, fixed_labels, moving_points, moving_labels, *, d
     return moved
 
 
+def global_cpd(fixed_points, moving_points, *, max_points: int = 1000, seed: int = 0, beta_mm: float = 30.0,
+               alpha: float = 2.0, max_iterations: int = 100):
+    """Label-blind pycpd on the whole point sets: ``RigidRegistration`` (rotation, scale, translation) then
+    ``DeformableRegistration`` (``beta_mm``, ``alpha``), on seeded random subsets of at most ``max_points``
+    per set (pycpd's dense N × M E-step took minutes on the full 3,600-point sets).
+
+    Returns ``(indices into fixed_points, their moved positions)``: fixed→moving at those points.
+    """
+    from pycpd import DeformableRegistration, RigidRegistration
+
+    rng = np.random.default_rng(seed)
+    fi = np.sort(rng.choice(len(fixed_points), size=min(max_points, len(fixed_points)), replace=False))
+    mi = np.sort(rng.choice(len(moving_points), size=min(max_points, len(moving_points)), replace=False))
+    x = moving_points[mi]
+    y, _ = RigidRegistration(X=x, Y=fixed_points[fi], max_iterations=max_iterations).register()
+    y, _ = DeformableRegistration(X=x, Y=y, alpha=alpha, beta=beta_mm, max_iterations=max_iterations).register()
+    return fi, y
+
+
 def tps_field(fixed_points, moved_points, labels, grid, *, seed: int = 0) -> sitk.Transform:
     """Thin-plate spline of the displacements ``moved − fixed`` sampled on ``grid`` (a package ``Grid`` with
     identity direction) → fixed→moving ``sitk.DisplacementFieldTransform``. At most

@@ -64,3 +64,16 @@ def test_itk_threads_restores_the_default():
         with itk_threads(1):
             1 / 0
     assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == before
+
+
+def test_fresh_process_gets_deterministic_algorithms_without_importing_inductor():
+    """The CLI seeds once per process: determinism on, warn-only, and torch's inductor (about 1.6 s of CPU
+    time, only used by torch.compile) not imported for it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from RegistrationSuiteLib.seeding import seed_everything; seed_everything(3); "
+            "print(torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(), "
+            "'torch._inductor.config' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "True", "False"]

@@ -126,6 +126,8 @@ def test_interrupt_mid_run_leaves_no_output(sample_case, tmp_path):
         CLI + ["rigid-search", "--fixed", str(fixed), "--moving", str(moving), "--output", str(out_t),
                "--output-resampled", str(out_r), "--device", "cpu"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # a pytest started as a background job ignores SIGINT, and the child would inherit that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     # wait until the search reports progress, then interrupt it
     deadline = time.monotonic() + 120

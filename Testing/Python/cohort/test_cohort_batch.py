@@ -19,7 +19,7 @@ from RegistrationSuiteLib.cohort import batch as batch_mod
 from RegistrationSuiteLib.cohort.pairs import read_pairs
 from RegistrationSuiteLib.errors import InputError
 
-from tiny_cases import corner_error_mm, known_pair_2d
+from tiny_cases import corner_error_mm, known_pair_2d, organ_labels
 
 CLI = [sys.executable, "-m", "RegistrationSuiteLib"]
 ANGLES = {"p0": (12.0, (4.0, -2.0)), "p1": (-28.0, (-3.0, 5.0)), "p2": (35.0, (6.0, 1.0))}
@@ -118,8 +118,9 @@ def test_report_parses_and_shows_every_pair(finished_batch):
     assert parser.rows[0] == "bad" and sorted(parser.rows) == ["bad", "p0", "p1", "p2"]  # failed first
     for pid in truths:  # checkerboard + edge overlay, embedded
         assert len(parser.images[pid]) == 2 and all(s.startswith("data:image/png;base64,iVBOR") for s in parser.images[pid])
-    # the failed pair (unreadable moving image) is shown with its error, no image can be drawn
-    assert "broken.nii.gz" in text and parser.images["bad"] == []
+    # the failed pair (unreadable moving image) is shown with its error and its readable fixed image alone
+    assert "broken.nii.gz" in text and len(parser.images["bad"]) == 1
+    assert parser.images["bad"][0].startswith("data:image/png;base64,iVBOR") and "the fixed image alone" in text
     assert "http://" not in text and "https://" not in text  # self-contained
     # `registration-suite report D` rewrites it
     os.remove(out / "report.html")
@@ -257,3 +258,117 @@ def test_resident_memory_needs_no_psutil(monkeypatch):
     rss = resident_memory(os.getpid())
     assert rss is not None and rss > 10 * 2**20  # this pytest process holds well over 10 MB
     assert resident_memory(2**22 + 12345) is None  # no such process
+
+
+@pytest.mark.slow
+def test_mixed_cohort_rows_with_their_own_method_and_report_images(tmp_path):
+    """One cohort mixing an image pair (the batch's rigid-search) and a label-map pair run by organ-points
+    (the row's method/options columns): both registered correctly, and the review page has images for both."""
+    truths = _write_cohort(tmp_path, ids=("p1",), bad=False)
+    sitk.WriteImage(organ_labels(), str(tmp_path / "img" / "seg_f.nii.gz"))
+    sitk.WriteImage(organ_labels(shift_vox=3), str(tmp_path / "img" / "seg_m.nii.gz"))  # organ 2: +6 mm in x
+    with open(tmp_path / "cohort.csv", "a") as f:
+        f.write("organs,img/seg_f.nii.gz,img/seg_m.nii.gz,organ-points,--device cpu --points-per-organ 300\n")
+    text = (tmp_path / "cohort.csv").read_text().replace("id,fixed,moving\n", "id,fixed,moving,method,options\n")
+    (tmp_path / "cohort.csv").write_text(text.replace("_m.nii.gz\n", "_m.nii.gz,,\n", 1))
+    out = tmp_path / "D"
+    code = main(["batch", "--pairs", str(tmp_path / "cohort.csv"), "--output-dir", str(out), "--workers", "1",
+                 "--options=--device cpu", "--quiet"])
+    assert code == 0
+    fixed, truth = truths["p1"]
+    assert corner_error_mm(fixed, sitk.ReadTransform(str(out / "p1" / "transform.h5")), truth) < 1.5
+    record = json.loads((out / "organs" / "pair.json").read_text())
+    assert record["command"][:2] == ["organ-points", "--device"] and record["status"] == "done"
+    assert record["cpu_s"] > 0 and record["worker_peak_memory_mb"] >= record["peak_memory_mb"] * 0.5
+    field = sitk.ReadTransform(str(out / "organs" / "transform.h5"))
+    c2 = np.array(organ_labels().TransformContinuousIndexToPhysicalPoint((33, 20, 12)))
+    assert np.asarray(field.TransformPoint(tuple(c2)))[0] - c2[0] == pytest.approx(6.0, abs=2.0)
+    parser = _ReportParser()
+    parser.feed((out / "report.html").read_text())
+    assert sorted(parser.images) == ["organs", "p1"]
+    assert len(parser.images["p1"]) == 2  # rigid: checkerboard + edges
+    assert len(parser.images["organs"]) == 3  # a displacement field: + the Jacobian map
+    rows = _summary(out)
+    assert float(rows["organs"]["cpu_s"]) > 0 and rows["organs"]["status"] == "done"
+
+
+def test_cohort_csv_method_and_options_columns(tmp_path):
+    (tmp_path / "U.csv").write_text("1,0\n0,1\n")
+    (tmp_path / "c.csv").write_text("id,fixed,moving,method,options,seed\n"
+                                    "a,f.nii,m.nii,organ-points,\"--labels 1,2 --label-transition U.csv\",4\n"
+                                    "b,f.nii,m.nii,,,\n")
+    a, b = read_pairs(tmp_path / "c.csv")
+    assert a.method == "organ-points" and a.extra == {"--seed": "4"}
+    assert a.options == ["--labels", "1,2", "--label-transition", str((tmp_path / "U.csv").resolve())]
+    assert a.command(["rigid-search", "--device", "cpu"]) == ["organ-points", *a.options]
+    assert b.method is None and b.command(["rigid-search"]) == ["rigid-search"]
+    # the options file's content is part of the pair's hash (resume redoes the pair when it changes)
+    from RegistrationSuiteLib.cohort.pairs import pair_hash
+
+    before = pair_hash(a, ["rigid-search"])
+    (tmp_path / "U.csv").write_text("0.9,0.1\n0.1,0.9\n")
+    assert pair_hash(a, ["rigid-search"]) != before
+    (tmp_path / "c.csv").write_text("id,fixed,moving,method,options\na,f,m,organ-points,--labels 1,2\n")
+    with pytest.raises(InputError, match="must be quoted"):
+        read_pairs(tmp_path / "c.csv")
+    (tmp_path / "c.csv").write_text("id,fixed,moving,options\na,f,m,--seed 3\n")
+    with pytest.raises(InputError, match="needs a 'method'"):
+        read_pairs(tmp_path / "c.csv")
+    (tmp_path / "c.csv").write_text("id,fixed,moving,method\na,f,m,pipeline\n")
+    assert main(["batch", "--pairs", str(tmp_path / "c.csv"), "--output-dir", str(tmp_path / "D")]) == 2
+
+
+def test_output_dir_that_would_destroy_inputs_is_refused(tmp_path, capsys):
+    """A pair's folder D/<id>/ is replaced by its results: refused, before anything runs, when it holds an input
+    or is not a batch result; the CSV may not be D/summary.csv; D may not be a file. Nothing is touched."""
+    (tmp_path / "p0").mkdir()
+    fixed, moving, _ = known_pair_2d()
+    sitk.WriteImage(fixed, str(tmp_path / "p0" / "f.nii.gz"))
+    sitk.WriteImage(moving, str(tmp_path / "p0" / "m.nii.gz"))
+    (tmp_path / "p0" / "notes.txt").write_text("the user's own file")
+    (tmp_path / "cohort.csv").write_text("id,fixed,moving\np0,p0/f.nii.gz,p0/m.nii.gz\n")
+    before = sorted(p.name for p in (tmp_path / "p0").iterdir())
+
+    def batch(out, csv="cohort.csv"):
+        return main(["batch", "--pairs", str(tmp_path / csv), "--output-dir", str(out), "--workers", "1",
+                     "--quiet", "--no-report", "--no-previews"])
+
+    assert batch(tmp_path) == 2  # D = the data folder: D/p0/ holds the pair's own inputs
+    assert "lies in" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "p0").iterdir()) == before
+    (tmp_path / "D" / "p0").mkdir(parents=True)
+    (tmp_path / "D" / "p0" / "mine.txt").write_text("not a batch result")
+    (tmp_path / "c2.csv").write_text("id,fixed,moving\np0,p0/f.nii.gz,p0/m.nii.gz\n")
+    assert batch(tmp_path / "D", "c2.csv") == 2
+    assert "is not a batch result" in capsys.readouterr().err and (tmp_path / "D" / "p0" / "mine.txt").is_file()
+    (tmp_path / "E").mkdir()
+    (tmp_path / "E" / "summary.csv").write_text("id,fixed,moving\nq0,../p0/f.nii.gz,../p0/m.nii.gz\n")
+    assert batch(tmp_path / "E", "E/summary.csv") == 2
+    assert "is the batch's output summary.csv" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    assert batch(tmp_path / "afile") == 2 and "is a file" in capsys.readouterr().err
+    # a folder of an earlier batch (pair.json) is replaced as before
+    assert batch(tmp_path / "F") == 0 and batch(tmp_path / "F") == 0
+
+
+@pytest.mark.slow
+def test_optional_outputs_of_each_pair_land_in_its_folder(tmp_path, capsys):
+    """``--options "--output-qa qa.png ..."``: each pair writes its own qa.png (and resampled image) into
+    D/<id>/, published with the rest; absolute or reserved names are refused before anything runs."""
+    _write_cohort(tmp_path, ids=("p0", "p2"), bad=False)
+    out = tmp_path / "D"
+    code = main(["batch", "--pairs", str(tmp_path / "cohort.csv"), "--output-dir", str(out), "--workers", "1",
+                 "--options=--device cpu --output-qa qa.png --output-resampled=r.nii.gz", "--quiet", "--no-report",
+                 "--no-previews"])
+    assert code == 0
+    for pid in ("p0", "p2"):
+        assert (out / pid / "qa.png").is_file()
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / pid / "r.nii.gz"))).shape[::-1],
+                                      sitk.ReadImage(str(tmp_path / "img" / f"{pid}_f.nii.gz")).GetSize())
+    assert not (tmp_path / "qa.png").exists() and not Path("qa.png").exists()
+    for bad, needle in [(f"--output-qa {tmp_path / 'x.png'}", "give a file name"), ("--output-qa ../x.png", "give a file name"),
+                        ("--output-diagnostics summary.json", "the batch's own file")]:
+        code = main(["batch", "--pairs", str(tmp_path / "cohort.csv"), "--output-dir", str(tmp_path / "E"),
+                     "--workers", "1", f"--options=--device cpu {bad}", "--quiet"])
+        assert code == 2 and needle in capsys.readouterr().err
+        assert not (tmp_path / "E").exists()

@@ -1,6 +1,7 @@
 """Initial transforms and composition (fixed→moving, ITK order) and the valid chains."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ from RegistrationSuiteLib.cohort.chain import (VALID_CHAINS, check_chain, compos
 from RegistrationSuiteLib.errors import InputError
 from RegistrationSuiteLib.geometry import affine_matrix_from_sitk
 
-from tiny_cases import corner_error_mm, known_pair_2d, rigid_2d
+from tiny_cases import corner_error_mm, inside_points, known_deformable_pair_3d, known_pair_2d, rigid_2d, slide_pair_rgb
 
 CLI = [sys.executable, "-m", "RegistrationSuiteLib"]
 
@@ -162,6 +163,49 @@ def test_rigid_search_initial_transform_known_answer(tmp_path):
     assert page.count('src="data:image/png;base64,') == 2 and "http" not in page.replace("http-equiv", "")
 
 
+@pytest.mark.slow
+def test_rigid_search_then_real_deformable_known_answer(tmp_path):
+    """The real chain (rigid-search, then the deformable command from its result) on a 3D case whose answer is
+    a rotation+shift and a smooth field: the composed transform recovers the answer, and better than the rigid
+    step alone (the deformable step did real work, composed after the rigid one, not instead of it)."""
+    pytest.importorskip("torch")
+    fixed, moving, moving_to_fixed, _ = known_deformable_pair_3d(amplitude_mm=4.0)
+    sitk.WriteImage(fixed, str(tmp_path / "f.nii.gz"))
+    sitk.WriteImage(moving, str(tmp_path / "m.nii.gz"))
+    out, steps = tmp_path / "chain.h5", tmp_path / "steps"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(CLI + ["pipeline", "--fixed", str(tmp_path / "f.nii.gz"), "--moving", str(tmp_path / "m.nii.gz"),
+                                 "--steps", "rigid-search,deformable", "--output", str(out), "--output-dir", str(steps),
+                                 "--step-options", "rigid-search:--device cpu --rotations 300,60,3",
+                                 "--step-options", "deformable:--device cpu --spacing 4 --io-steps 60",
+                                 "--json", "--quiet", "--output-report", str(tmp_path / "r.html")],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["step_methods"] == ["global_rigid", "deformable"]
+    # the review page of the real composed result: checkerboard, edges and the Jacobian map of its field
+    assert (tmp_path / "r.html").read_text().count('src="data:image/png;base64,iVBOR') == 3
+    ys = inside_points(moving, n=300)  # a correct fixed→moving estimate T satisfies T(W(y)) = y
+
+    def error(t):
+        return float(np.mean([np.linalg.norm(np.subtract(t.TransformPoint(moving_to_fixed.TransformPoint(y)), y))
+                              for y in ys]))
+
+    chain = sitk.ReadTransform(str(out))
+    rigid = sitk.ReadTransform(str(steps / "01_rigid-search.composed.h5"))
+    e_identity, e_rigid, e_chain = error(sitk.Transform(3, sitk.sitkIdentity)), error(rigid), error(chain)
+    assert e_identity > 10.0  # the answer is far from the identity
+    assert 1.5 < e_rigid < 5.0  # the rigid step finds the pose; the smooth field is left to the next step
+    assert e_chain < 1.2 and e_chain < 0.5 * e_rigid, (e_rigid, e_chain)
+    # the deformable step's own transform is a field that moves points by millimetres (not the identity)
+    own = sitk.ReadTransform(str(steps / "02_deformable.step.h5"))
+    xs = [moving_to_fixed.TransformPoint(y) for y in ys[:50]]
+    assert np.mean([np.linalg.norm(np.subtract(own.TransformPoint(x), x)) for x in xs]) > 1.0
+    # and the rigid result followed by it is the composed one
+    np.testing.assert_allclose([rigid.TransformPoint(own.TransformPoint(x)) for x in xs],
+                               [chain.TransformPoint(x) for x in xs], atol=1e-3)
+
+
 def test_initial_transform_dimension_mismatch_is_input_error(tmp_path):
     fixed, moving, _ = known_pair_2d()
     sitk.WriteImage(fixed, str(tmp_path / "f.nii.gz"))
@@ -172,3 +216,46 @@ def test_initial_transform_dimension_mismatch_is_input_error(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "3D transform for 2D" in proc.stderr
     assert not (tmp_path / "t.h5").exists()
+
+
+@pytest.mark.slow
+def test_histology_initial_transform_known_answer(tmp_path):
+    """histology from a linear initial transform: the written field (one 2D displacement field, fixed→moving, T0
+    folded in) recovers the known rotation+shift, landmarks go both ways through it, and the method's own step
+    was the remainder after T0 (not the whole rotation again)."""
+    pytest.importorskip("torch")
+    from RegistrationSuiteLib.methods.histology.landmarks import read_landmarks, write_landmarks
+
+    fixed, moving, matrix, offset = slide_pair_rgb(angle_deg=40.0)
+    for name, rgb in (("f.png", fixed), ("m.png", moving)):
+        sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(tmp_path / name))
+    points = np.array([[60.0, 90.0], [96.0, 96.0], [130.0, 70.0], [80.0, 125.0]])
+    write_landmarks(points, tmp_path / "fl.csv")
+    write_landmarks(points @ matrix.T + offset, tmp_path / "ml.csv")
+    t0 = rigid_2d(28.0, (2.0, 1.0), (96.0, 96.0))  # 12° short of the truth: the step has work left
+    sitk.WriteTransform(t0, str(tmp_path / "t0.tfm"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(CLI + ["histology", "--fixed", str(tmp_path / "f.png"), "--moving", str(tmp_path / "m.png"),
+                                 "--initial-transform", str(tmp_path / "t0.tfm"), "--output", str(tmp_path / "t.h5"),
+                                 "--fixed-landmarks", str(tmp_path / "fl.csv"), "--output-landmarks", str(tmp_path / "o.csv"),
+                                 "--moving-landmarks", str(tmp_path / "ml.csv"),
+                                 "--output-fixed-landmarks", str(tmp_path / "of.csv"), "--working-size", "192",
+                                 "--output-diagnostics", str(tmp_path / "d.json"), "--json", "--quiet"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr
+    tx = sitk.ReadTransform(str(tmp_path / "t.h5"))
+    tx = tx.GetNthTransform(0) if isinstance(tx, sitk.CompositeTransform) else tx
+    assert tx.Downcast().GetName() == "DisplacementFieldTransform"
+    expected = points @ matrix.T + offset
+    np.testing.assert_allclose([tx.TransformPoint(tuple(p)) for p in points], expected, atol=1.5)
+    np.testing.assert_allclose(read_landmarks(tmp_path / "o.csv"), expected, atol=1.5)
+    np.testing.assert_allclose(read_landmarks(tmp_path / "of.csv"), points, atol=1.5)
+    d = json.loads((tmp_path / "d.json").read_text())["diagnostics"]
+    assert d["initial_transform"]["prewarp"] == "resampled"
+    assert abs(abs(d["rotation_deg"]) - 12.0) < 4.0  # the step found the remaining 12°, not 40°
+    # a non-linear initial transform is refused before the run
+    sitk.WriteTransform(sitk.DisplacementFieldTransform(2), str(tmp_path / "field.h5"))
+    proc = subprocess.run(CLI + ["histology", "--fixed", str(tmp_path / "f.png"), "--moving", str(tmp_path / "m.png"),
+                                 "--initial-transform", str(tmp_path / "field.h5"), "--output", str(tmp_path / "t2.h5")],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 2 and "linear" in proc.stderr and not (tmp_path / "t2.h5").exists()

@@ -1,14 +1,16 @@
 """Review images and quality figures: PNG encoding, Jacobian/folding known answers, previews per dimension."""
 
+import json
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from RegistrationSuiteLib.cohort.png import encode_png
-from RegistrationSuiteLib.cohort.previews import render_pair_previews
+from RegistrationSuiteLib.cohort.previews import render_pair_previews, render_single_image
 from RegistrationSuiteLib.cohort.quality import doubtful_reasons, folding_percent
 
-from tiny_cases import known_pair_2d
+from tiny_cases import known_pair_2d, organ_labels
 
 
 def test_png_round_trip(tmp_path):
@@ -74,3 +76,51 @@ def test_previews_2d_one_plane_and_checkerboard_alternates(tmp_path):
     assert set(out) == {"checkerboard", "edges"}
     cb = sitk.GetArrayFromImage(sitk.ReadImage(str(out["checkerboard"])))
     assert cb.ndim == 3 and cb.shape[1] < 2 * cb.shape[0]  # one plane (the slide)
+
+
+@pytest.mark.slow
+def test_organ_points_output_report(tmp_path):
+    """``--output-report`` on organ-points (label volumes): one self-contained page with the checkerboard, the
+    edge overlay and the Jacobian map of its field; point-file inputs are refused before the run."""
+    import subprocess
+    import sys
+
+    sitk.WriteImage(organ_labels(), str(tmp_path / "f.nii.gz"))
+    sitk.WriteImage(organ_labels(shift_vox=3), str(tmp_path / "m.nii.gz"))
+    cli = [sys.executable, "-m", "RegistrationSuiteLib", "organ-points", "--device", "cpu", "--points-per-organ", "300"]
+    proc = subprocess.run(cli + ["--fixed", "f.nii.gz", "--moving", "m.nii.gz", "--output", "t.h5", "--output-report",
+                                 "r.html", "--quiet"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    page = (tmp_path / "r.html").read_text()
+    assert page.count('src="data:image/png;base64,iVBOR') == 3 and "Jacobian" in page
+    assert "http://" not in page and "https://" not in page
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.nii.gz", "m.nii.gz", "r.html", "t.h5"]  # no leftovers
+    (tmp_path / "p.csv").write_text("x,y,z,label\n0,0,0,1\n1,0,0,1\n0,1,0,2\n")
+    proc = subprocess.run(cli + ["--fixed", "p.csv", "--moving", "p.csv", "--output", "t2.h5", "--output-report",
+                                 "r2.html"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "--output-report needs label volumes" in proc.stderr
+    assert not (tmp_path / "t2.h5").exists() and not (tmp_path / "r2.html").exists()
+
+
+def test_single_image_preview_for_a_pair_with_one_unreadable_input(tmp_path):
+    """The report of a failed pair whose moving file is unreadable shows the fixed image alone, three planes."""
+    from RegistrationSuiteLib.cohort.report import write_report
+
+    rng = np.random.default_rng(4)
+    fixed = sitk.GetImageFromArray(rng.random((12, 20, 16)).astype(np.float32))
+    fixed.SetSpacing((1.0, 1.0, 3.0))
+    sitk.WriteImage(fixed, str(tmp_path / "f.nii.gz"))
+    png = sitk.GetArrayFromImage(sitk.ReadImage(str(render_single_image(tmp_path / "f.nii.gz", tmp_path / "one.png"))))
+    assert png.shape == (220, 176 + 98 + 122 + 2 * 4, 3)  # the pair previews' three planes, square millimetres
+    (tmp_path / "broken.nii.gz").write_bytes(b"not an image")
+    d = tmp_path / "D"
+    (d / "p").mkdir(parents=True)
+    (d / "p" / "pair.json").write_text(json.dumps({"id": "p", "status": "failed", "fixed": str(tmp_path / "f.nii.gz"),
+                                                    "moving": str(tmp_path / "broken.nii.gz"), "message": "bad"}))
+    (d / "q").mkdir()
+    (d / "q" / "pair.json").write_text(json.dumps({"id": "q", "status": "failed", "fixed": str(tmp_path / "broken.nii.gz"),
+                                                    "moving": str(tmp_path / "broken.nii.gz"), "message": "bad"}))
+    page = write_report(d).read_text()
+    p_part, q_part = page.split('id="pair-p"')[1].split('id="pair-q"')
+    assert p_part.count("data:image/png;base64,") == 1 and "the fixed image alone" in p_part
+    assert "data:image/png" not in q_part and "no preview of the pair" in q_part  # nothing readable: a note

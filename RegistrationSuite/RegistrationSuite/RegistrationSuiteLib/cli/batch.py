@@ -19,7 +19,8 @@ def add_parser(sub):
         help=HELP,
         description=(
             "Register every pair of COHORT.csv (columns id,fixed,moving plus optional per-row option columns such "
-            "as fixed_mask or initial_transform; paths relative to the CSV). Each pair runs the CLI command in a "
+            "as fixed_mask or initial_transform; paths relative to the CSV; a 'method' column, with that row's "
+            "options in an 'options' column, runs that row with its own method). Each pair runs the CLI command in a "
             "child process and writes D/<id>/ atomically; a failed pair is recorded in D/<id>/error.json and "
             "never stops the batch. Writes D/summary.csv and D/report.html. Uses Dask distributed when installed "
             "(pip install 'registration-suite[cluster]'): a local cluster by default, or --scheduler ADDRESS for "
@@ -32,7 +33,8 @@ def add_parser(sub):
     what.add_argument("--method", choices=METHODS, help="the command run for each pair (default rigid-search)")
     what.add_argument("--steps", help="a chain run by `pipeline` for each pair, e.g. rigid-search,deformable")
     p.add_argument("--options", action="append", default=[], metavar="OPTIONS",
-                   help='options for every pair: "--device cpu" for --method; "STEP:OPTIONS" for --steps (repeatable)')
+                   help='options for every pair: "--device cpu" for --method; "STEP:OPTIONS" for --steps (repeatable); '
+                        'output options take file names, written into each pair\'s folder (--output-qa qa.png)')
     p.add_argument("--scheduler", metavar="ADDRESS", help="address of a running Dask scheduler (tcp://host:8786)")
     p.add_argument("--workers", type=int, help="local workers (default: from cores and memory; 1 without Dask: in-process)")
     p.add_argument("--threads-per-worker", type=int, default=1, help="pairs run at once per worker (default 1)")
@@ -60,7 +62,7 @@ def pair_command(args, available) -> list:
 
 
 def run(args) -> int:
-    from ..cohort.batch import BatchOptions, parse_memory, run_batch, write_summary_csv
+    from ..cohort.batch import BatchOptions, check_output_dir, parse_memory, run_batch, write_summary_csv
     from ..cohort.pairs import read_pairs
     from .main import build_parser
     from .pipeline import available_commands
@@ -74,9 +76,18 @@ def run(args) -> int:
     if args.retries < 0:
         raise InputError(f"--retries: expected 0 or more, got {args.retries}")
     pairs = read_pairs(args.pairs)
+    from ..cohort.runner import check_pair_outputs
+
+    check_pair_outputs(command, "--options")
+    for pair in pairs:
+        check_pair_outputs(pair.options + [w for kv in pair.extra.items() for w in kv], f"--pairs: pair {pair.id}")
+        if pair.method is not None and (pair.method not in METHODS or pair.method not in available):
+            raise InputError(f"--pairs: pair {pair.id}: method {pair.method!r} is not one of "
+                             f"{', '.join(m for m in METHODS if m in available)}")
     out = Path(args.output_dir)
     if not out.resolve().parent.is_dir():
         raise InputError(f"--output-dir: parent folder does not exist: {out.resolve().parent}")
+    check_output_dir(pairs, out, inputs=[args.pairs])
     options = BatchOptions(command=command, workers=args.workers, threads_per_worker=args.threads_per_worker,
                            memory_per_worker=parse_memory(args.memory_per_worker), scheduler=args.scheduler,
                            retries=args.retries, resume=args.resume, previews=not args.no_previews,

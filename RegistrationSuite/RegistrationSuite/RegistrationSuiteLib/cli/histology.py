@@ -7,6 +7,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..seeding import SEED_PROMISE
 from .common import add_device_argument, add_summary_arguments, print_result
+from .initial_transform import add_initial_transform_argument
 from .progress_lines import progress_for
 
 HELP = "register two histology slides (H&E / IHC, rotation + mirror search, affine, non-rigid)"
@@ -44,7 +45,11 @@ def add_parser(sub):
     level.add_argument("--resolution-um", type=float, help="working pixel size in µm (picks the pyramid level)")
     p.add_argument("--working-size", type=int, default=256,
                    help="longest side in pixels of the finest working level (default 256)")
-    p.add_argument("--model", default="none", help="multi-magnification network (none: classical stages only)")
+    p.add_argument("--model", default="none",
+                   help="multi-magnification networks after the initial alignment: a model name (see "
+                        "'registration-suite models'), a .pt path, or none (classical stages only; the default)")
+    p.add_argument("--network-stages", default="affine+nonrigid", choices=["affine+nonrigid", "affine"],
+                   help="with --model: both networks (default) or the local affine network only")
     p.add_argument("--mirror", default="auto", choices=["auto", "no", "yes"],
                    help="also search mirrored sections (default auto)")
     p.add_argument("--iterations", type=int, default=3, help="network passes (only with --model; default 3)")
@@ -53,6 +58,7 @@ def add_parser(sub):
     p.add_argument("--output-resampled", help="write the moving slide warped onto the fixed one (colours kept)")
     p.add_argument("--output-checkerboard", "--output-qa", dest="output_checkerboard",
                    help="write a fixed / warped-moving checkerboard (PNG); --output-qa is the same option")
+    add_initial_transform_argument(p)
     p.add_argument("--seed", type=int, default=0, help=f"random seed (default 0); {SEED_PROMISE}")
     add_device_argument(p)
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest on busy machines)")
@@ -82,13 +88,23 @@ def check_arguments(args):
                           ("fixed_points", "output_points")):
         if bool(getattr(args, given)) != bool(getattr(args, wanted)):
             raise InputError(f"--{given.replace('_', '-')} and --{wanted.replace('_', '-')} go together; got only one")
+    args.net_grid_size = None
     if args.model not in (None, "none", "None"):
-        raise InputError(f"--model: no histology network is available in this version (got {args.model!r}); "
-                         "use --model none")
+        from ..methods.histology.networks import load_histology_model
+
+        try:
+            args.net_grid_size = load_histology_model(args.model)[2].grid_size
+        except InputError as exc:
+            raise InputError(f"--model: {exc}") from None
+        if args.io_steps:
+            raise InputError("--io-steps: the instance optimisation runs without --model only; give one of them")
+    if args.iterations < 1:
+        raise InputError(f"--iterations: expected an integer >= 1, got {args.iterations}")
     if args.io_steps is not None and args.io_steps < 0:
         raise InputError(f"--io-steps: expected an integer >= 0, got {args.io_steps}")
     inputs = {f"--{a.replace('_', '-')}": getattr(args, a) for a in ("fixed", "moving", "fixed_landmarks",
-                                                                       "moving_landmarks", "fixed_points")
+                                                                       "moving_landmarks", "fixed_points",
+                                                                       "initial_transform")
               if getattr(args, a)}
     outputs = OutputSet(inputs)
     outputs.add("--output", args.output, TRANSFORM_SUFFIXES + FIELD_IMAGE_SUFFIXES)
@@ -108,27 +124,36 @@ def build_config(args):
     kw = {"search_size": min(HistologyConfig.search_size, args.working_size)}
     if args.io_steps is not None:
         kw["io_steps"] = args.io_steps
+    if getattr(args, "net_grid_size", None):
+        kw["model"] = args.model
+        kw["network_stages"] = args.network_stages
     return HistologyConfig(level=args.level, resolution_um=args.resolution_um, working_size=args.working_size,
-                           mirror=args.mirror, iterations=max(1, args.iterations), seed=args.seed,
+                           mirror=args.mirror, iterations=args.iterations, seed=args.seed,
                            device=args.device, num_threads=args.threads, **kw)
 
 
 def run(args) -> int:
     from ..io.points import read_points
     from ..methods.histology import read_landmarks, read_slide, register_histology
+    from .initial_transform import compose_histology_result, prewarp_slide, read_initial_transform
 
     outputs = check_arguments(args)
     config = build_config(args)
+    target = max(config.working_size, getattr(args, "net_grid_size", None) or 0)
     fixed = read_slide(args.fixed, "fixed", level=config.level, resolution_um=config.resolution_um,
-                       target_size=config.working_size)
+                       target_size=target)
     moving = read_slide(args.moving, "moving", level=config.level, resolution_um=config.resolution_um,
-                        target_size=config.working_size)
+                        target_size=target)
     fixed_lm = (read_landmarks(args.fixed_landmarks, "--fixed-landmarks", size=fixed.level0_size)
                 if args.fixed_landmarks else None)
     moving_lm = (read_landmarks(args.moving_landmarks, "--moving-landmarks", size=moving.level0_size)
                  if args.moving_landmarks else None)
     fixed_points = read_points(args.fixed_points, "--fixed-points") if args.fixed_points else None
-    result = register_histology(fixed, moving, config, progress=progress_for(args))
+    initial = read_initial_transform(args)
+    seen = prewarp_slide(moving, fixed, initial) if initial is not None else moving
+    result = register_histology(fixed, seen, config, progress=progress_for(args))
+    if initial is not None:
+        result = compose_histology_result(result, initial, moving, args.initial_transform)
     write_outputs(args, outputs, result, fixed_lm, moving_lm, fixed_points)
     d = result.diagnostics
     print_result(args, result, [

@@ -12,6 +12,7 @@ from ..seeding import SEED_PROMISE
 from .common import (add_device_argument, add_summary_arguments, check_output_paths, print_result, qa_picture,
                      write_diagnostics_and_commit)
 from .progress_lines import progress_for
+from .report import add_output_report_argument, write_output_report
 
 HELP = "multi-organ point cloud registration (MO-BCPD) of two segmentations or labelled point sets"
 _POINT_SUFFIXES = (".csv", ".vtk", ".vtp", ".ply")
@@ -41,11 +42,15 @@ def add_parser(sub):
                         "pre-alignment), or per organ 'LABEL:MM,...'")
     p.add_argument("--beta-mm", type=per_label_mm, default=50.0,
                    help="motion-coherence bandwidth B in mm (default 50; paper 30), or per organ 'LABEL:MM,...'")
-    p.add_argument("--omega", type=float, default=0.0, help="outlier weight ω in [0, 1) (default 0)")
+    p.add_argument("--omega", type=float, default=0.05,
+                   help="outlier weight ω in [0, 1) (default 0.05; the paper's 0 forces every moving point onto an organ)")
     p.add_argument("--label-transition", help="CSV file with the label transition matrix U (rows sum to 1)")
     p.add_argument("--organ-prealign", default="auto", choices=["auto", "similarity", "rigid", "none"],
                    help="per-organ pre-alignment before MO-BCPD (not in the paper; auto = rigid unless "
                         "--coherence global; none = the paper's pipeline)")
+    p.add_argument("--common-fov", default="on", choices=["on", "off"],
+                   help="label-image inputs: register only the organ parts inside the field of view both scans "
+                        "share (default on; not in the paper)")
     p.add_argument("--grid-spacing", type=float, default=3.0, help="spacing of the output field in mm (default 3)")
     p.add_argument("--seed", type=int, default=0,
                    help=f"random seed of the surface sampling and the eigensolver (default 0); {SEED_PROMISE}")
@@ -54,6 +59,7 @@ def add_parser(sub):
     p.add_argument("--output-resampled-labels", help="write the moving labels resampled onto the fixed grid")
     p.add_argument("--output-qa", help="write a before/after checkerboard picture (.png) of the fixed labels and "
                    "the moving labels (middle slice; label volumes only)")
+    add_output_report_argument(p)
     add_summary_arguments(p)
     p.set_defaults(run=run)
     return p
@@ -97,7 +103,7 @@ def build_config(args):
     return OrganPointCloudConfig(
         labels=labels, points_per_organ=args.points_per_organ, lambda_mm=args.lambda_mm, beta_mm=args.beta_mm,
         coherence=coherence, label_transition=transition, omega=args.omega, grid_spacing_mm=args.grid_spacing,
-        seed=args.seed, device=args.device, organ_prealign=args.organ_prealign,
+        seed=args.seed, device=args.device, organ_prealign=args.organ_prealign, common_fov=args.common_fov == "on",
     )
 
 
@@ -109,6 +115,8 @@ def run(args) -> int:
     from ..methods.organ_point_cloud import register_organ_point_cloud
 
     outputs = check_output_paths(args)
+    if args.output_report and (_is_points(args.fixed) or _is_points(args.moving)):
+        raise InputError("--output-report needs label volumes as --fixed and --moving, not point files")
     for option in ("--output-resampled-labels", "--output-qa"):
         if option in outputs and (_is_points(args.fixed) or _is_points(args.moving)):
             raise InputError(f"{option} needs label volumes as --fixed and --moving, not point files")
@@ -139,6 +147,7 @@ def run(args) -> int:
         organs,
         "written: " + ", ".join(str(p) for p in written),
     ])
+    write_output_report(args, result)
     return 0
 
 

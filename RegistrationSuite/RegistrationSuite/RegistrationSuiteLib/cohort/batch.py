@@ -25,7 +25,7 @@ from .runner import RECORD, TRANSFORM, run_pair
 
 INSTALL_HINT = "pip install 'registration-suite[cluster]' (or: pip install \"dask[distributed]\")"
 SUMMARY_COLUMNS = ("id", "status", "score", "confidence", "doubtful", "doubtful_reasons", "folding_percent",
-                   "time_s", "peak_memory_mb", "exit_code", "reused", "message")
+                   "time_s", "cpu_s", "peak_memory_mb", "worker_peak_memory_mb", "exit_code", "reused", "message")
 
 
 @dataclass
@@ -86,6 +86,36 @@ def dask_available() -> bool:
     return True
 
 
+def check_output_dir(pairs: list, out_dir, inputs=()) -> None:
+    """Refuse, before anything runs, an output folder whose writing would destroy inputs or unrelated files:
+    ``D`` must be a folder (or not exist yet); a pair's folder ``D/<id>/`` is replaced by the pair's results,
+    so it must not exist unless it is a batch result (``pair.json``) and must hold no input of any pair;
+    ``D/summary.csv`` and ``D/report.html`` must not be inputs (``inputs``: further input files, e.g. the CSV).
+
+    Raises:
+        InputError: one line naming the pair, the file and the option to change.
+    """
+    out = Path(out_dir).resolve()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--output-dir: {out} is a file, not a folder")
+    written = {out / "summary.csv": "summary.csv", out / "report.html": "report.html"}
+    files = [(p.id, f) for p in pairs for f in [p.fixed, p.moving, *p.extra.values(), *p.options] if Path(f).exists()]
+    files += [("--pairs", f) for f in inputs]
+    folders = {(out / p.id): p.id for p in pairs}
+    for owner, f in files:
+        path = Path(f).resolve()
+        if path in written:
+            raise InputError(f"--output-dir: {owner}'s input {f} is the batch's output {written[path]}; choose another --output-dir")
+        for folder, pid in folders.items():
+            if folder == path or folder in path.parents:
+                raise InputError(f"--output-dir: {owner}'s input {f} lies in {folder}, which the batch replaces with "
+                                 f"pair {pid}'s results; choose another --output-dir")
+    for folder, pid in folders.items():
+        if folder.exists() and not (folder / RECORD).is_file():
+            raise InputError(f"--output-dir: {folder} exists and is not a batch result (no {RECORD}); the batch would "
+                             f"replace it with pair {pid}'s results: move it or choose another --output-dir")
+
+
 def plan(pairs: list, options: BatchOptions, out_dir: Path) -> tuple:
     """``(jobs to run, ids reused)``: with ``resume``, a pair whose ``pair.json`` says done, whose transform
     exists and whose input+options hash is unchanged is reused."""
@@ -93,7 +123,7 @@ def plan(pairs: list, options: BatchOptions, out_dir: Path) -> tuple:
     threads = max(1, options.threads_per_worker)
     token = uuid.uuid4().hex  # this batch run: a task recomputed by Dask after a worker loss sees it is done
     for pair in pairs:
-        argv = [*options.command, "--fixed", pair.fixed, "--moving", pair.moving,
+        argv = [*pair.command(options.command), "--fixed", pair.fixed, "--moving", pair.moving,
                 *[w for k, v in pair.extra.items() for w in (k, v)]]
         h = pair_hash(pair, options.command)
         if options.resume and _finished(out_dir / pair.id, h):
@@ -153,9 +183,11 @@ def run_batch(pairs: list, options: BatchOptions, out_dir, *, log=print) -> dict
     """Run every pair; returns ``{"records": [...], "reused": [...], "workers": n, "mode": ..., "wall_s": ...}``.
 
     Raises:
-        InputError: Dask needed (several workers or a scheduler) but not installed.
+        InputError: Dask needed (several workers or a scheduler) but not installed; an output folder that
+            would destroy inputs or unrelated files (:func:`check_output_dir`).
     """
     out_dir = Path(out_dir)
+    check_output_dir(pairs, out_dir)
     out_dir.mkdir(exist_ok=True)
     shutil.rmtree(out_dir / ".tmp", ignore_errors=True)  # leftovers of a batch that was killed
     t0 = time.perf_counter()
@@ -278,7 +310,9 @@ def write_summary_csv(pairs: list, out_dir, reused_ids=()) -> Path:
         rows.append({"id": pair.id, "status": rec.get("status", "missing"), "score": _fmt(rec.get("score")),
                      "confidence": _fmt(rec.get("confidence")), "doubtful": "yes" if reasons else "no",
                      "doubtful_reasons": " | ".join(reasons), "folding_percent": _fmt(rec.get("folding_percent")),
-                     "time_s": _fmt(rec.get("time_s")), "peak_memory_mb": _fmt(rec.get("peak_memory_mb")),
+                     "time_s": _fmt(rec.get("time_s")), "cpu_s": _fmt(rec.get("cpu_s")),
+                     "peak_memory_mb": _fmt(rec.get("peak_memory_mb")),
+                     "worker_peak_memory_mb": _fmt(rec.get("worker_peak_memory_mb")),
                      "exit_code": "" if rec.get("exit_code") is None else rec.get("exit_code"),
                      "reused": "yes" if pair.id in reused_ids else "no", "message": rec.get("message", "")})
     path = out_dir / "summary.csv"

@@ -171,6 +171,23 @@ def linear_transform(matrix: np.ndarray) -> sitk.Transform:
     return tx
 
 
+def fold_linear_into_field(step: sitk.DisplacementFieldTransform, initial: np.ndarray) -> sitk.DisplacementFieldTransform:
+    """``T0 ∘ S`` as one displacement field on ``S``'s grid, for a linear ``T0`` (homogeneous ``initial``):
+    ``u'(x) = A (x + u(x)) + b − x``. Exact at every point of the grid's domain (``T0`` is affine, so linear
+    interpolation of ``u'`` equals ``T0`` of the interpolated ``x + u``). The inverse of :func:`step_of_composed`
+    for such fields."""
+    field = step.GetDisplacementField()
+    d = field.GetDimension()
+    u = sitk.GetArrayFromImage(field).reshape(-1, d)
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in reversed(field.GetSize())], indexing="ij"), -1).reshape(-1, d)[:, ::-1]
+    spacing_dir = np.asarray(field.GetDirection()).reshape(d, d) * np.asarray(field.GetSpacing())
+    x = idx @ spacing_dir.T + np.asarray(field.GetOrigin())
+    folded = (x + u) @ initial[:d, :d].T + initial[:d, d] - x
+    out = sitk.GetImageFromArray(folded.reshape(tuple(reversed(field.GetSize())) + (d,)), isVector=True)
+    out.CopyInformation(field)
+    return sitk.DisplacementFieldTransform(sitk.Cast(out, sitk.sitkVectorFloat64))
+
+
 def _field_without_linear(composed: sitk.DisplacementFieldTransform, initial: np.ndarray) -> sitk.DisplacementFieldTransform:
     """``S = T0⁻¹ ∘ composed`` for one displacement field with a linear ``T0`` folded in (as the deformable
     command writes it): on the field's grid ``S(x) = A⁻¹(x + u(x) − b)``, so ``u_S(x) = S(x) − x``."""

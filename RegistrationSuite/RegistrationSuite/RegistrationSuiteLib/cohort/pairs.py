@@ -3,6 +3,10 @@
 Columns other than ``id``, ``fixed`` and ``moving`` become options of that pair's command: a column
 ``fixed_mask`` (or ``fixed-mask``) with value ``v`` adds ``--fixed-mask v``; an empty cell adds nothing.
 Relative paths are relative to the CSV's folder (a value is treated as a path when that file exists there).
+Two columns are not options: ``method`` (a command, e.g. ``organ-points``) runs that row with its own method
+instead of the batch's ``--method``/``--steps``, with the options in that row's ``options`` column (the batch's
+``--options`` are for the batch's own method and are not given to such a row). One cohort can so mix, e.g.,
+image pairs registered with rigid-search and label-map pairs registered with organ-points.
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ import csv
 import hashlib
 import json
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from ..errors import InputError
 
@@ -21,12 +27,19 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 @dataclass
 class Pair:
-    """One row of the cohort: ``extra`` maps option names (``--fixed-mask``) to values (paths resolved)."""
+    """One row of the cohort: ``extra`` maps option names (``--fixed-mask``) to values (paths resolved);
+    ``method``/``options``: this row's own command and its options (``None``: the batch's command)."""
 
     id: str
     fixed: str
     moving: str
     extra: dict = field(default_factory=dict)
+    method: Optional[str] = None
+    options: list = field(default_factory=list)
+
+    def command(self, default: list) -> list:
+        """The CLI words this pair runs before its inputs: its own method and options, else ``default``."""
+        return [self.method, *self.options] if self.method else list(default)
 
     def input_paths(self) -> list:
         return [self.fixed, self.moving] + [v for v in self.extra.values() if Path(v).exists()]
@@ -49,7 +62,12 @@ def read_pairs(csv_path) -> list:
         if missing:
             raise InputError(f"--pairs: {path.name} needs the columns id,fixed,moving; missing {','.join(missing)} "
                              f"(found {','.join(columns) or 'no header'})")
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+        rows = []
+        for row in reader:
+            if None in row:  # csv puts the cells beyond the header under the key None
+                raise InputError(f"--pairs: line {reader.line_num}: more cells than columns in the header (a cell "
+                                 "holding commas, such as options, must be quoted: \"--labels 1,2\")")
+            rows.append({(k or "").strip(): (v or "").strip() for k, v in row.items()})
     rows = [r for r in rows if any(r.values())]
     if not rows:
         raise InputError(f"--pairs: {path.name} has no rows")
@@ -62,9 +80,17 @@ def read_pairs(csv_path) -> list:
             raise InputError(f"--pairs: line {n}: duplicate id {pid!r}")
         seen.add(pid)
         extra = {"--" + k.replace("_", "-"): _resolve(path.parent, v) for k, v in row.items()
-                 if k not in ("id", "fixed", "moving") and k and v}
+                 if k not in ("id", "fixed", "moving", "method", "options") and k and v}
+        method = row.get("method") or None
+        if row.get("options") and not method:
+            raise InputError(f"--pairs: line {n}: an 'options' cell needs a 'method' cell in the same row "
+                             "(options for the batch's own method go in --options)")
+        try:
+            options = [_resolve(path.parent, w) for w in shlex.split(row.get("options") or "")]
+        except ValueError as exc:
+            raise InputError(f"--pairs: line {n}: cannot split the options cell ({exc})") from None
         pairs.append(Pair(pid, _resolve(path.parent, row["fixed"], force=True),
-                          _resolve(path.parent, row["moving"], force=True), extra))
+                          _resolve(path.parent, row["moving"], force=True), extra, method, options))
     return pairs
 
 
@@ -96,8 +122,9 @@ def file_digest(path) -> str:
 
 def pair_hash(pair: Pair, command: list) -> str:
     """Hash of what determines a pair's result: the command (method/steps and options) and the content of
-    every input file. ``--resume`` redoes a pair whose hash changed."""
-    record = {"command": command, "extra": pair.extra,
-              "inputs": {str(p): file_digest(p) for p in [pair.fixed, pair.moving, *pair.extra.values()]
+    every input file. ``--resume`` redoes a pair whose hash changed. ``command``: the batch's command (the
+    pair's own method and options, when it has them, replace it)."""
+    record = {"command": pair.command(command), "extra": pair.extra,
+              "inputs": {str(p): file_digest(p) for p in [pair.fixed, pair.moving, *pair.extra.values(), *pair.options]
                          if Path(p).exists() or p in (pair.fixed, pair.moving)}}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()

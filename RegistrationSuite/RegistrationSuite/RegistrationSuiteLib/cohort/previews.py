@@ -122,3 +122,18 @@ def render_pair_previews(fixed, moving, transform, out_dir, *, identity_note: bo
         written["jacobian"] = out / "jacobian.png"
         written["jacobian"].write_bytes(encode_png(_row(tiles)))
     return written
+
+
+def render_single_image(image, out_path) -> Path:
+    """One input alone, grey, in the same planes as the pair previews (three planes; 2D: the slide): what the
+    review page shows of a pair whose other input could not be read. Returns the PNG's path."""
+    from ..io import read_image
+
+    img = image if isinstance(image, sitk.Image) else read_image(image, "image").image  # RGB: luminance
+    img = sitk.Cast(img, sitk.sitkFloat32)
+    ref = sitk.GetArrayViewFromImage(img)
+    tiles = [np.repeat((_square_pixels(_normalise(a, ref), sp) * 255)[..., None], 3, axis=2) for a, sp, _ in _planes(img)]
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(encode_png(_row(tiles)))
+    return out

@@ -21,7 +21,9 @@ from .runner import ERROR, RECORD, SUMMARY, TRANSFORM
 
 _IMAGES = (("checkerboard", "checkerboard (fixed / resampled moving)"),
            ("edges", "fixed with the resampled moving image's edges (magenta)"),
-           ("jacobian", "Jacobian determinant (blue < 1 < red; black: folding)"))
+           ("jacobian", "Jacobian determinant (blue < 1 < red; black: folding)"),
+           ("fixed", "the fixed image alone (the moving image could not be read)"),
+           ("moving", "the moving image alone (the fixed image could not be read)"))
 _CSS = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse}
 th,td{border:1px solid #ccc;padding:3px 8px;font-size:13px}th{background:#eee;cursor:pointer;user-select:none}
 tr.failed td{background:#fde2e2}tr.doubtful td{background:#fff4cc}.pair{border-top:2px solid #999;margin-top:1.5em}
@@ -61,8 +63,9 @@ def _img(path: Path, caption: str) -> str:
 
 
 def _ensure_previews(folder: Path, record: dict) -> tuple:
-    """``(preview folder or None, note)``: renders missing previews from the pair's files."""
-    from .previews import render_pair_previews
+    """``(preview folder or None, note)``: renders missing previews from the pair's files; when one input cannot
+    be read, the other one alone (so every pair with a readable input has an image)."""
+    from .previews import render_pair_previews, render_single_image
 
     prev = folder / "previews"
     if (prev / "checkerboard.png").is_file():
@@ -71,7 +74,14 @@ def _ensure_previews(folder: Path, record: dict) -> tuple:
     try:
         render_pair_previews(record["fixed"], record["moving"], folder / TRANSFORM if done else None, prev)
     except Exception as exc:  # noqa: BLE001 - an unreadable input is shown as a note, not a broken report
-        return None, f"no preview: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        note = f"no preview of the pair: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        for role in ("fixed", "moving"):
+            try:
+                render_single_image(record[role], prev / f"{role}.png")
+                return prev, note
+            except Exception:  # noqa: BLE001 - this input is unreadable too: try the other one
+                continue
+        return None, note
     return prev, "" if done else "before registration (identity): the pair failed"
 
 

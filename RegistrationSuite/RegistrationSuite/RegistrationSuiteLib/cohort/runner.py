@@ -6,7 +6,8 @@ each pair runs exactly the command a user would run by hand. The cost is one int
 (measured in BENCHMARKS.md against calling the CLI directly).
 
 Folder of a pair (all written in ``D/.tmp/<id>-<random>/`` and renamed to ``D/<id>/`` when complete):
-``transform.h5`` and ``summary.json`` (success), ``error.json`` (failure: one-line message, exit code),
+``transform.h5`` and ``summary.json`` (success), the outputs the command's options ask for (``--output-qa
+qa.png``: ``D/<id>/qa.png``), ``error.json`` (failure: one-line message, exit code),
 ``pair.json`` (status, input hash, command, time, peak memory, attempts), ``stderr.log``, ``previews/``.
 """
 
@@ -29,6 +30,49 @@ SUMMARY = "summary.json"
 ERROR = "error.json"
 RECORD = "pair.json"
 ATTEMPTS = ".batch/attempts.jsonl"
+#: Names the batch writes in a pair's folder (an output option may not take them).
+RESERVED = (TRANSFORM, SUMMARY, ERROR, RECORD, "stdout.log", "stderr.log", "previews", "steps")
+
+
+def output_options(argv: list) -> list:
+    """``[(index of the value, option, value)]`` for every ``--output-*`` option in a command (``--opt value``
+    and ``--opt=value``; ``--output-dir`` excepted: the pipeline's, set by the batch)."""
+    found = []
+    for i, word in enumerate(argv):
+        if not word.startswith("--output-") or word.startswith("--output-dir"):
+            continue
+        if "=" in word:
+            option, value = word.split("=", 1)
+            found.append((i, option, value))
+        elif i + 1 < len(argv):
+            found.append((i + 1, word, argv[i + 1]))
+    return found
+
+
+def check_pair_outputs(argv: list, where: str) -> None:
+    """The optional outputs a batch's command asks for (``--output-resampled r.nii.gz``) are written into each
+    pair's folder, so they must be plain relative names.
+
+    Raises:
+        InputError: an absolute path or one leaving the pair's folder (every pair would overwrite it).
+    """
+    from ..errors import InputError
+
+    for _, option, value in output_options(argv):
+        p = Path(value)
+        if p.is_absolute() or ".." in p.parts or not value:
+            raise InputError(f"{where}: {option} {value}: give a file name; each pair writes it into its own folder "
+                             "D/<id>/ (an absolute path would be overwritten by every pair)")
+        if p.parts[0] in RESERVED:
+            raise InputError(f"{where}: {option} {value}: that name is the batch's own file in D/<id>/; choose another")
+
+
+def localize_outputs(argv: list, folder: Path) -> list:
+    """``argv`` with every ``--output-*`` value made a path inside ``folder`` (the pair's staging folder)."""
+    out = list(argv)
+    for i, option, value in output_options(argv):
+        out[i] = f"{option}={folder / value}" if out[i].startswith(option + "=") else str(folder / value)
+    return out
 
 
 def log_attempt(out_root, **event) -> None:
@@ -78,14 +122,18 @@ def resident_memory(pid: int):
 
 
 def _watch_memory(proc: subprocess.Popen, state: dict, memory_limit: int, poll: float) -> None:
-    """Poll the child's resident memory until ``state["done"]`` is set; kill the child when it exceeds
-    ``memory_limit`` bytes. Runs beside the blocking wait, so the pair's end is seen at once."""
+    """Poll the child's resident memory until ``state["done"]`` is set; kill the child when it and this process
+    (the worker running it) together hold more than ``memory_limit`` bytes: the limit is the worker's, and a
+    pair's memory lives in its child. Runs beside the blocking wait, so the pair's end is seen at once."""
+    me = os.getpid()
     while not state["done"].wait(poll):
         rss = resident_memory(proc.pid)
         if rss is None:  # the child ended between two polls (or memory cannot be read: rusage gives the peak)
             return
+        together = rss + (resident_memory(me) or 0)
         state["peak"] = max(state["peak"], rss)
-        if memory_limit and rss > memory_limit:
+        state["peak_worker"] = max(state["peak_worker"], together)
+        if memory_limit and together > memory_limit:
             with state["lock"]:
                 if not state["done"].is_set():
                     state["killed"] = True
@@ -96,27 +144,34 @@ def _watch_memory(proc: subprocess.Popen, state: dict, memory_limit: int, poll: 
 def run_child(argv: list, folder: Path, *, threads: int, memory_limit: int = 0, poll: float = 0.25) -> dict:
     """Run ``python -m RegistrationSuiteLib.cohort.child <this pid> -- argv`` with stdout/stderr in ``folder``.
 
-    Returns ``{"code", "seconds", "peak_rss_mb", "memory_killed"}``; a child whose memory (RSS) exceeds
-    ``memory_limit`` bytes is killed (``memory_killed`` True).
+    Returns ``{"code", "seconds", "cpu_seconds", "peak_rss_mb", "worker_peak_mb", "memory_killed"}``:
+    ``peak_rss_mb`` is the child's peak resident memory, ``worker_peak_mb`` the largest sum of the child's and
+    this process's resident memory seen while polling (what the worker's limit applies to; for a child that ended
+    before the first poll, its peak plus this process's memory at the end), ``cpu_seconds`` the
+    child's user + system CPU time. A child is killed (``memory_killed`` True) when that sum exceeds
+    ``memory_limit`` bytes.
     """
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(max(1, threads))
     cmd = [sys.executable, "-m", "RegistrationSuiteLib.cohort.child", str(os.getpid()), "--", *argv]
     t0 = time.perf_counter()
-    state = {"done": threading.Event(), "lock": threading.Lock(), "peak": 0, "killed": False}
+    state = {"done": threading.Event(), "lock": threading.Lock(), "peak": 0, "peak_worker": 0, "killed": False}
     with open(folder / "stdout.log", "wb") as out, open(folder / "stderr.log", "wb") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
         watcher = threading.Thread(target=_watch_memory, args=(proc, state, memory_limit, poll), daemon=True)
         watcher.start()
-        _, status, usage = os.wait4(proc.pid, 0)  # blocking: rusage of this child (its peak memory)
+        _, status, usage = os.wait4(proc.pid, 0)  # blocking: rusage of this child (its peak memory, CPU time)
         with state["lock"]:
             state["done"].set()
         watcher.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
     peak = max(state["peak"], usage.ru_maxrss * 1024)  # ru_maxrss is in KiB on Linux
-    return {"code": proc.returncode, "seconds": time.perf_counter() - t0, "peak_rss_mb": round(peak / 2**20, 1),
-            "memory_killed": state["killed"]}
+    if not state["peak_worker"]:  # a child that ended before the first poll: its peak plus this process's memory
+        state["peak_worker"] = peak + (resident_memory(os.getpid()) or 0)
+    return {"code": proc.returncode, "seconds": time.perf_counter() - t0,
+            "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_rss_mb": round(peak / 2**20, 1),
+            "worker_peak_mb": round(state["peak_worker"] / 2**20, 1), "memory_killed": state["killed"]}
 
 
 def run_pair(job: dict) -> dict:
@@ -136,7 +191,7 @@ def run_pair(job: dict) -> dict:
     tmp = root / ".tmp" / f"{job['id']}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     log_attempt(root, id=job["id"], event="start")
-    argv = [*job["argv"], "--output", str(tmp / TRANSFORM), "--json"]
+    argv = [*localize_outputs(job["argv"], tmp), "--output", str(tmp / TRANSFORM), "--json"]
     if job["argv"][0] == "pipeline":  # keep each step's transforms and summary beside the composed one
         argv += ["--output-dir", str(tmp / "steps")]
     attempts, run = 0, {}
@@ -147,14 +202,17 @@ def run_pair(job: dict) -> dict:
             break
     record = {"id": job["id"], "hash": job["hash"], "fixed": job["fixed"], "moving": job["moving"],
               "command": job["argv"], "exit_code": run["code"], "time_s": round(run["seconds"], 3),
-              "peak_memory_mb": run["peak_rss_mb"], "child_attempts": attempts, "worker": socket.gethostname(),
+              "peak_memory_mb": run["peak_rss_mb"], "cpu_s": round(run["cpu_seconds"], 3),
+              "worker_peak_memory_mb": run["worker_peak_mb"], "memory_limit_mb": round(job.get("memory_limit", 0) / 2**20, 1),
+              "child_attempts": attempts, "worker": socket.gethostname(),
               "run_token": job.get("run_token")}
     if run["code"] == 0 and (tmp / TRANSFORM).exists():
         record.update(_success(tmp, job))
     else:
         message = _last_error_line(tmp / "stderr.log") or _status_text(run["code"])
         if run["memory_killed"]:
-            message = f"exceeded the memory limit of {job['memory_limit'] / 2**30:.1f} GiB per worker (killed)"
+            message = (f"the pair's process and its worker exceeded the memory limit of {job['memory_limit'] / 2**30:.1f} GiB "
+                       "per worker (the pair's process was killed)")
         record.update(status="failed", message=message)
         write_json(tmp / ERROR, {"message": message, "exit_code": run["code"], "status": _status_text(run["code"])})
     write_json(tmp / RECORD, record)

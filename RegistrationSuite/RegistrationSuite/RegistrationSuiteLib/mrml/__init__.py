@@ -34,6 +34,7 @@ from .transforms import (
     set_registration_references,
     sitk_transform_from_node,
     transform_node_from_result,
+    world_transform_node,
 )
 from .volumes import image_from_volume_node, slice_position_lps, volume_node_from_image
 
@@ -64,5 +65,6 @@ __all__ = [
     "slicer_available",
     "transform_node_from_result",
     "volume_node_from_image",
+    "world_transform_node",
     "write_scene_bundle",
 ]

@@ -264,24 +264,86 @@ def save_transform_node(transformNode, path) -> Path:
     """Write a transform node to an ITK file (``.h5``, ``.tfm``, ``.txt``, ``.mat``) through a MRML
     transform storage node, atomically (a temporary file renamed on success).
 
-    The file holds the LPS fixed→moving transform (what SimpleITK's ``ReadTransform`` returns). The node
-    and its own storage node are left unchanged.
+    The file holds the LPS fixed→moving transform (what SimpleITK's ``ReadTransform`` returns) of the node's
+    full transform to world: a node under parent transforms is exported composed with them (see
+    :func:`world_transform_node`; a combination that cannot be exported exactly is refused). The node and its
+    own storage node are left unchanged.
     """
     import slicer
 
     path = Path(path)
     if path.suffix.lower() not in TRANSFORM_SUFFIXES:
         raise InputError(f"path: transform file must end with one of {', '.join(TRANSFORM_SUFFIXES)}, got {path}")
+    world = world_transform_node(transformNode)
     storage = slicer.vtkMRMLTransformStorageNode()
     with atomic_output(path) as tmp:
         storage.SetFileName(str(tmp))
-        if not storage.WriteData(transformNode):
+        if not storage.WriteData(world):
             raise InputError(f"transformNode: could not write '{transformNode.GetName()}' to {path}")
     return path
 
 
+def _parents(transformNode) -> list:
+    parents, node = [], transformNode.GetParentTransformNode()
+    while node is not None:
+        parents.append(node)
+        node = node.GetParentTransformNode()
+    return parents
+
+
+def world_transform_node(transformNode):
+    """``transformNode`` itself when it has no parent transform; otherwise a new node (not added to any scene)
+    holding its full transform to world, ``ToWorld = parents' ToParent ∘ its own ToParent``:
+
+    - every node of the chain linear: the exact world matrix (linear node);
+    - a grid node under linear, rigid parents: its FromWorld mapping sampled on its own grid moved into world
+      coordinates by the parents (grid node, FromParent), exact at the grid points;
+    - anything else (a non-linear parent, a grid under a scaling or shearing parent): refused with
+      :class:`InputError`, naming the parent, since it cannot be written exactly as one ITK transform.
+    """
+    import slicer
+    import vtk
+
+    parents = _parents(transformNode)
+    if not parents:
+        return transformNode
+    names = " → ".join(f"'{p.GetName()}'" for p in parents)
+    harden = ("harden the transforms first (Data module: right-click the node → Harden transform) and export "
+              "the result")
+    if transformNode.IsTransformToWorldLinear():
+        to_world = vtk.vtkMatrix4x4()
+        transformNode.GetMatrixTransformToWorld(to_world)
+        node = slicer.vtkMRMLLinearTransformNode()
+        node.SetName(transformNode.GetName())
+        node.SetMatrixTransformToParent(to_world)
+        return node
+    nonlinear = [p.GetName() for p in parents if not p.IsLinear()]
+    if nonlinear:
+        raise InputError(f"transformNode: '{transformNode.GetName()}' sits under the non-linear transform "
+                         f"'{nonlinear[0]}' (parents: {names}); its transform to world cannot be exported exactly: {harden}")
+    geometry = _grid_geometry(transformNode)
+    parent_to_world = vtk.vtkMatrix4x4()
+    parents[0].GetMatrixTransformToWorld(parent_to_world)
+    p = slicer.util.arrayFromVTKMatrix(parent_to_world)
+    if geometry is None or not np.allclose(p[:3, :3].T @ p[:3, :3], np.eye(3), atol=1e-6) or np.linalg.det(p[:3, :3]) < 0:
+        what = "a non-grid non-linear transform" if geometry is None else "a grid transform"
+        raise InputError(f"transformNode: '{transformNode.GetName()}' is {what} under parents that are not a rotation "
+                         f"and translation ({names}); its transform to world cannot be exported exactly: {harden}")
+    grid = geometry.GetDisplacementGrid()
+    direction = slicer.util.arrayFromVTKMatrix(geometry.GetGridDirectionMatrix())[:3, :3]
+    from_world = vtk.vtkGeneralTransform()
+    transformNode.GetTransformFromWorld(from_world)
+    node = slicer.vtkMRMLGridTransformNode()
+    node.SetName(transformNode.GetName())
+    node.SetAndObserveTransformFromParent(_sample_on_grid(
+        from_world, grid.GetDimensions(), grid.GetSpacing(), p[:3, :3] @ np.asarray(grid.GetOrigin()) + p[:3, 3],
+        p[:3, :3] @ direction))
+    return node
+
+
 def sitk_transform_from_node(transformNode, *, dimension: int = 3) -> sitk.Transform:
-    """The LPS fixed→moving SimpleITK transform of a transform node (its own ToParent; parents ignored).
+    """The LPS fixed→moving SimpleITK transform of a transform node: its full transform to world (a node under
+    parent transforms is composed with them, see :func:`world_transform_node`).
 
     Linear nodes give an ``AffineTransform``; a grid node a ``DisplacementFieldTransform`` in either storage
     direction (stored as FromParent: its own displacements; stored as ToParent: the FromParent inverse sampled on
@@ -297,6 +359,7 @@ def sitk_transform_from_node(transformNode, *, dimension: int = 3) -> sitk.Trans
     import slicer
     import vtk
 
+    transformNode = world_transform_node(transformNode)
     if transformNode.IsLinear():
         to_parent = vtk.vtkMatrix4x4()
         transformNode.GetMatrixTransformToParent(to_parent)
@@ -336,30 +399,42 @@ def _sampled_grid(from_parent, geometry):
     """A FromParent ``vtkOrientedGridTransform`` on ``geometry``'s grid: displacement ``FromParent(p) - p`` at
     every grid point ``p`` (RAS), evaluated through VTK (inverses included)."""
     import slicer
+
+    grid = geometry.GetDisplacementGrid()
+    direction = slicer.util.arrayFromVTKMatrix(geometry.GetGridDirectionMatrix())[:3, :3]
+    return _sample_on_grid(from_parent, grid.GetDimensions(), grid.GetSpacing(), grid.GetOrigin(), direction)
+
+
+def _sample_on_grid(mapping, dimensions, spacing, origin_ras, direction_ras):
+    """A ``vtkOrientedGridTransform`` whose displacement at each point ``p`` of the grid (RAS: ``dimensions``
+    ``(i, j, k)``, ``spacing``, ``origin_ras``, 3×3 ``direction_ras``) is ``mapping(p) - p``."""
+    import slicer
     import vtk
     from vtk.util import numpy_support
 
-    grid = geometry.GetDisplacementGrid()
-    i, j, k = grid.GetDimensions()
-    direction = slicer.util.arrayFromVTKMatrix(geometry.GetGridDirectionMatrix())[:3, :3]
+    i, j, k = dimensions
+    direction = np.asarray(direction_ras, dtype=float)
     kk, jj, ii = np.meshgrid(np.arange(k), np.arange(j), np.arange(i), indexing="ij")
     index = np.stack([ii, jj, kk], axis=-1).reshape(-1, 3).astype(float)
-    points = np.asarray(grid.GetOrigin()) + (index * np.asarray(grid.GetSpacing())) @ direction.T
+    points = np.asarray(origin_ras, dtype=float) + (index * np.asarray(spacing)) @ direction.T
     source = vtk.vtkPoints()
     source.SetData(numpy_support.numpy_to_vtk(np.ascontiguousarray(points), deep=True))
     mapped = vtk.vtkPoints()
-    from_parent.TransformPoints(source, mapped)
+    mapping.TransformPoints(source, mapped)
     displacement = numpy_support.vtk_to_numpy(mapped.GetData()).astype(np.float64) - points
     sampled = vtk.vtkImageData()
     sampled.SetDimensions(i, j, k)
-    sampled.SetSpacing(grid.GetSpacing())
-    sampled.SetOrigin(grid.GetOrigin())
+    sampled.SetSpacing(*spacing)
+    sampled.SetOrigin(*(float(o) for o in origin_ras))
     scalars = numpy_support.numpy_to_vtk(np.ascontiguousarray(displacement), deep=True)
     scalars.SetNumberOfComponents(3)
     sampled.GetPointData().SetScalars(scalars)
+    matrix = np.eye(4)
+    matrix[:3, :3] = direction
     out = slicer.vtkOrientedGridTransform()
     out.SetDisplacementGridData(sampled)
-    out.SetGridDirectionMatrix(geometry.GetGridDirectionMatrix())
+    out.SetGridDirectionMatrix(slicer.util.vtkMatrixFromArray(matrix))
+    out.SetInterpolationModeToLinear()
     return out
 
 

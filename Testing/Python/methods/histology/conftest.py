@@ -61,3 +61,21 @@ def slide_pair():
     matrix = 1.04 * rotation(70.0)
     offset = about_centre(matrix, (size / 2, size / 2), (9.0, -6.0))
     return stain(d, HE_OD), stain(moving_density(d, matrix, offset), DAB_OD, 1.2), matrix, offset
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """An untrained (identity-initialised) histology model file: patch 16, grid 64, width 4."""
+    from RegistrationSuiteLib.methods.histology.networks import (MODEL_KIND, NETWORK_NAME, NetworkConfig,
+                                                                 build_networks)
+    from RegistrationSuiteLib.models.model_file import ModelFile, save_model
+
+    cfg = NetworkConfig(patch=16, width=4, grid_size=64)
+    affine, nonrigid = build_networks(cfg)
+    state = {f"affine.{k}": v for k, v in affine.state_dict().items()}
+    state.update({f"nonrigid.{k}": v for k, v in nonrigid.state_dict().items()})
+    card = {k: None for k in ("name", "summary", "training_data", "data_licence", "command", "seed", "metrics")}
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_model(ModelFile(kind=MODEL_KIND, network_name=NETWORK_NAME, network_config=cfg.to_dict(),
+                         state_dict=state, card=dict(card, name="tiny")), path)
+    return path

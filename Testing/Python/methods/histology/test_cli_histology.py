@@ -157,7 +157,23 @@ def test_unreadable_pyramid(pair, capsys):
 
 
 def test_unknown_model(pair, capsys):
-    _refused(capsys, pair[3], _base(pair, model="mm-net"), "--model: no histology network")
+    _refused(capsys, pair[3], _base(pair, model="mm-net"), "--model: model: no model named 'mm-net'")
+
+
+def test_model_file_of_another_kind(pair, capsys):
+    import torch
+
+    from RegistrationSuiteLib.models.model_file import ModelFile, save_model
+
+    other = pair[2] / "other.pt"
+    save_model(ModelFile(kind="deformable_field", network_name="x", network_config={}, state_dict={"w": torch.zeros(2)},
+                         card={k: None for k in ("name", "summary", "training_data", "data_licence", "command", "seed",
+                                                 "metrics")}), other)
+    _refused(capsys, pair[3], _base(pair, model=str(other)), "histology_multimag")
+
+
+def test_model_with_instance_optimisation_refused(pair, capsys, tiny_model):
+    _refused(capsys, pair[3], _base(pair, model=str(tiny_model), io_steps=5), "--io-steps: the instance optimisation")
 
 
 def test_bad_output_suffix(pair, capsys):

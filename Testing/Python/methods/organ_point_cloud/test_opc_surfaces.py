@@ -93,3 +93,20 @@ def test_label_images_register_and_skip_an_organ_missing_from_moving(tmp_path):
     assert result.fixed_grid is not None and result.fixed_grid.size == SIZE
     moved = np.array(result.transform.TransformPoint(tuple(a)))
     np.testing.assert_allclose(moved, a + [2.0, 1.0, 0.0], atol=0.7)
+
+
+def test_faces_cut_by_the_image_border_are_not_sampled():
+    """A sphere cut by the first and last z slices of an oblique, anisotropic image: the flat faces closing it
+    there lie in the planes index z = −0.5 and size − 0.5 and are the scan's edge, not the organ's surface."""
+    image = _label_image([(4, _centre((30, 25, 20)), 40.0)])  # 40 mm radius > the image's 32 mm half-height
+    to_index = np.linalg.inv(DIRECTION @ np.diag(SPACING))
+
+    def on_border(points):
+        k = (points.points - np.asarray(ORIGIN)) @ to_index.T
+        return np.minimum(np.abs(k[:, 2] + 0.5), np.abs(k[:, 2] - (SIZE[2] - 0.5))) < 1e-6
+
+    kept = labels_to_points(image, None, 3000, seed=2, keep_fov_faces=True)
+    dropped = labels_to_points(image, None, 3000, seed=2)
+    assert on_border(kept).mean() > 0.2  # the two caps are a large share of the cut sphere's closed surface
+    assert on_border(dropped).sum() == 0
+    assert len(dropped) == 3000

@@ -1,8 +1,9 @@
 """Histology slide registration (consecutive or re-stained sections, e.g. H&E against immunohistochemistry).
 
 Reference pipeline: METHOD_NOTES §4 (tissue mask → rotation search → affine → non-rigid) and the
-multi-magnification paper (``papers/histology_multimagnification_WBIR2022.txt``), whose networks are not yet
-part of this package: the classical stages run on their own.
+multi-magnification paper (``papers/histology_multimagnification_WBIR2022.txt``): its local affine and non-rigid
+patch networks are in :mod:`.networks` (trained by :mod:`.train`, applied with ``HistologyConfig.model``);
+without a model the classical stages run on their own.
 
 Public API: :class:`HistologyConfig`, :func:`register_histology` (returns a :class:`HistologyResult`, a
 :class:`~RegistrationSuiteLib.result.RegistrationResult` whose transform maps fixed to moving points in the

@@ -16,6 +16,7 @@ from ...errors import InputError
 
 MIRROR_CHOICES = ("auto", "no", "yes")
 IO_SIMILARITIES = ("lncc", "ncc", "mind", "ngf")
+NETWORK_STAGES = ("affine", "affine+nonrigid")
 
 
 @dataclass
@@ -48,8 +49,12 @@ class HistologyConfig:
         io_similarity: ``"lncc"`` (local NCC), ``"ncc"``, ``"mind"`` (MIND-SSC) or ``"ngf"``, on the optical-density
             gradient magnitude.
         io_radius: window radius (pixels) of the local NCC.
-        model: multi-magnification network to apply (``None`` = classical pipeline only).
-        iterations: passes of the network (the paper found 3 better than 1).
+        model: multi-magnification model to apply after the initial alignment, a name (user folder, then
+            shipped models) or a ``.pt`` path (``None`` = classical pipeline only). With a model the instance
+            optimisation is not run.
+        iterations: passes of the networks (each pass: affine network, then non-rigid network; the paper found
+            3 better than 1).
+        network_stages: ``"affine+nonrigid"`` (both networks) or ``"affine"`` (the local affine network only).
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
         seed: seeds every stochastic step (ties in the search, network sampling).
         num_threads: torch intra-op threads while registering (``None`` keeps the caller's setting). Many small
@@ -73,6 +78,7 @@ class HistologyConfig:
     io_radius: int = 3
     model: Optional[str] = None
     iterations: int = 3
+    network_stages: str = "affine+nonrigid"
     device: str = "auto"
     seed: int = 0
     num_threads: Optional[int] = 1
@@ -109,6 +115,10 @@ class HistologyConfig:
         if self.io_similarity not in IO_SIMILARITIES:
             raise InputError(f"io_similarity: expected one of {', '.join(IO_SIMILARITIES)}, got {self.io_similarity!r}")
         _check_int("iterations", self.iterations, 1)
+        if self.network_stages not in NETWORK_STAGES:
+            raise InputError(f"network_stages: expected one of {', '.join(NETWORK_STAGES)}, got {self.network_stages!r}")
+        if self.model is not None and not isinstance(self.model, str):
+            raise InputError(f"model: expected a model name or a .pt path, got {self.model!r}")
         _check_int("seed", self.seed, 0)
         if self.num_threads is not None:
             _check_int("num_threads", self.num_threads, 1)

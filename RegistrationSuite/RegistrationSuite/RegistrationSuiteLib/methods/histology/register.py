@@ -5,12 +5,14 @@ pixels when the files carry no pixel size; see :mod:`.slides`): ``result.transfo
 is where fixed point ``p_fixed`` lies in the moving slide, so ``sitk.Resample(moving, fixed, result.transform)``
 lays the moving slide over the fixed one, and fixed landmarks map to moving landmarks.
 
-Pipeline (METHOD_NOTES §4; the multi-magnification paper's networks are not part of it yet):
+Pipeline (METHOD_NOTES §4 and the multi-magnification paper):
 1. read both slides at a level near the working resolution; resample to a common pixel size;
 2. tissue mask, stain-robust channels (optical density, its gradient magnitude);
 3. centres of mass + full rotation search (0–359°, optional mirror) + coarse-to-fine affine refinement;
-4. optional non-rigid instance optimisation of a dense displacement on the fixed working grid;
-5. one displacement field (physical units) on the fixed working grid, padded by two pixels.
+4. with a model (``config.model``): the multi-magnification local affine network, then the non-rigid network,
+   applied ``config.iterations`` times on the model's grid (:mod:`.networks`), each result composed with the
+   previous mapping; otherwise the optional non-rigid instance optimisation on the fixed working grid;
+5. one displacement field (physical units) on the fixed grid used last, padded by two pixels.
 """
 
 from __future__ import annotations
@@ -91,12 +93,17 @@ def register_histology(fixed: SlideInput, moving: SlideInput, config: Optional[H
     t_init = time.perf_counter()
     displacement = None
     io_info = {}
-    if cfg.io_steps > 0:
+    net_info = {}
+    if cfg.model is not None:
+        with torch_threads(cfg.num_threads), torch.no_grad():
+            pf, pm, displacement, net_info = _networks(f_slide, m_slide, best, cfg, device, prog.sub(0.6, 0.95))
+    elif cfg.io_steps > 0:
         displacement, io_info = _instance_optimisation(pf, pm, best, cfg, prog.sub(0.6, 0.95))
     t_io = time.perf_counter()
     transform, field_grid = displacement_transform(pf.features, best, displacement)
     with torch.no_grad():
         before = _feature_ncc(pf, pm, Candidate(np.eye(2), np.zeros(2)), None)
+        after_affine = _feature_ncc(pf, pm, best, None)
         after = _feature_ncc(pf, pm, best, displacement)
     prog.report(1.0, "done")
     t_end = time.perf_counter()
@@ -105,15 +112,16 @@ def register_histology(fixed: SlideInput, moving: SlideInput, config: Optional[H
     return HistologyResult(
         method="histology", transform=transform, fixed_grid=field_grid, score=after,
         confidence=float(np.clip(best.score, 0.0, 1.0)),
-        timings={"prepare": t_prep - t0, "initial": t_init - t_prep, "instance_optimisation": t_io - t_init,
+        timings={"prepare": t_prep - t0, "initial": t_init - t_prep, "non_rigid": t_io - t_init,
                  "field": t_end - t_io, "total": t_end - t0},
-        diagnostics=_diagnostics(cfg, f_slide, spacing, best, start, scored, before, after, io_info),
+        diagnostics=_diagnostics(cfg, f_slide, spacing, best, start, scored, before, after_affine, after, io_info,
+                                 net_info),
         warnings=f_slide.notes + m_slide.notes + [unit_note],
         fixed_slide=f_slide, moving_slide=m_slide, affine=best.homogeneous(), unit=f_slide.unit,
     )
 
 
-def _diagnostics(cfg, f_slide, spacing, best, start, scored, before, after, io_info) -> dict:
+def _diagnostics(cfg, f_slide, spacing, best, start, scored, before, after_affine, after, io_info, net_info) -> dict:
     return {
         "unit": f_slide.unit,
         "working_spacing": spacing,
@@ -124,8 +132,10 @@ def _diagnostics(cfg, f_slide, spacing, best, start, scored, before, after, io_i
         "search_fixed_to_moving": start.homogeneous().tolist(),
         "candidates": [{"angle_deg": c.angle_deg, "mirrored": c.mirrored, "score": c.score} for c in scored],
         "ncc_before": before,
+        "ncc_after_initial": after_affine,
         "ncc_after": after,
         "instance_optimisation": io_info,
+        "networks": net_info,
         "config": cfg.to_dict(),
     }
 
@@ -174,6 +184,40 @@ def _instance_optimisation(pf: Prepared, pm: Prepared, best: Candidate, cfg: His
 
     with torch_threads(cfg.num_threads):
         return refine_nonrigid(pf, pm, best, cfg, prog)
+
+
+def _networks(f_slide: Slide, m_slide: Slide, best: Candidate, cfg: HistologyConfig, device, prog) -> tuple:
+    """Apply the model's affine and non-rigid networks ``cfg.iterations`` times on the model's grid.
+
+    Returns ``(pf, pm, u, info)``: the slides prepared on the model's grid, the displacement ``u`` ``(2, H, W)``
+    in fixed model-grid pixels (the full mapping is ``x → A (x + u(x)) + t``) and diagnostics."""
+    from .networks import compose, load_histology_model, predict_field
+
+    affine, nonrigid, net_cfg, model = load_histology_model(cfg.model)
+    spacing = working_spacing(f_slide, m_slide, net_cfg.grid_size)
+    pf = prepare(f_slide, spacing, 1, "fixed", "cpu")
+    pm = prepare(m_slide, spacing, 1, "moving", "cpu")
+    fixed = pf.features.data[1:2][None]
+    u = torch.zeros(2, *pf.features.shape)
+    stages = [("affine", affine)] + ([("nonrigid", nonrigid)] if cfg.network_stages == "affine+nonrigid" else [])
+    history = []
+    for k in range(cfg.iterations):
+        for j, (name, net) in enumerate(stages):
+            moving = _moving_structure(pf, pm, best, u)
+            v = predict_field(net, fixed, moving)
+            u = compose(u, v)
+            history.append({"pass": k + 1, "network": name, "mean_px": float(v.norm(dim=0).mean())})
+            prog.report((k * len(stages) + j + 1) / (cfg.iterations * len(stages)), f"{name} network, pass {k + 1}")
+    info = {"model": model.name, "model_grid_size": net_cfg.grid_size, "multi_magnification": net_cfg.context,
+            "network_stages": cfg.network_stages, "iterations": cfg.iterations, "passes": history}
+    return pf, pm, u, info
+
+
+def _moving_structure(pf: Prepared, pm: Prepared, best: Candidate, u: torch.Tensor) -> torch.Tensor:
+    """The moving structure channel ``(1, 1, H, W)`` on the fixed grid through ``x → A (x + u(x)) + t``."""
+    pts = moved_points(pf.features, best, u).float()
+    values, _ = sample_with_domain(pm.features, pts[None])
+    return values[:, 1:2]
 
 
 def displacement_transform(fixed: Plane, affine: Candidate, displacement: Optional[torch.Tensor]) -> tuple:

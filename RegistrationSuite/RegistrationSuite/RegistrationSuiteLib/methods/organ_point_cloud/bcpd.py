@@ -344,6 +344,16 @@ def stratified_subset(labels: np.ndarray, target: Optional[int], seed: int, mini
     return np.sort(np.concatenate(keep))
 
 
+def fit_similarity(x: np.ndarray, lx: np.ndarray, y: np.ndarray, ly: np.ndarray, model: LabelModel,
+                   config: OrganPointCloudConfig, progress: Optional[Progress] = None) -> Similarity:
+    """The similarity-only EM of :func:`run_bcpd`'s pre-alignment on its own: s, R, t of T(y) = sRy + t
+    (fixed → moving, original mm frame), from subsets of at most ``_PREALIGN_POINTS`` points per set."""
+    _check_shapes(x, lx, y, ly)
+    cx, cy = x.mean(axis=0), y.mean(axis=0)
+    sim, _ = _prealign(x, lx, y, ly, model, config, (cx, cy), progress or Progress())
+    return Similarity(sim.s, sim.R.copy(), sim.t + cx - sim.s * sim.R @ cy)
+
+
 def _prealign(x, lx, y, ly, model, config, centres, progress: Progress):
     """Similarity-only EM on subsets (7 parameters need few points); returns (Similarity, iterations)."""
     xs = stratified_subset(lx, _PREALIGN_POINTS, config.seed + 11)

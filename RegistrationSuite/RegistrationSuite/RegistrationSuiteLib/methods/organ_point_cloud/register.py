@@ -20,12 +20,12 @@ import torch
 
 from ...device import resolve_device
 from ...errors import InputError
-from ...geometry import Grid
+from ...geometry import Grid, apply_affine
 from ...io.points import POINT_SUFFIXES, LabeledPoints, read_points
 from ...progress import as_progress
 from ...result import RegistrationResult
 from ...surfaces import image_labels, labels_to_points
-from .bcpd import BCPDFit, run_bcpd, stratified_subset
+from .bcpd import BCPDFit, fit_similarity, run_bcpd, stratified_subset
 from .config import LabelModel, OrganPointCloudConfig
 from .field import displacement_field, field_grid
 from .mapping import FittedMapping
@@ -116,6 +116,11 @@ def _register(fixed, moving, cfg: OrganPointCloudConfig, prog, t_start: float) -
 
     ctrl = stratified_subset(fixed_pts.labels, cfg.downsample_to, cfg.seed, MIN_POINTS_PER_ORGAN)
     data = stratified_subset(moving_pts.labels, cfg.downsample_to, cfg.seed + 1, MIN_POINTS_PER_ORGAN)
+    fov = {"applied": False}
+    fixed_fov, moving_fov = _field_of_view(fixed_in, labels), _field_of_view(moving_in, labels)
+    if cfg.common_fov and cfg.similarity and (fixed_fov is not None or moving_fov is not None):
+        prog.report(0.01, "restricting to the common field of view")
+        ctrl, data, fov = common_field_of_view(fixed_pts, moving_pts, ctrl, data, fixed_fov, moving_fov, model, cfg)
     fit = run_bcpd(moving_pts.points[data], model.index_of(moving_pts.labels[data]), fixed_pts.points[ctrl],
                    model.index_of(fixed_pts.labels[ctrl]), model, cfg, prog.sub(0.02, 0.85))
     t_fit = time.perf_counter()
@@ -135,7 +140,8 @@ def _register(fixed, moving, cfg: OrganPointCloudConfig, prog, t_start: float) -
     return OrganPointCloudResult(
         method="organ_point_cloud", transform=transform,
         fixed_grid=_grid_of(fixed_in), moving_grid=_grid_of(moving_in), score=-fit.sigma,
-        timings=timings, diagnostics=_diagnostics(fit, model, fixed_pts, moving_pts, ctrl, data, info, skipped, cfg),
+        timings=timings, diagnostics={**_diagnostics(fit, model, fixed_pts, moving_pts, ctrl, data, info, skipped, cfg),
+                                      "common_fov": fov},
         warnings=notes + list(fit.warnings), fixed_points=fixed_pts, fixed_points_in_moving=moved, mapping=mapping)
 
 
@@ -227,6 +233,71 @@ def _points_for(inp: _Input, labels: list, cfg: OrganPointCloudConfig, name: str
         return inp.points.select(labels)
     return labels_to_points(inp.image, labels, cfg.points_per_organ, cfg.seed + (0 if name == "fixed" else 7919),
                             name=name, notes=notes)
+
+
+FOV_ROUNDS = 5  # at most this many (similarity fit → restrict) rounds; they stop once the kept points repeat
+
+
+def common_field_of_view(fixed: LabeledPoints, moving: LabeledPoints, ctrl: np.ndarray, data: np.ndarray,
+                         fixed_grid: Optional[Grid], moving_grid: Optional[Grid], model, cfg: OrganPointCloudConfig):
+    """EM points restricted to the part of the anatomy both scans show (label-image inputs).
+
+    Two scans of different lengths cut the organs at different heights. BCPD explains *every* moving point by
+    the fixed points, so moving organ parts outside the fixed scan pull the fixed organs out of place (and
+    fixed parts outside the moving scan are pulled onto the moving organ's cut end). Each round fits the
+    global similarity T(y) = sRy + t (:func:`.bcpd.fit_similarity`) on the current points, then keeps the
+    fixed points whose T(y) lies inside the moving image's box and the moving points whose T⁻¹(x) lies inside
+    the fixed image's box; rounds repeat until the kept points no longer change (at most ``FOV_ROUNDS``). An organ that would keep fewer than ``MIN_POINTS_PER_ORGAN`` points on a side keeps
+    all of them there. Every fixed point still receives the delivered displacement (only the EM uses fewer).
+
+    A grid is ``None`` when that input has no field of view that cuts an organ (point files; label images
+    whose organs all lie inside, such as a segmentation exported with padding): the other set is then not cut.
+
+    Returns ``(ctrl, data, info)``: the kept indices into ``fixed`` / ``moving`` and a diagnostics dict.
+    """
+    f_lab, m_lab = model.index_of(fixed.labels), model.index_of(moving.labels)
+    keep_f, keep_m = ctrl, data
+    for rounds in range(1, FOV_ROUNDS + 1):
+        sim = fit_similarity(moving.points[keep_m], m_lab[keep_m], fixed.points[keep_f], f_lab[keep_f], model, cfg)
+        in_moving = _inside(moving_grid, fixed.points[ctrl] * sim.s @ sim.R.T + sim.t)
+        in_fixed = _inside(fixed_grid, (moving.points[data] - sim.t) @ sim.R / sim.s)
+        new_f = _keep_per_organ(ctrl, in_moving, fixed.labels[ctrl])
+        new_m = _keep_per_organ(data, in_fixed, moving.labels[data])
+        if np.array_equal(new_f, keep_f) and np.array_equal(new_m, keep_m):
+            break
+        keep_f, keep_m = new_f, new_m
+    info = {"applied": True, "rounds": rounds, "fixed_points_kept": float(keep_f.size / max(ctrl.size, 1)),
+            "moving_points_kept": float(keep_m.size / max(data.size, 1))}
+    return keep_f, keep_m, info
+
+
+def _field_of_view(inp: _Input, labels) -> Optional[Grid]:
+    """The grid of a label-image input whose border cuts at least one of ``labels`` (an organ voxel on a face
+    of the image), else ``None``: only then does the image's box say where that scan stops seeing anatomy."""
+    if inp.image is None:
+        return None
+    array = sitk.GetArrayViewFromImage(inp.image)
+    faces = (array[0], array[-1], array[:, 0], array[:, -1], array[:, :, 0], array[:, :, -1])
+    return Grid.from_image(inp.image) if any(np.isin(f, labels).any() for f in faces) else None
+
+
+def _inside(grid: Optional[Grid], points: np.ndarray) -> np.ndarray:
+    """``(N,)`` True where ``points`` (LPS mm) lie within the image's box (voxel centres ± half a voxel); all
+    True without a grid."""
+    if grid is None:
+        return np.ones(len(points), dtype=bool)
+    index = apply_affine(grid.world_to_index(), points)
+    size = np.asarray(grid.size, dtype=np.float64)
+    return np.all((index >= -0.5) & (index <= size - 0.5), axis=1)
+
+
+def _keep_per_organ(indices: np.ndarray, inside: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    keep = inside.copy()
+    for lab in np.unique(labels).tolist():
+        sel = labels == lab
+        if (inside & sel).sum() < MIN_POINTS_PER_ORGAN:
+            keep[sel] = True
+    return indices[keep]
 
 
 def _check_counts(points: LabeledPoints, name: str) -> None:
