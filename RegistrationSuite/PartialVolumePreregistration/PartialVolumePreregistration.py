@@ -42,7 +42,7 @@ class PartialVolumePreregistration(ScriptedLoadableModule):
 Locates a partial volume (a slab or a small field of view) inside a full volume, across modalities and without any
 initial alignment (template space patch mapping, TSPM). A network predicts where 16³ patches of the moving volume lie
 in a template space; RANSAC fits a rigid transform to these positions; the fixed volume is aligned to the template by
-a global rigid search; a CSNGF search of the estimate's neighbourhood (Advanced: Local search; our addition to the
+a CSNGF search from the scanner orientation (the global rigid search when that matches poorly); a CSNGF search of the estimate's neighbourhood (Advanced: Local search; our addition to the
 paper) and a local rigid refinement measured only where the volumes overlap (Advanced: Refinement metric) finish the
 job. A volume too small for the network's patches is searched without the network and marked doubtful.
 <br><br>

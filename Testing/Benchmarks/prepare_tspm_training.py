@@ -53,8 +53,18 @@ VOLUMES = [
     ("t1_head", "brain/unaligned_session/T1_head.nii.gz", "search", NIIVUE, "train"),
     ("t1_gadolinium", "brain/other/T1_gadolinium_skullstripped.nii.gz", "search", NIIVUE, "train"),
     ("seg3d_mr", "brain/other/seg3d_MR.nii.gz", "search", MIT, "train"),
+    ("t2w_session", "brain/unaligned_session/T2w.nii.gz", "search", NIIVUE, "train"),
     ("stroke_t1", "brain/stroke/T1.nii.gz", "search", MIT, "val"),
+    # co-registered with the stroke T1 (same grid): they reuse its transform ("same:<name>")
+    ("stroke_t2", "brain/stroke/T2.nii.gz", "same:stroke_t1", MIT, "val"),
+    ("stroke_flair", "brain/stroke/FLAIR.nii.gz", "same:stroke_t1", MIT, "val"),
 ]
+# Never used: other/T2w_stroke_in_mni.nii.gz (a stroke T2 in MNI space of unstated origin: it may be the
+# benchmark's subject), the DWI / fMRI volumes (not anatomical contrasts a partial scan is taken in).
+
+#: tissue probability maps in the space of the ICBM 2009a T1 (its transform is reused) for synthetic contrasts
+TISSUE_MAPS = [("gm", "brain/templates/icbm152_2009a_gm.nii.gz"), ("wm", "brain/templates/icbm152_2009a_wm.nii.gz")]
+TISSUE_ANATOMY = "icbm152_2009a"
 
 
 def align(template, image: sitk.Image, start: str, seed: int) -> tuple:
@@ -95,6 +105,11 @@ def main(argv=None) -> int:
         src = data / rel
         image_file = f"{name}.nii.gz"
         tfm_file = f"{name}_template_to_image.tfm"
+        if start.startswith("same:"):
+            shutil.copyfile(src, out / image_file)
+            rows.append({"image": image_file, "template_to_image": f"{start[5:]}_template_to_image.tfm",
+                         "split": split, "licence": licence, "name": name})
+            continue
         if args.only is None or name in args.only or not (out / tfm_file).is_file():
             shutil.copyfile(src, out / image_file)
             image = sitk.ReadImage(str(src), sitk.sitkFloat32)
@@ -109,6 +124,15 @@ def main(argv=None) -> int:
         writer = csv.DictWriter(f, fieldnames=["image", "template_to_image", "split", "licence", "name"])
         writer.writeheader()
         writer.writerows(rows)
+    for name, rel in TISSUE_MAPS:  # TISSUE.csv: maps for synthetic contrasts (train --tissue)
+        shutil.copyfile(data / rel, out / f"tissue_{name}.nii.gz")
+    with open(out / "TISSUE.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["class", "image", "template_to_image", "licence", "anatomy"])
+        writer.writeheader()
+        writer.writerows({"class": name, "image": f"tissue_{name}.nii.gz",
+                          "template_to_image": f"{TISSUE_ANATOMY}_template_to_image.tfm", "licence": ICBM,
+                          "anatomy": TISSUE_ANATOMY}
+                         for name, _ in TISSUE_MAPS)
     report_path.write_text(json.dumps(report, indent=2))
     print(f"wrote {out / 'PAIRS.csv'} ({len(rows)} rows)")
     return 0

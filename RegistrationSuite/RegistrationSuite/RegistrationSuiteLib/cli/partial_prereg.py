@@ -21,7 +21,8 @@ def add_parser(sub):
         description=(
             "Template-Space Patch Mapping (Xia et al., MICCAI 2022): a network maps 16³ patches of the partial "
             "moving image to template positions, RANSAC fits a rigid transform, the fixed image is aligned to "
-            "the template by the global rigid search, a CSNGF search of the neighbourhood of the TSPM estimate "
+            "the template by a CSNGF search from the scanner orientation (the global rigid search when that "
+            "matches poorly), a CSNGF search of the neighbourhood of the TSPM estimate "
             "(±40 mm, ±20°) finds the refinement's basin, and a local rigid refinement measured only where the "
             "images overlap finishes. Writes an ITK transform (LPS) mapping fixed points to moving points."
         ),

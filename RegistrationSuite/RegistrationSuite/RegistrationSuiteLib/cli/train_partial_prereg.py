@@ -31,6 +31,11 @@ def add_parser(sub):
     p.add_argument("--rotation", type=float, default=15.0, help="max rotation per axis in degrees (default 15)")
     p.add_argument("--modality", default="mr", choices=["mr", "ct"],
                    help="intensity normalisation: mr = robust percentiles, ct = window [-500, 3000] HU")
+    p.add_argument("--tissue", help="TISSUE.csv of tissue probability maps (columns class, image, optionally "
+                   "template_to_image, licence, anatomy) for synthetic contrasts")
+    p.add_argument("--synthetic-fraction", type=float, default=0.0,
+                   help="fraction of the simulated crops drawn from synthetic contrasts of the tissue maps "
+                        "(random intensity per tissue, bias field, blur, thick slices, noise; default 0)")
     p.add_argument("--init-weights", help="start from this TSPM model file (e.g. a second stage with a lower --lr)")
     p.add_argument("--checkpoint", help="checkpoint file (default OUTPUT.ckpt)")
     p.add_argument("--name", help="model name in the card (default: output file stem)")
@@ -52,21 +57,23 @@ def run(args) -> int:
 
     from ..io.outputs import OutputSet
 
-    inputs = {f"--{a.replace('_', '-')}": getattr(args, a) for a in ("pairs", "template", "init_weights", "checkpoint")
+    inputs = {f"--{a.replace('_', '-')}": getattr(args, a) for a in ("pairs", "template", "init_weights", "checkpoint",
+                                                                     "tissue")
               if getattr(args, a, None)}
     checks = OutputSet(inputs)  # checked up front; the trainer writes the model and its card atomically
     out = checks.add("--output", args.output, (".pt",))
     checks.add("--output (model card)", out.with_suffix(".md"), (".md",))
     optim = TrainingConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
                            learning_rate=args.lr, seed=args.seed, device=args.device)
-    config = TSPMTrainConfig(optim=optim, patches_per_crop=args.patches_per_crop, rotation_deg=args.rotation)
+    config = TSPMTrainConfig(optim=optim, patches_per_crop=args.patches_per_crop, rotation_deg=args.rotation,
+                             synthetic_fraction=args.synthetic_fraction)
     intensity = IntensityConfig(mode="window" if args.modality == "ct" else "percentile")
     template = load_template(args.template) if args.template else load_template()
     command = _command_line(args)
     log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     model = train_partial_prereg_model(
         args.pairs, out, template=template, config=config, intensity=intensity, checkpoint=args.checkpoint,
-        name=args.name, command=command, notes=args.notes, init_weights=args.init_weights,
+        name=args.name, command=command, notes=args.notes, init_weights=args.init_weights, tissue_csv=args.tissue,
         progress=progress_for(args), log=log,
     )
     metrics = model.card["metrics"]
@@ -78,7 +85,8 @@ def run(args) -> int:
 
 
 _OPTIONS = ("pairs", "template", "output", "epochs", "steps_per_epoch", "batch_size", "patches_per_crop", "lr",
-            "rotation", "modality", "init_weights", "checkpoint", "name", "seed", "device", "notes")
+            "rotation", "modality", "tissue", "synthetic_fraction", "init_weights", "checkpoint", "name", "seed",
+            "device", "notes")
 
 
 def _command_line(args) -> str:

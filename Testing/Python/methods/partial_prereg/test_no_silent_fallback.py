@@ -4,6 +4,7 @@ fixed → template cache is keyed by every setting its result depends on."""
 import types
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from RegistrationSuiteLib.methods.partial_prereg import PartialPreregConfig
@@ -61,7 +62,8 @@ def test_fixed_to_template_cache_keyed_by_refine_iterations(monkeypatch):
     template = types.SimpleNamespace(image=_blob(), sha256="t", foreground_mask=lambda dilate_mm: None)
     fixed = _blob(0.5)
     for iterations, expect_cached in ((30, False), (30, True), (5, False)):
-        cfg = PartialPreregConfig(refine_iterations=iterations, fixed_to_template_refine="none", device="cpu")
+        cfg = PartialPreregConfig(refine_iterations=iterations, fixed_to_template_refine="none", device="cpu",
+                                  fixed_to_template_search="global")  # the search is faked; the cache is tested
         diag = {}
         register_module._fixed_to_template(fixed, template, cfg, diag, as_progress(None))
         assert diag["fixed_to_template"]["cached"] is expect_cached, iterations
@@ -87,7 +89,7 @@ def test_fixed_to_template_result_is_reused_from_disk_by_a_new_process(monkeypat
     def run(**options):
         monkeypatch.setattr(register_module, "_FIXED_CACHE", type(register_module._FIXED_CACHE)())  # new process
         diag = {}
-        cfg = PartialPreregConfig(device="cpu", **options)
+        cfg = PartialPreregConfig(device="cpu", fixed_to_template_search="global", **options)
         out = register_module._fixed_to_template(fixed, template, cfg, diag, as_progress(None))
         return out, diag["fixed_to_template"]
 
@@ -102,3 +104,34 @@ def test_fixed_to_template_result_is_reused_from_disk_by_a_new_process(monkeypat
     assert run(cache_fixed_to_template=False)[1]["cached"] is False
     assert len(calls) == 5 and cache.cache_usage()["entries"] == 4
     assert cache.clear_cache() == 4 and run()[1]["cached"] is False
+
+
+@pytest.mark.parametrize("score,global_runs", [(0.55, False), (0.45, True)])
+def test_scanner_seeded_fixed_to_template_falls_back_to_the_global_search(monkeypatch, score, global_runs):
+    """The default fixed → template search starts from the scanner orientation; below
+    FIXED_TO_TEMPLATE_MIN_SCORE the global search replaces it, and the diagnostics say so."""
+    import RegistrationSuiteLib.methods.global_rigid as gr
+    from RegistrationSuiteLib.methods.global_rigid import local as local_module
+
+    local_matrix, global_matrix = np.eye(4), np.eye(4)
+    local_matrix[:3, 3], global_matrix[:3, 3] = (1.0, 2.0, 3.0), (-9.0, 4.0, 0.0)
+    seeds = []
+
+    def fake_local(template_image, fixed_image, seed_list, **k):
+        seeds.append(np.asarray(seed_list[0]))
+        return types.SimpleNamespace(fixed_to_moving_matrix=local_matrix, score=score, confidence=0.1)
+
+    monkeypatch.setattr(local_module, "local_rigid_search", fake_local)
+    monkeypatch.setattr(gr, "register_global_rigid",
+                        lambda *a, **k: types.SimpleNamespace(fixed_to_moving_matrix=global_matrix, score=0.6,
+                                                              confidence=0.2))
+    monkeypatch.setattr(register_module, "_FIXED_CACHE", type(register_module._FIXED_CACHE)())
+    template = types.SimpleNamespace(image=_blob(), sha256="t", foreground_mask=lambda dilate_mm: None)
+    diag = {}
+    out = register_module._fixed_to_template(_blob(0.5), template, PartialPreregConfig(
+        device="cpu", cache_fixed_to_template=False), diag, as_progress(None))
+    info = diag["fixed_to_template"]
+    assert len(seeds) == 1 and np.allclose(seeds[0][:3, :3], np.eye(3))  # scanner orientation
+    np.testing.assert_allclose(out, global_matrix if global_runs else local_matrix)
+    assert info["scanner_search_score"] == score and info["search"] == ("global" if global_runs else "scanner")
+    assert ("matched poorly" in info.get("note", "")) is global_runs

@@ -70,3 +70,44 @@ def test_sampler_is_seeded_and_labels_are_canvas_positions(tmp_path, template):
     assert float(y1.min()) > 0 and float(y1.max()) < 1
     with pytest.raises(InputError, match="patches_per_crop"):
         TSPMTrainConfig(optim=TrainingConfig(batch_size=16), patches_per_crop=5)
+
+
+def test_synthetic_contrasts_enter_the_batches(tmp_path, template):
+    """With synthetic_fraction = 1 every crop comes from a synthetic contrast of the tissue maps: the labels
+    are the same canvas positions as for the real scan (same anatomy), the intensities are not the scan's,
+    and a new contrast replaces one in the pool every ``synthetic_refresh`` steps."""
+    from RegistrationSuiteLib.methods.partial_prereg.train import read_tissue_csv, tissue_on_canvas
+
+    t1 = sitk.ReadImage(str(sample_path("T1")), sitk.sitkFloat32)
+    sitk.WriteImage(t1, str(tmp_path / "t1.nii.gz"))
+    arr = sitk.GetArrayFromImage(t1)
+    hi = np.percentile(arr, 99)
+    for name, sel in (("dark", arr < 0.6 * hi), ("bright", arr >= 0.6 * hi)):
+        m = sitk.GetImageFromArray(((arr > 0.1 * hi) & sel).astype(np.float32))
+        m.CopyInformation(t1)
+        sitk.WriteImage(m, str(tmp_path / f"{name}.nii.gz"))
+    (tmp_path / "TISSUE.csv").write_text("class,image,anatomy\ndark,dark.nii.gz,t1\nbright,bright.nii.gz,t1\n")
+    maps = read_tissue_csv(tmp_path / "TISSUE.csv")
+    assert [m.name for m in maps] == ["dark", "bright"] and maps[0].template_to_image is None
+    case = read_pairs_csv(_pairs(tmp_path, ["t1.nii.gz,,train,MIT,t1"]))[0]
+    brain = sitk.GetArrayFromImage(template.foreground_mask()).astype(bool)
+    vol = volume_on_canvas(case, template, brain, 0.6, IntensityConfig())
+    scan = np.clip(vol.values / np.percentile(vol.values[vol.valid], 99.5), 0, 1)
+    tissue = tissue_on_canvas(maps, template, (scan > 0.1).astype(np.float32), scan)
+    assert tissue.shape == (5,) + vol.values.shape and np.allclose(tissue.sum(axis=0), 1.0, atol=1e-4)
+    cfg = TSPMTrainConfig(optim=TrainingConfig(batch_size=16), patches_per_crop=8, synthetic_fraction=1.0,
+                          synthetic_pool=1, synthetic_refresh=2)
+    real = PatchSampler([vol], template, IntensityConfig(), TSPMTrainConfig(optim=TrainingConfig(batch_size=16),
+                                                                            patches_per_crop=8))
+    synth = PatchSampler([vol], template, IntensityConfig(), cfg)
+    synth.add_synthetic(tissue, vol, np.random.default_rng(0))
+    first = synth.synthetic[0].values.copy()
+    assert not np.allclose(first[vol.valid], vol.values[vol.valid] / vol.values.max(), atol=0.05)
+    xr, yr = real(np.random.default_rng(5), 1)
+    xs, ys = synth(np.random.default_rng(5), 1)
+    # the crop positions are drawn from the same candidates with the same generator: same labels, other voxels
+    assert np.array_equal(yr.numpy(), ys.numpy()) and not np.allclose(xr.numpy(), xs.numpy(), atol=0.05)
+    synth(np.random.default_rng(6), 2)  # step 2: the pool's contrast is redrawn
+    assert not np.array_equal(synth.synthetic[0].values, first)
+    with pytest.raises(InputError, match="synthetic_fraction"):
+        TSPMTrainConfig(synthetic_fraction=1.5)

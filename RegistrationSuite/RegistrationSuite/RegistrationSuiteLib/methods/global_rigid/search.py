@@ -265,9 +265,12 @@ def _evaluate_local(level, rotations, parent_index, parents, config, progress, k
     fixed_ngf, support = _fixed_ngf(level, config)
     windows = [_local_window(level, config, parent) for parent in parents]
     groups: dict = {}
+    # On a CPU, gathering copies every window's spectra once per rotation (more work than the arithmetic it
+    # batches); there each parent is scored alone against its own spectra, which gives the same scores.
+    gather = level.fixed.device.type != "cpu"
     for j, win in enumerate(windows):
         if win is not None:
-            groups.setdefault(tuple(win[1] - win[0]), []).append(j)
+            groups.setdefault(tuple(win[1] - win[0]) if gather else j, []).append(j)
     scores = np.full(len(rotations), INVALID_SCORE)
     shifts = np.zeros((len(rotations), level.dim))
     for g, members in enumerate(groups.values()):
@@ -277,6 +280,8 @@ def _evaluate_local(level, rotations, parent_index, parents, config, progress, k
         sel = np.flatnonzero(np.isin(parent_index, members))
         which = np.array([position[j] for j in parent_index[sel]], dtype=np.int64)
         sub = progress.sub(g / len(groups), (g + 1) / len(groups))
+        if len(members) == 1:  # one window: no gathering
+            spectra, which = spectra[0], None
         scores[sel], shifts[sel] = _score_rotations(level, rotations[sel], spectra, config, sub, which)
     anchors = level.anchor_from_shift(shifts)
     return [Candidate(rot, a, float(s), k, root=parents[j].origin)

@@ -36,6 +36,12 @@ class PartialPreregConfig:
             5 mm) global rigid search: ``"auto"`` (default) = ``"none"`` when the local search follows (its
             neighbourhood absorbs the search's few-mm error, and the step costs half as much), else ``"mi"``;
             ``"mi"`` suits any modality pair; ``"none"`` keeps the search result.
+        fixed_to_template_search: how the fixed image is first placed in the template: ``"scanner"``
+            (default) = the local CSNGF search (10 then 5 mm, rotations within ±25°, shifts within ±40 mm) from
+            the scanner orientation with the foreground centres matched (heads are imaged in a standard pose),
+            falling back to the global search when its normalised NGF similarity is below
+            ``FIXED_TO_TEMPLATE_MIN_SCORE`` of :mod:`.register`; ``"global"`` = the global rigid search over
+            all of SO(3) (any orientation; about three times the cost).
         global_search_rotations: rotations sampled on the coarsest level of the global rigid search used
             for fixed → template (and for the fallback when RANSAC finds no consensus).
         orientation_prior: also try a second initialisation that keeps the moving image's physical orientation
@@ -50,8 +56,15 @@ class PartialPreregConfig:
             into the refinement's capture range. ``False`` is the ablation "TSPM without local search".
         local_search_window_mm: half-width (mm) of the translation window around each TSPM candidate.
         local_search_deg: half-width (degrees) of the rotation neighbourhood of each TSPM candidate.
-        local_search_rotations: rotations scored per TSPM candidate on the search's first (5 mm) level.
-        local_search_keep: candidates kept after the first level and refined with NGF.
+        local_search_rotations: rotations scored per TSPM candidate on the search's first (5 mm) level (50: on
+            medium and large crops of the stroke subject, 100 cost twice the CPU time for the same final result).
+        local_search_keep: candidates kept after the first level (and refined with NGF when
+            ``local_search_refine_iterations`` > 0).
+        local_search_refine_iterations: L-BFGS iterations of the search's own sub-voxel NGF refinement (10; the
+            foundation's default is 30). The overlap-restricted refinement that follows converges without it, but
+            the normalised NGF similarity and the refinement shift that flag a result *doubtful* were calibrated
+            after this refinement: without it (0) correct results scored 0.54-0.68 and moved 3-10 mm in the
+            refinement, and were flagged. 10 iterations brought the similarity back to 0.75-0.78 on two crops.
         use_ransac: ablation switch: ``False`` fits the rigid transform to *all* patch predictions by least
             squares (the paper's "w/o RANSAC" variant; every prediction then counts as an inlier).
         fallback_to_global: when RANSAC finds no consensus, align moving → fixed by the global rigid search
@@ -77,13 +90,15 @@ class PartialPreregConfig:
     refine: str = "mi"
     refine_iterations: int = 100
     fixed_to_template_refine: str = "auto"
+    fixed_to_template_search: str = "scanner"
     global_search_rotations: int = 500
     orientation_prior: bool = True
     local_search: bool = True
     local_search_window_mm: float = 40.0
     local_search_deg: float = 20.0
-    local_search_rotations: int = 100
+    local_search_rotations: int = 50
     local_search_keep: int = 2
+    local_search_refine_iterations: int = 10
     use_ransac: bool = True
     fallback_to_global: bool = True
     batch_size: int = 128
@@ -100,6 +115,9 @@ class PartialPreregConfig:
             value = getattr(self, name)
             if value not in allowed:
                 raise InputError(f"{name}: expected one of {', '.join(allowed)}, got {value!r}")
+        if self.fixed_to_template_search not in ("scanner", "global"):
+            raise InputError(f"fixed_to_template_search: expected 'scanner' or 'global', got "
+                             f"{self.fixed_to_template_search!r}")
         for name in ("local_search_window_mm", "local_search_deg"):
             if not getattr(self, name) > 0:
                 raise InputError(f"{name}: expected a positive number, got {getattr(self, name)}")
@@ -113,7 +131,8 @@ class PartialPreregConfig:
     def _check_counts(self) -> None:
         minimum = {"num_patches": 6, "min_patches": 6, "ransac_iterations": 1, "ransac_min_inliers": 6,
                    "refine_iterations": 0, "global_search_rotations": 1, "batch_size": 1,
-                   "local_search_rotations": 1, "local_search_keep": 1}
+                   "local_search_rotations": 1, "local_search_keep": 1,
+                   "local_search_refine_iterations": 0}
         for name, low in minimum.items():
             value = getattr(self, name)
             if isinstance(value, bool) or int(value) != value or value < low:

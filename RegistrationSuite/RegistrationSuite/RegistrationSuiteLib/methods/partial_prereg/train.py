@@ -40,7 +40,12 @@ class TrainingCase:
 
 @dataclass
 class TSPMTrainConfig:
-    """Augmentation and sampling settings of TSPM training (optimisation settings in ``optim``)."""
+    """Augmentation and sampling settings of TSPM training (optimisation settings in ``optim``).
+
+    ``synthetic_fraction``: fraction of the simulated crops drawn from *synthetic contrasts* (:mod:`.synth`:
+    a random intensity per tissue class of tissue probability maps, bias field, blur, thick slices, noise)
+    instead of a real training volume; ``synthetic_pool`` synthetic volumes are kept and one of them is
+    redrawn every ``synthetic_refresh`` steps. Needs tissue maps (:func:`read_tissue_csv`)."""
 
     optim: TrainingConfig = field(default_factory=TrainingConfig)
     patches_per_crop: int = 16
@@ -51,6 +56,9 @@ class TSPMTrainConfig:
     gamma: Tuple[float, float] = (0.7, 1.4)
     contrast: Tuple[float, float] = (0.85, 1.15)
     noise_std: float = 0.02
+    synthetic_fraction: float = 0.0
+    synthetic_pool: int = 2
+    synthetic_refresh: int = 25
 
     def __post_init__(self):
         if isinstance(self.optim, dict):
@@ -60,6 +68,11 @@ class TSPMTrainConfig:
                              f"got {self.patches_per_crop}")
         if not 0 <= self.rotation_deg <= 180:
             raise InputError(f"rotation_deg: expected 0..180, got {self.rotation_deg}")
+        if not 0 <= self.synthetic_fraction <= 1:
+            raise InputError(f"synthetic_fraction: expected a fraction in [0, 1], got {self.synthetic_fraction}")
+        if int(self.synthetic_pool) < 1 or int(self.synthetic_refresh) < 1:
+            raise InputError(f"synthetic_pool and synthetic_refresh: expected integers >= 1, got "
+                             f"{self.synthetic_pool}, {self.synthetic_refresh}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -94,6 +107,63 @@ def read_pairs_csv(path) -> List[TrainingCase]:
         name = row.get("name") or image.name.split(".")[0]
         cases.append(TrainingCase(image, matrix, split, row.get("licence", ""), name))
     return cases
+
+
+@dataclass
+class TissueMap:
+    """One row of TISSUE.csv: a tissue probability map (values scaled to [0, 1] by their maximum when above
+    1, e.g. 8-bit maps) and its template→image transform (``None``: aligned with the template)."""
+
+    name: str
+    image: Path
+    template_to_image: Optional[np.ndarray]
+    licence: str = ""
+
+
+def read_tissue_csv(path) -> List[TissueMap]:
+    """Read TISSUE.csv: columns ``class`` and ``image`` (required), ``template_to_image`` and ``licence``
+    (optional), as in PAIRS.csv (relative paths are relative to the CSV)."""
+    from ...geometry import affine_matrix_from_sitk
+    from ...io import read_transform
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"tissue: file not found: {path}")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "image" not in rows[0] or "class" not in rows[0]:
+        raise InputError(f"tissue: {path} needs a header with 'class' and 'image' columns and at least one row")
+    maps = []
+    for i, row in enumerate(rows, start=2):
+        image = (path.parent / row["image"]).resolve()
+        if not image.is_file():
+            raise InputError(f"tissue: line {i}: image not found: {image}")
+        tx = (row.get("template_to_image") or "").strip()
+        matrix = affine_matrix_from_sitk(read_transform(path.parent / tx)) if tx else None
+        maps.append(TissueMap(row["class"], image, matrix, row.get("licence", "")))
+    return maps
+
+
+def tissue_on_canvas(maps: List[TissueMap], template: Template, head: np.ndarray,
+                     head_intensity: np.ndarray) -> np.ndarray:
+    """Class probabilities ``(K, N, N, N)`` on the canvas for :func:`.synth.synthetic_contrast`: background,
+    each map, and the rest of the head (``head`` (N, N, N) in [0, 1]: where the anatomy's scan has signal)
+    split into a dark and a bright class by ``head_intensity`` (the anatomy's scan normalised to [0, 1]:
+    CSF and bone vs. scalp and fat), so synthetic heads have a skull and scalp of their own intensities."""
+    from ...geometry import sitk_affine_from_matrix
+    from .synth import tissue_stack
+
+    probs = []
+    for m in maps:
+        image = sitk.Cast(sitk.ReadImage(str(m.image)), sitk.sitkFloat32)
+        tx = sitk.Transform() if m.template_to_image is None else sitk_affine_from_matrix(m.template_to_image)
+        values = sitk.GetArrayFromImage(sitk.Resample(image, template.image, tx, sitk.sitkLinear, 0.0))
+        top = float(values.max())
+        probs.append(values / top if top > 1.0 else values)
+    brain = np.clip(np.sum(probs, axis=0), 0.0, 1.0)
+    rest = np.clip(np.asarray(head, np.float32) - brain, 0.0, 1.0)
+    bright = rest * (np.asarray(head_intensity, np.float32) > 0.5)
+    return tissue_stack(*probs, rest - bright, bright)
 
 
 @dataclass
@@ -152,11 +222,38 @@ class PatchSampler:
         self.masks = [torch.from_numpy(ndimage.binary_dilation(brain, iterations=k) if k else brain)
                       .float()[None, None] for k in range(4)]
         self.n = template.canvas_size
+        self.tissue, self.anatomy, self.synthetic, self.synthetic_tensors = None, None, [], []
+
+    def add_synthetic(self, tissue: np.ndarray, anatomy: CanvasVolume, rng: np.random.Generator) -> None:
+        """Draw crops with probability ``synthetic_fraction`` from synthetic contrasts of ``tissue`` (class
+        probabilities on the canvas, :func:`tissue_on_canvas`), using the patch candidates and domain of
+        ``anatomy`` (the volume the maps belong to)."""
+        self.tissue, self.anatomy = np.asarray(tissue, np.float32), anatomy
+        self.synthetic, self.synthetic_tensors = [], []
+        for _ in range(int(self.config.synthetic_pool)):
+            self._add_one(rng)
+
+    def _add_one(self, rng: np.random.Generator, slot: Optional[int] = None) -> None:
+        import torch
+
+        from .synth import synthetic_contrast
+
+        image, _ = synthetic_contrast(self.tissue, rng)
+        image = np.where(self.anatomy.valid, image, 0.0).astype(np.float32)
+        vol = CanvasVolume(f"synthetic_{len(self.synthetic)}", image, self.anatomy.valid, self.anatomy.candidates,
+                           self.anatomy.candidates_stripped)
+        if slot is None:
+            self.synthetic.append(vol)
+            self.synthetic_tensors.append(torch.from_numpy(image)[None, None])
+        else:
+            self.synthetic[slot], self.synthetic_tensors[slot] = vol, torch.from_numpy(image)[None, None]
 
     def __call__(self, rng: np.random.Generator, step: int):
         import torch
 
         per = self.config.patches_per_crop
+        if self.synthetic and step > 0 and step % int(self.config.synthetic_refresh) == 0:
+            self._add_one(rng, slot=int(rng.integers(len(self.synthetic))))
         crops = [self._crop(rng) for _ in range(self.config.optim.batch_size // per)]
         x = torch.cat([c[0] for c in crops])
         y = torch.cat([c[1] for c in crops])
@@ -167,8 +264,12 @@ class PatchSampler:
         import torch.nn.functional as F
 
         cfg, per = self.config, self.config.patches_per_crop
-        vi = int(rng.integers(len(self.volumes)))
-        vol = self.volumes[vi]
+        if rng.random() < cfg.synthetic_fraction and self.synthetic:  # drawn always: same stream either way
+            si = int(rng.integers(len(self.synthetic)))
+            vol, tensor = self.synthetic[si], self.synthetic_tensors[si]
+        else:
+            vi = int(rng.integers(len(self.volumes)))
+            vol, tensor = self.volumes[vi], self.tensors[vi]
         strip = rng.random() < cfg.skull_strip_prob
         cand = vol.candidates_stripped if strip and len(vol.candidates_stripped) else vol.candidates
         corners = self._crop_candidates(cand, rng)
@@ -177,7 +278,7 @@ class PatchSampler:
         rot = random_rotations(1, cfg.rotation_deg, rng).repeat(per, axis=0)
         grid = rotated_patch_grid(torch.from_numpy(centers).float(), torch.from_numpy(rot).float(),
                                   vol.values.shape)
-        vals = F.grid_sample(self.tensors[vi].expand(per, -1, -1, -1, -1), grid, align_corners=True)
+        vals = F.grid_sample(tensor.expand(per, -1, -1, -1, -1), grid, align_corners=True)
         mask = None
         if strip:
             m = self.masks[int(rng.integers(len(self.masks)))]
@@ -247,6 +348,7 @@ def train_partial_prereg_model(
     command: str = "",
     notes: Optional[str] = None,
     init_weights=None,
+    tissue_csv=None,
     progress=None,
     cancel=None,
     log=None,
@@ -264,6 +366,10 @@ def train_partial_prereg_model(
         notes: free text recorded in the model card (data preparation, hardware, caveats).
         init_weights: optional TSPM model file to start from (a second training stage, e.g. with a lower
             learning rate); it must use the same template. Its card is nested in the new card.
+        tissue_csv: TISSUE.csv (:func:`read_tissue_csv`) of tissue probability maps for synthetic contrasts
+            (required when ``config.synthetic_fraction > 0``); its optional ``anatomy`` column names the
+            PAIRS.csv row the maps belong to (default: the first training row), whose scan gives the head's
+            extent and the dark/bright split of non-brain tissue.
 
     Returns:
         The written :class:`~RegistrationSuiteLib.models.model_file.ModelFile`.
@@ -283,17 +389,27 @@ def train_partial_prereg_model(
     train_vols = [v for v, c in zip(vols, cases) if c.split == "train"]
     val_vols = [v for v, c in zip(vols, cases) if c.split == "val"]
     sampler = PatchSampler(train_vols, template, intensity, config)
+    synthetic = None
+    if config.synthetic_fraction > 0:
+        if tissue_csv is None:
+            raise InputError("tissue: synthetic_fraction > 0 needs tissue probability maps (TISSUE.csv)")
+        synthetic = _synthetic_setup(tissue_csv, train_vols, template, intensity)
+        sampler.add_synthetic(synthetic["tissue"], synthetic["anatomy"],
+                              np.random.default_rng([config.optim.seed, 7919]))
     net = PatchPositionNet(PatchNetConfig())
     init = _initialise(net, init_weights, template)
     run_config = {"tspm": config.to_dict(), "intensity": intensity.to_dict(), "template": template.sha256,
                   "pairs": [str(c.image.name) for c in cases]}
     if init:
         run_config["init_weights"] = init["sha256"]
+    if synthetic:
+        run_config["tissue"] = synthetic["files"]
 
     def validate(model) -> dict:
         out = {}
         for v in val_vols:
-            metrics = evaluate_patch_error(model, v, template, intensity, device=next(model.parameters()).device)
+            metrics = evaluate_patch_error(model, v, template, intensity, num_patches=128,
+                                           device=next(model.parameters()).device)
             out.update({f"val_{v.name}_{k}": val for k, val in metrics.items() if k != "patches"})
         return out
 
@@ -302,15 +418,39 @@ def train_partial_prereg_model(
     outcome = train(net, sampler, l1_position_loss, config.optim, checkpoint_path=ckpt, run_config=run_config,
                     validate=validate if val_vols else None, progress=progress, cancel=cancel, log=log)
     net.eval()
-    final_val = {v.name: evaluate_patch_error(net, v, template, intensity, num_patches=1000,
+    final_val = {v.name: evaluate_patch_error(net, v, template, intensity, num_patches=500,
                                               device=next(net.parameters()).device) for v in val_vols}
     card = _model_card(name or Path(output).stem, cases, config, intensity, template, outcome, final_val,
                        command, time.perf_counter() - t0)
+    if synthetic:
+        card["synthetic_contrasts"] = {"tissue_maps": synthetic["files"], "anatomy": synthetic["anatomy"].name,
+                                       "fraction_of_crops": config.synthetic_fraction}
     if notes:
         card["notes"] = notes
     if init:
         card["initialised_from"] = init
     return _write_model(net, template, intensity, card, output)
+
+
+def _synthetic_setup(tissue_csv, train_vols: List[CanvasVolume], template: Template,
+                     intensity: IntensityConfig) -> dict:
+    """Tissue classes on the canvas and the anatomy volume they belong to (see ``tissue_csv``)."""
+    maps = read_tissue_csv(tissue_csv)
+    with open(tissue_csv, newline="") as f:
+        wanted = {(row.get("anatomy") or "").strip() for row in csv.DictReader(f)} - {""}
+    if len(wanted) > 1:
+        raise InputError(f"tissue: expected one anatomy for all maps, got {sorted(wanted)}")
+    by_name = {v.name: v for v in train_vols}
+    name = next(iter(wanted)) if wanted else train_vols[0].name
+    if name not in by_name:
+        raise InputError(f"tissue: anatomy {name!r} is not a training row of PAIRS.csv")
+    anatomy = by_name[name]
+    lo, hi = intensity.value_range(anatomy.values[anatomy.valid])
+    scan = normalize(anatomy.values, lo, hi) + 0.5
+    head = np.clip(scan / max(intensity.foreground_level, 1e-3), 0.0, 1.0) * anatomy.valid
+    tissue = tissue_on_canvas(maps, template, head, scan)
+    return {"tissue": tissue, "anatomy": anatomy,
+            "files": [{"class": m.name, "file": m.image.name, "licence": m.licence} for m in maps]}
 
 
 def _initialise(net, init_weights, template) -> Optional[dict]:
