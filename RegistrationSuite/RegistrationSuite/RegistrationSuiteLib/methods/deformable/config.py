@@ -30,6 +30,8 @@ class DeformableConfig:
         levels: pyramid shrink factors (coarse to fine) relative to the working grid.
         level_fractions: share of ``io_steps`` per level (normalised).
         learning_rate: Adam step (voxels of the level).
+        final_lr_fraction: the step falls from ``learning_rate`` to this fraction of it within each level
+            (cosine), so the field settles instead of jittering by about one step around the optimum.
         regularization: weight of the regulariser.
         regularizer: ``"diffusion"`` or ``"bending"``.
         diffeomorphic: optimise a stationary velocity field integrated by scaling and squaring.
@@ -49,6 +51,7 @@ class DeformableConfig:
     levels: Sequence[float] = (4, 2, 1)
     level_fractions: Sequence[float] = (0.5, 0.35, 0.15)
     learning_rate: float = 0.3
+    final_lr_fraction: float = 1.0
     regularization: float = 0.1
     regularizer: str = "diffusion"
     diffeomorphic: bool = False
@@ -86,6 +89,8 @@ class DeformableConfig:
         if len(self.level_fractions) != len(self.levels) or any(f < 0 for f in self.level_fractions) \
                 or sum(self.level_fractions) <= 0:
             raise InputError(f"level_fractions: expected {len(self.levels)} non-negative shares, got {self.level_fractions}")
+        if not 0 < self.final_lr_fraction <= 1:
+            raise InputError(f"final_lr_fraction: expected a number in (0, 1], got {self.final_lr_fraction}")
         if not 0 <= self.auto_ncc_threshold <= 1:
             raise InputError(f"auto_ncc_threshold: expected a correlation in [0, 1], got {self.auto_ncc_threshold}")
         if not 0 < self.min_overlap <= 1:
