@@ -98,7 +98,7 @@ class DeformableRegistrationParameterNode:
     regularization: Annotated[float, WithinRange(0.0, 10.0)] = 0.1
     regularizer: Annotated[str, Choice(["diffusion", "bending"])] = "diffusion"
     diffeomorphic: bool = False
-    spacing: Annotated[float, WithinRange(0.5, 10.0)] = 2.0
+    spacing: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
     seed: Annotated[int, Minimum(0)] = 0
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
 
@@ -253,7 +253,8 @@ class DeformableRegistrationLogic(ScriptedLoadableModuleLogic):
         return deformable_logic.make_config(
             p.preset, similarity=p.similarity, model=p.model or None,
             regularization=float(p.regularization) if p.overrideRegularization else None,
-            regularizer=p.regularizer, diffeomorphic=bool(p.diffeomorphic), spacing_mm=float(p.spacing),
+            regularizer=p.regularizer, diffeomorphic=bool(p.diffeomorphic),
+            spacing_mm=float(p.spacing) if float(p.spacing) > 0 else None,
             seed=int(p.seed), device=p.device)
 
     def whyCannotRun(self, parameterNode) -> str:

@@ -92,7 +92,8 @@ def _check_cli_expressible(config) -> None:
 def cli_options(config) -> list:
     """The ``registration-suite deformable`` options for ``config`` (after checking nothing is dropped)."""
     _check_cli_expressible(config)
-    options = ["--spacing", repr(float(config.spacing_mm)), "--similarity", config.similarity,
+    spacing = "auto" if config.spacing_mm is None else repr(float(config.spacing_mm))
+    options = ["--spacing", spacing, "--similarity", config.similarity,
                "--io-steps", str(int(config.io_steps)), "--regularization", repr(float(config.regularization)),
                "--regularizer", config.regularizer, "--model", config.model or "none",
                "--seed", str(int(config.seed)), "--device", str(config.device),

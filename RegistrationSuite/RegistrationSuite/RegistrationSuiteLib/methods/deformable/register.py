@@ -17,6 +17,7 @@ Jacobian range, similarity before/after, timings).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Optional
@@ -144,6 +145,8 @@ def register_deformable(
     fmask = read_mask(fixed_mask, fixed_img, "fixed mask") if fixed_mask is not None else None
     mmask = read_mask(moving_mask, moving_img, "moving mask") if moving_mask is not None else None
     t0 = _check_initial(initial_transform)
+    extent = [(n - 1) * sp for n, sp in zip(fixed_img.GetSize(), fixed_img.GetSpacing())]
+    config = dataclasses.replace(config, spacing_mm=config.working_spacing(extent))  # resolved "auto"
     ref = working_grid(fixed_img, config.spacing_mm)
     _check_size(ref, config)
     net = _resolve_model(model if model is not None else config.model)
@@ -161,7 +164,7 @@ def register_deformable(
         from .network import predict_field
 
         prog.report(0.08, "network field estimate")
-        u0 = predict_field(net, data["fixed"], data["moving"])
+        u0 = predict_field(net, data["fixed"], data["moving"], spacing_mm=config.spacing_mm)
         timings["network"] = time.perf_counter() - t
     io = _optimise(data, sim_name, u0, config, prog.sub(0.1, 0.92))
     timings["optimisation"] = io["seconds"]
