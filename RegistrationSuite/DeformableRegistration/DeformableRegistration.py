@@ -48,7 +48,7 @@ class DeformableRegistration(ScriptedLoadableModule):
         self.parent.helpText = _("""
 Aligns a moving volume to a fixed volume with a dense displacement field, after an optional initial transform
 (e.g. the output of Global Rigid Search or Partial-Volume Preregistration). The field lives on a working grid
-(default 2 mm) covering the fixed volume and is found by instance optimisation (Adam, coarse to fine; LNCC for one
+(default automatic: 1.5 mm, coarser for large volumes; 0 in the spacing box) covering the fixed volume and is found by instance optimisation (Adam, coarse to fine; LNCC for one
 contrast, MIND-SSC or NGF across contrasts; diffusion or bending regularisation), optionally started from a field
 network's estimate. No field network is shipped yet: the default is optimisation only. The preset sets the number
 of optimisation steps and the regularisation weight.

@@ -207,7 +207,7 @@ def run_benchmark(args, previous=None) -> dict:
     rows = method_commands(args)
     records = list((previous or {}).get("records", []))
     done = {(r["pair"], r["class"], r["case"], r["method"]) for r in records}
-    out_dir = Path(args.output_dir)
+    out_dir = Path(args.output_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     classes = args.classes or list(range(len(REGNET_CLASSES)))
     for case in range(args.cases):
@@ -409,7 +409,10 @@ def summarise(result: dict) -> str:
         "= the whole command in a fresh process (CPU = user + system time; start-up and torch import included); "
         "peak MB = that process's peak resident memory. The deformable defaults were tuned on other cases "
         "(seed 100 of the same generator, classes 0 and 2), never on these.",
-        f"Command: `python Testing/Benchmarks/bench_deformable.py {' '.join(cfg['argv'])}`",
+        "Command" + ("s (one run, resumed: each adds the rows or cases the earlier ones lack)"
+                     if len(cfg.get("argv_history", [])) > 1 else "") + ": "
+        + "; ".join(f"`nice -n 10 python Testing/Benchmarks/bench_deformable.py {' '.join(a)}`"
+                    for a in cfg.get("argv_history") or [cfg["argv"]]),
         "",
         f"This run: {len(n_cases)} synthetic cases ({cfg['cases']} per pair type and class requested); pair types "
         f"{', '.join('T1→' + p for p in cfg['pairs'])}; peers {', '.join(cfg['peers']) or 'none'} on "
@@ -494,13 +497,14 @@ def main(argv=None) -> int:
         except ImportError:
             args.peers.remove("ants")
             notes.append("ANTs SyN was not run: antspyx is not installed here.")
-    out_dir = Path(args.output_dir)
+    out_dir = Path(args.output_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.from_json:
         result = json.loads(Path(args.from_json).read_text())
     else:
         partial = out_dir / "bench_deformable.partial.json"
         previous = json.loads(partial.read_text()) if args.resume and partial.exists() else None
+        args.argv_history = [*((previous or {}).get("config", {}).get("argv_history", [])), argv_used]
         result = run_benchmark(args, previous)
         if args.abdomen:
             result["abdomen"] = (previous or {}).get("abdomen") or abdomen_check(args, out_dir)

@@ -37,7 +37,7 @@ def add_parser(sub):
     p.add_argument("--regularization", type=float, default=0.1, help="regulariser weight (default 0.1)")
     p.add_argument("--regularizer", default="diffusion", choices=["diffusion", "bending"])
     p.add_argument("--diffeomorphic", action="store_true", help="optimise a stationary velocity field (scaling and squaring)")
-    p.add_argument("--spacing", type=_spacing, default=None,
+    p.add_argument("--spacing", type=spacing, default=None,
                    help="working-grid spacing in mm, or 'auto' (default): 1.5 mm, coarsened so the grid holds at "
                         "most 3 million voxels (large images)")
     p.add_argument("--fixed-mask", help="fixed mask (non-zero = use)")
@@ -55,13 +55,9 @@ def add_parser(sub):
     return p
 
 
-def _spacing(text):
-    if str(text).lower() == "auto":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise InputError(f"--spacing: expected a number of mm or 'auto', got {text!r}") from None
+def spacing(text):
+    """``--spacing``: a number of mm, or ``auto`` (``None``); argparse reports anything else in one line."""
+    return None if str(text).lower() == "auto" else float(text)
 
 
 def is_field_image_path(path) -> bool:
