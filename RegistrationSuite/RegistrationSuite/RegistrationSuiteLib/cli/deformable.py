@@ -48,6 +48,8 @@ def add_parser(sub):
     p.add_argument("--output-scene", help="write a Slicer scene bundle (.mrb)")
     p.add_argument("--output-qa", help="write a before/after checkerboard picture (.png) of the middle slice")
     p.add_argument("--max-memory-gb", type=float, default=4.0, help="refuse working grids needing more (default 4)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch (default 0: torch's choice, all cores; 1 is faster on a busy machine)")
     p.add_argument("--seed", type=int, default=0, help=f"random seed (default 0); {SEED_PROMISE}")
     add_device_argument(p)
     add_summary_arguments(p)
@@ -104,7 +106,13 @@ def run(args) -> int:
     from ..methods.deformable import DeformableConfig, register_deformable
     from ..progress import Progress
 
+    if args.threads < 0:
+        raise InputError(f"--threads: expected an integer >= 0 (0: all cores), got {args.threads}")
     outputs = _check_outputs(args)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     config = DeformableConfig(spacing_mm=args.spacing, similarity=args.similarity, io_steps=args.io_steps,
                               regularization=args.regularization, regularizer=args.regularizer,
                               diffeomorphic=args.diffeomorphic, model=args.model, seed=args.seed,

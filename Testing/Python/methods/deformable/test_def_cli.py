@@ -87,6 +87,7 @@ BAD = {
     "empty_mask": (["--fixed-mask", "empty_mask.nii.gz"], "mask is empty"),
     "memory": (["--spacing", "0.3", "--max-memory-gb", "0.5"], "needs about"),
     "output_suffix": (["--output", "t.tfm"], "stored as .h5"),
+    "threads": (["--threads", "-1"], "--threads"),
 }
 
 
