@@ -164,8 +164,8 @@ def method_commands(args) -> dict:
     def ours(*extra):
         return lambda f, m, o: CLI + base + ["--fixed", f, "--moving", m, "--output", o, *extra]
 
-    rows = {"optimisation only (--model none)": ours("--model", "none")}
-    for model in args.model:
+    rows = {} if args.peers_only else {"optimisation only (--model none)": ours("--model", "none")}
+    for model in [] if args.peers_only else args.model:
         name = model_label(model)
         rows[f"network only ({name}, --io-steps 0)"] = ours("--model", model, "--io-steps", "0")
         rows[f"network + optimisation ({name})"] = ours("--model", model)
@@ -432,7 +432,8 @@ def summarise(result: dict) -> str:
         "",
         markdown_table(header, rows),
         "",
-        "Mean error (mm) per RegNet class (number of cases in brackets):",
+        "Mean error (mm) per RegNet class (number of cases in brackets; with one case per class and pair type, "
+        "each cell of a row is the same case, so this is where the peers compare with ours on equal cases):",
         "",
         markdown_table(class_header, class_rows),
     ]
@@ -489,10 +490,13 @@ def main(argv=None) -> int:
     p.add_argument("--memory", action="store_true", help="also the 256³ 1 mm peak-memory check")
     p.add_argument("--resume", action="store_true", help="go on from the saved partial result")
     p.add_argument("--threads", type=int, default=0, help="--threads of our command (0: torch's default)")
+    p.add_argument("--peers-only", action="store_true", help="run only the peers' rows (merge them with --merge)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-dir", default=str(Path(__file__).resolve().parent / "output" / "deformable"))
     p.add_argument("--write", action="store_true", help="write the section of BENCHMARKS.md")
     p.add_argument("--from-json", help="re-summarise a saved result JSON instead of running")
+    p.add_argument("--merge", action="append", default=[],
+                   help="add the rows, memory and abdomen parts of another run's result JSON (repeat)")
     p.add_argument("--worker", nargs=4, metavar=("PEER", "FIXED", "MOVING", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -528,6 +532,19 @@ def main(argv=None) -> int:
         result["config"] = _config(args)
         result["config"]["load"] = f"{os.getloadavg()[0]:.1f}"
         (out_dir / "bench_deformable.json").write_text(json.dumps(result, indent=1, default=str))
+    for path in args.merge:  # parts measured by another run of this script (its own output folder)
+        other = json.loads(Path(path).read_text())
+        have = {(r["pair"], r["class"], r["case"], r["method"]) for r in result["records"]}
+        extra = [r for r in other.get("records", []) if (r["pair"], r["class"], r["case"], r["method"]) not in have]
+        if extra:  # rows of the same cases (same seed: the cases are identical) measured by another run
+            result["records"] += extra
+            result["config"].setdefault("argv_history", [result["config"]["argv"]])
+            result["config"]["argv_history"] += other["config"].get("argv_history", [other["config"]["argv"]])
+        for key in ("memory", "abdomen"):
+            if other.get(key) and not result.get(key):
+                result[key] = other[key]
+                result["config"].setdefault("argv_history", [result["config"]["argv"]])
+                result["config"]["argv_history"] += other["config"].get("argv_history", [other["config"]["argv"]])
     text = summarise(result)
     print(text)
     if args.write:
