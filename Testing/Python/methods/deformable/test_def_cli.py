@@ -108,10 +108,17 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, case):
     assert after == before  # nothing written, inputs untouched
 
 
-def test_train_paired_scheme_is_refused_cleanly(tmp_path):
+def test_train_paired_scheme_without_volume_sampling_is_refused_cleanly(tmp_path):
     (tmp_path / "l.csv").write_text(f"image\n{sample_path('T1')}\n")
     proc, lines = _run(["train-deformable", "--scheme", "paired", "--images", "l.csv", "--output", "m.pt"], tmp_path)
-    assert proc.returncode == 2 and len(lines) == 1 and "not implemented" in lines[0]
+    assert proc.returncode == 2 and len(lines) == 1 and "needs --sampling volume" in lines[0]
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_train_bad_channel_list_is_refused_cleanly(tmp_path):
+    (tmp_path / "l.csv").write_text(f"image\n{sample_path('T1')}\n")
+    proc, lines = _run(["train-deformable", "--images", "l.csv", "--output", "m.pt", "--encoder", "8,x"], tmp_path)
+    assert proc.returncode == 2 and len(lines) == 1 and "--encoder" in lines[0]
     assert not (tmp_path / "m.pt").exists()
 
 

@@ -39,24 +39,58 @@ class FieldUNet(nn.Module):
         encoder: channels per encoder level (each level halves the size).
         decoder: channels per decoder level (as many as ``encoder``).
         diffeomorphic: integrate the output as a stationary velocity (``integration_steps`` squarings).
+        output_stride: 1 = the field is predicted at full resolution; 2 = the last decoder level is skipped,
+            the field is predicted at half resolution and upsampled linearly (for smooth fields: about a
+            quarter of the computation; ``decoder`` then has one entry fewer).
+        correlation_radius: 0 = the U-Net sees the two images only. ``R`` > 0 adds a correlation layer
+            (PWC-Net / PDD-Net style, with fixed modality-independent features): MIND-SSC descriptors
+            (Heinrich et al. 2013; ``mind_dilation``) of both images, their squared distance for every
+            integer displacement in ``[−R, R]³`` (box-aggregated), a soft-argmin over the displacements with a
+            learned temperature, smoothed by a Gaussian of ``correlation_sigma`` voxels; that field (and its
+            confidence) is an extra U-Net input, and the U-Net's output is added to it as a residual. The
+            untrained network thus already returns the smoothed soft-argmin; training learns the temperature
+            and the correction. ``correlation_stride`` 2: the descriptors are shrunk to half resolution and
+            the correlation runs there (displacements in steps of 2 voxels, 8 times fewer voxels), its field
+            upsampled linearly.
     """
 
     def __init__(self, dim: int = 3, encoder: Sequence[int] = (8, 16, 16, 32), decoder: Sequence[int] = (32, 16, 16, 8),
-                 diffeomorphic: bool = False, integration_steps: int = 7):
+                 diffeomorphic: bool = False, integration_steps: int = 7, output_stride: int = 1,
+                 correlation_radius: int = 0, mind_dilation: int = 1, correlation_sigma: float = 1.5,
+                 correlation_stride: int = 1):
         super().__init__()
         if dim not in (2, 3):
             raise InputError(f"dim: expected 2 or 3, got {dim}")
-        if len(decoder) != len(encoder):
-            raise InputError(f"decoder: expected {len(encoder)} levels like the encoder, got {len(decoder)}")
+        if output_stride not in (1, 2):
+            raise InputError(f"output_stride: expected 1 or 2, got {output_stride}")
+        if output_stride == 2 and len(encoder) < 2:
+            raise InputError("output_stride 2 needs at least 2 encoder levels")
+        if len(decoder) != len(encoder) - (output_stride - 1):
+            raise InputError(f"decoder: expected {len(encoder) - (output_stride - 1)} levels for this encoder and "
+                             f"output stride, got {len(decoder)}")
         conv = nn.Conv2d if dim == 2 else nn.Conv3d
         self.dim, self.diffeomorphic, self.integration_steps = dim, bool(diffeomorphic), int(integration_steps)
+        self.output_stride = int(output_stride)
         self.config = {"dim": dim, "encoder": list(encoder), "decoder": list(decoder),
                        "diffeomorphic": bool(diffeomorphic), "integration_steps": int(integration_steps)}
-        self.stem = _Block(conv, 2, encoder[0])
+        if self.output_stride != 1:  # files of stride-1 networks keep their original config keys
+            self.config["output_stride"] = self.output_stride
+        self.correlation_radius = int(correlation_radius)
+        self.mind_dilation, self.correlation_sigma = int(mind_dilation), float(correlation_sigma)
+        self.correlation_stride = int(correlation_stride)
+        if self.correlation_radius < 0 or self.mind_dilation < 1 or not self.correlation_sigma >= 0 \
+                or self.correlation_stride not in (1, 2):
+            raise InputError("correlation_radius >= 0, mind_dilation >= 1, correlation_sigma >= 0 and "
+                             "correlation_stride 1 or 2 expected")
+        if self.correlation_radius:
+            self.config.update(correlation_radius=self.correlation_radius, mind_dilation=self.mind_dilation,
+                               correlation_sigma=self.correlation_sigma, correlation_stride=self.correlation_stride)
+            self.log_beta = nn.Parameter(torch.tensor(2.0))  # soft-argmin temperature (of the normalised cost)
+        self.stem = _Block(conv, 2 + (dim + 1 if self.correlation_radius else 0), encoder[0])
         self.down = nn.ModuleList(_Block(conv, a, b, stride=2) for a, b in zip(encoder[:-1], encoder[1:]))
         self.bottom = _Block(conv, encoder[-1], decoder[0])
         ups, c = [], decoder[0]
-        for skip, out in zip(reversed(encoder[:-1]), decoder[1:]):
+        for skip, out in zip(list(reversed(encoder[:-1]))[: len(decoder) - 1], decoder[1:]):
             ups.append(_Block(conv, c + skip, out))
             c = out
         self.up = nn.ModuleList(ups)
@@ -68,9 +102,44 @@ class FieldUNet(nn.Module):
     def multiple(self) -> int:
         return 2 ** len(self.down)
 
+    def correlation(self, x: torch.Tensor) -> tuple:
+        """``(field, confidence)``: the smoothed soft-argmin displacement ``(N, d, *S)`` (voxels, ITK channel
+        order) of the MIND-SSC distance over ``[−R, R]^d`` and the largest soft-argmin probability ``(N, 1, *S)``."""
+        import itertools
+
+        from ...deform import box_filter, gaussian_smooth, level_shape, mind_ssc, resize_field, resize_image
+
+        r, d = self.correlation_radius, self.dim
+        full = tuple(x.shape[2:])
+        with torch.no_grad():
+            f = mind_ssc(x[:, :1], radius=1, dilation=self.mind_dilation)
+            m = mind_ssc(x[:, 1:2], radius=1, dilation=self.mind_dilation)
+            shape = full if self.correlation_stride == 1 else level_shape(full, 2)
+            f, m = resize_image(f, shape), resize_image(m, shape)
+            mp = F.pad(m, [r] * (2 * d), mode="replicate")
+            offsets = list(itertools.product(range(-r, r + 1), repeat=d))  # tensor order (z, y, x)
+            cost = torch.cat([(f - mp[(slice(None), slice(None)) + tuple(slice(r + o, r + o + n) for o, n in
+                                                                          zip(off, shape))]).pow(2).mean(1, keepdim=True)
+                              for off in offsets], 1)
+            cost = box_filter(cost, 1)
+            cost = cost / cost.mean((1,) + tuple(range(2, 2 + d)), keepdim=True).clamp_min(1e-6)
+            vectors = torch.tensor([list(reversed(o)) for o in offsets], dtype=x.dtype, device=x.device)  # (K, d) x-first
+        prob = torch.softmax(-torch.exp(self.log_beta) * cost, 1)
+        field = torch.einsum("nk...,kc->nc...", prob, vectors)
+        if self.correlation_sigma > 0:
+            field = gaussian_smooth(field, self.correlation_sigma / self.correlation_stride)
+        confidence = prob.max(1, keepdim=True)[0]
+        if shape != full:
+            field, confidence = resize_field(field, full), resize_image(confidence, full, smooth=False)
+        return field, confidence
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, 2, *S)`` → ``(N, d, *S)`` displacement in voxels (any ``S``)."""
         shape = x.shape[2:]
+        base = None
+        if self.correlation_radius:
+            base, confidence = self.correlation(x)
+            x = torch.cat([x, base, confidence], 1)
         pad = []
         for n in reversed(shape):
             pad += [0, (-n) % self.multiple]
@@ -83,7 +152,14 @@ class FieldUNet(nn.Module):
             skip = skips.pop()
             y = F.interpolate(y, size=skip.shape[2:], mode="nearest")
             y = block(torch.cat([y, skip], 1))
-        y = self.head(y)[(slice(None), slice(None)) + tuple(slice(0, n) for n in shape)]
+        y = self.head(y)
+        if self.output_stride != 1:
+            from ...deform import resize_field
+
+            y = resize_field(y, x.shape[2:])
+        y = y[(slice(None), slice(None)) + tuple(slice(0, n) for n in shape)]
+        if base is not None:
+            y = y + base
         if self.diffeomorphic:
             from ...deform import integrate_velocity
 

@@ -21,16 +21,18 @@ REGNET_CLASSES = ((35.0, 80, 8.0), (25.0, 100, 8.0), (20.0, 100, 8.0))
 LOW_FREQUENCY_CLASS = (35.0, 40, 4.0)
 
 
-def _points(shape, n, rng, mask, edges):
+def _points(shape, n, rng, mask, edges, unique=False):
     if mask is not None and mask.any():
         candidates = np.flatnonzero(mask & edges) if edges is not None and (mask & edges).sum() >= n else np.flatnonzero(mask)
-        return np.unravel_index(rng.choice(candidates, size=n, replace=True), shape)
+        return np.unravel_index(rng.choice(candidates, size=n, replace=not (unique and len(candidates) >= n)), shape)
+    if unique and int(np.prod(shape)) >= n:
+        return np.unravel_index(rng.choice(int(np.prod(shape)), size=n, replace=False), shape)
     return tuple(rng.integers(0, s, size=n) for s in shape)
 
 
 def synthetic_field(shape: Sequence[int], spacing_mm: float, sigma_mm: float, points: int, theta_mm: float,
                     rng: np.random.Generator, *, mask: Optional[np.ndarray] = None,
-                    edges: Optional[np.ndarray] = None) -> np.ndarray:
+                    edges: Optional[np.ndarray] = None, unique: bool = False) -> np.ndarray:
     """One RegNet field on a grid of isotropic spacing ``spacing_mm``.
 
     Args:
@@ -39,6 +41,8 @@ def synthetic_field(shape: Sequence[int], spacing_mm: float, sigma_mm: float, po
         rng: NumPy generator (the only randomness).
         mask: optional boolean array: points are drawn inside it ...
         edges: ... preferably where this boolean array is true (e.g. strong gradients).
+        unique: draw distinct voxels, so no two vectors add up in one voxel (on coarse grids, where the
+            paper's 1 mm grid would have kept them apart, coinciding points would exceed ``θ``).
 
     Returns:
         ``(d, *shape)`` float32 displacement in **mm** along the image axes, ITK channel order (x, y[, z]).
@@ -48,7 +52,7 @@ def synthetic_field(shape: Sequence[int], spacing_mm: float, sigma_mm: float, po
     shape = tuple(int(s) for s in shape)
     d = len(shape)
     field = np.zeros((d, *shape), np.float64)
-    idx = _points(shape, int(points), rng, mask, edges)
+    idx = _points(shape, int(points), rng, mask, edges, unique)
     vectors = rng.uniform(-theta_mm, theta_mm, size=(int(points), d))
     for c in range(d):
         np.add.at(field[c], idx, vectors[:, c])

@@ -8,8 +8,15 @@ foreground) gives ``fixed = warp(moving, u)`` so that ``u`` maps fixed to moving
 (``fixed(x) = moving(x + u(x))``). Both images get independent Gaussian noise and gamma/scale jitter. The
 network is supervised on the field with the mean absolute error (the paper's loss), in working voxels.
 
+With ``sampling="volume"`` (what the shipped model uses) samples are whole brains instead, built the way
+the registration presents a pair to the network (:mod:`.volumes`): warped on the fine working grid, shrunk
+to the model's grid, brain-weighted L1 on the field.
+
 Images list: a CSV with a column ``image`` (paths relative to the CSV) and optional ``split`` (``val`` rows
-are only evaluated) and ``licence``.
+are only evaluated), ``licence``, ``mask`` (a brain mask in the image's physical space, or several
+probability maps joined by ``+`` that are summed; used for skull stripping and to place the field's points)
+and ``tissue`` (scheme B: tissue probability maps exactly aligned with the image, joined by ``+``, from which
+partner contrasts are drawn; see :mod:`.paired`).
 """
 
 from __future__ import annotations
@@ -40,7 +47,15 @@ class DeformableTrainConfig:
         noise_std: Gaussian noise std on [0, 1] intensities (RegNet: 5 HU on CT).
         deformed_moving: probability of the paper's deformed-moving variant.
         encoder, decoder: U-Net channels.
+        output_stride: 2 = the field is predicted at half the model's resolution (see :class:`FieldUNet`).
+        correlation_radius, correlation_stride, correlation_sigma, mind_dilation: the MIND-SSC correlation
+            layer of :class:`FieldUNet` (radius 0 = none).
         diffeomorphic: the network outputs a velocity integrated by scaling and squaring.
+        sampling: ``"patch"`` (crops on the model's grid, fields drawn on the crop) or ``"volume"`` (whole
+            brains, :class:`~.volumes.VolumeSampler`).
+        fine_spacing_mm, box, pool, contrast, skull_strip: ``"volume"`` sampling only (see
+            :class:`~.volumes.VolumeSamplerConfig`; ``pool`` = samples kept per epoch, 0 = none).
+        ncc_radius: scheme B: local NCC window radius in model voxels (0 = global NCC).
     """
 
     optim: TrainingConfig = field(default_factory=lambda: TrainingConfig(epochs=10, steps_per_epoch=50, batch_size=1))
@@ -51,8 +66,22 @@ class DeformableTrainConfig:
     encoder: tuple = (8, 16, 16, 32)
     decoder: tuple = (32, 16, 16, 8)
     diffeomorphic: bool = False
+    output_stride: int = 1
+    correlation_radius: int = 0
+    correlation_stride: int = 1
+    correlation_sigma: float = 1.5
+    mind_dilation: int = 1
+    sampling: str = "patch"
+    fine_spacing_mm: float = 2.0
+    box: tuple = (79, 95, 87)
+    pool: int = 0
+    contrast: float = 0.35
+    skull_strip: float = 0.6
+    ncc_radius: int = 3
 
     def __post_init__(self):
+        if self.sampling not in ("patch", "volume"):
+            raise InputError(f"sampling: expected 'patch' or 'volume', got {self.sampling!r}")
         if not self.spacing_mm > 0:
             raise InputError(f"spacing_mm: expected a positive number, got {self.spacing_mm}")
         if int(self.patch) != self.patch or self.patch < 16:
@@ -91,8 +120,23 @@ def read_images_csv(path) -> List[dict]:
         image = image if image.is_absolute() else path.parent / image
         if not image.exists():
             raise InputError(f"--images: {path}: image not found: {image}")
-        out.append({"image": image, "split": (row.get("split") or "train").strip(), "licence": row.get("licence", "")})
+        out.append({"image": image, "split": (row.get("split") or "train").strip(),
+                    "licence": row.get("licence", "") or "", "mask": _paths(row.get("mask"), path, "mask"),
+                    "tissue": _paths(row.get("tissue"), path, "tissue map")})
     return out
+
+
+def _paths(text, csv_path: Path, what: str):
+    """``a+b+c`` (paths relative to the CSV) → list of existing paths, or ``None`` when empty."""
+    out = []
+    for part in (text or "").split("+"):
+        if part.strip():
+            p = Path(part.strip())
+            p = p if p.is_absolute() else csv_path.parent / p
+            if not p.exists():
+                raise InputError(f"--images: {csv_path}: {what} not found: {p}")
+            out.append(p)
+    return out or None
 
 
 def load_training_image(path, spacing_mm: float, split: str = "train", licence: str = "") -> TrainImage:
@@ -169,34 +213,93 @@ class SyntheticBatches:
 
 def train_deformable_model(images_csv, output, config: Optional[DeformableTrainConfig] = None, *,
                            checkpoint=None, name: Optional[str] = None, notes: str = "", progress=None,
-                           cancel=None, log=None) -> dict:
-    """Scheme A training; writes the model file (``.pt``) and its card (``.md``). Returns the card."""
+                           cancel=None, log=None, scheme: str = "synthetic", init_model=None) -> dict:
+    """Scheme A (``"synthetic"``) or B (``"paired"``, Cao et al.; volume sampling only) training; writes the
+    model file (``.pt``) and its card (``.md``). Returns the card.
+
+    ``init_model``: a model (name or ``.pt``) of the same architecture whose weights start the run (e.g.
+    scheme B fine-tuning a scheme-A model); a resumed run takes the checkpoint's weights instead.
+    """
 
     from ...models.model_file import card_markdown, save_model
     from .network import FieldUNet, model_file_for
 
     config = config or DeformableTrainConfig()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     rows = read_images_csv(images_csv)
-    images = [load_training_image(r["image"], config.spacing_mm, r["split"], r["licence"]) for r in rows]
-    net = FieldUNet(3, config.encoder, config.decoder, config.diffeomorphic)
-    batches = SyntheticBatches(images, config)
-    outcome = train(net, batches, lambda pred, target: (pred - target).abs().mean(), config.optim,
-                    checkpoint_path=checkpoint, run_config={"scheme": "synthetic", **config.to_dict(),
-                                                            "images": [str(r["image"]) for r in rows]},
+    if scheme not in ("synthetic", "paired"):
+        raise InputError(f"scheme: expected 'synthetic' or 'paired', got {scheme!r}")
+    if scheme == "paired" and config.sampling != "volume":
+        raise InputError("scheme 'paired' needs volume sampling (--sampling volume)")
+    net = network_for(config)
+    init_name = None
+    if init_model is not None:
+        from .network import load_deformable_model
+
+        init = load_deformable_model(init_model)
+        if init.network.config != net.config:
+            raise InputError(f"--init-model: {init_model} has another architecture ({init.network.config}) "
+                             f"than this run ({net.config})")
+        if abs(init.spacing_mm - config.spacing_mm) > 1e-6:
+            raise InputError(f"--init-model: {init_model} works at {init.spacing_mm} mm, this run at {config.spacing_mm} mm")
+        net.load_state_dict(init.network.state_dict())
+        init_name = init.name
+    if scheme == "paired":
+        from .paired import PairedSampler, load_paired_volume, paired_training_loss
+
+        images = [load_paired_volume(r["image"], config.fine_spacing_mm, tissue_maps=r["tissue"], mask=r["mask"],
+                                     split=r["split"], licence=r["licence"]) for r in rows]
+        batches = PairedSampler(images, volume_sampler_config(config), config.optim.batch_size, config.pool)
+        loss_fn = paired_training_loss(config.ncc_radius)
+    elif config.sampling == "volume":
+        from .volumes import VolumeSampler, load_volume, weighted_l1
+
+        images = [load_volume(r["image"], config.fine_spacing_mm, mask=r["mask"], split=r["split"],
+                              licence=r["licence"]) for r in rows]
+        batches = VolumeSampler(images, volume_sampler_config(config), config.optim.batch_size, config.pool)
+        loss_fn = weighted_l1
+    else:
+        images = [load_training_image(r["image"], config.spacing_mm, r["split"], r["licence"]) for r in rows]
+        batches = SyntheticBatches(images, config)
+        loss_fn = lambda pred, target: (pred - target).abs().mean()  # noqa: E731
+    outcome = train(net, batches, loss_fn, config.optim,
+                    checkpoint_path=checkpoint, run_config={"scheme": "synthetic", **_run_settings(config, scheme),
+                                                            "images": [str(r["image"]) for r in rows],
+                                                            "masks": [[str(m) for m in r["mask"] or []] for r in rows],
+                                                            **({"scheme": "paired", "init_model": init_name,
+                                                                "tissue": [[str(m) for m in r["tissue"] or []] for r in rows]}
+                                                               if scheme == "paired" else {})},
                     progress=progress, cancel=cancel, log=log)
     net.eval()
-    val = evaluate_synthetic(net, images, config, seed=12345)
+    if scheme == "paired":
+        from .paired import evaluate_paired
+
+        val = evaluate_paired(net, images, volume_sampler_config(config), seed=12345)
+    elif config.sampling == "volume":
+        val = evaluate_volumes(net, images, config, seed=12345)
+    else:
+        val = evaluate_synthetic(net, images, config, seed=12345)
     card = {
         "name": name or Path(output).stem,
-        "summary": "3D field U-Net trained with RegNet synthetic displacement fields (scheme A, MR)",
-        "training_data": [{"image": str(r["image"]), "split": r["split"]} for r in rows],
+        "summary": ("3D field U-Net trained with RegNet synthetic displacement fields (scheme A, MR)" if scheme == "synthetic"
+                    else "3D field U-Net trained on pre-aligned contrast pairs with Cao et al.'s intra-contrast "
+                         "NCC loss (scheme B, MR)"),
+        "architecture": (f"FieldUNet {net.config}" + (
+            "; MIND-SSC correlation layer (soft-argmin over integer displacements, learned temperature) whose "
+            "smoothed field the U-Net corrects as a residual" if config.correlation_radius else "")
+            + f"; runs at {config.spacing_mm} mm" + (f", trained on whole brains warped at {config.fine_spacing_mm} mm"
+                                                      if config.sampling == "volume" else "")),
+        "scheme": scheme,
+        "initialised_from": init_name,
+        "training_data": [{"image": str(r["image"]), "split": r["split"], "licence": r["licence"]} for r in rows],
         "data_licence": sorted({r["licence"] for r in rows if r["licence"]}) or "see ../shared/data/MANIFEST.md",
-        "command": " ".join(shlex.quote(a) for a in ["registration-suite", *sys.argv[1:]]),
+        "command": " ".join(shlex.quote(a) for a in ["registration-suite", *_without_notes(sys.argv[1:])]),
         "seed": config.optim.seed,
         "metrics": {"final_train_mae_vox": outcome.history[-1]["loss"] if outcome.history else None,
                     "synthetic_mae_mm": val, "epochs": len(outcome.history),
-                    "seconds": round(time.perf_counter() - start, 1)},
+                    "seconds": round(time.perf_counter() - start, 1),
+                    "cpu_seconds_this_run": round(time.process_time() - cpu_start, 1),
+                    "history": outcome.history},
         "config": {k: v for k, v in config.to_dict().items()},
         "notes": notes,
     }
@@ -220,5 +323,70 @@ def evaluate_synthetic(net, images: List[TrainImage], config: DeformableTrainCon
             pred = net(x[None])[0]
             err_net.append(float((pred - u).norm(dim=0).mean()) * config.spacing_mm)
             err_id.append(float(u.norm(dim=0).mean()) * config.spacing_mm)
+    return {"network": float(np.mean(err_net)), "identity": float(np.mean(err_id)), "samples": n,
+            "images": "val" if val else "train"}
+
+
+def _without_notes(argv):
+    """The command line without ``--notes TEXT`` (free text for the card, not a training setting)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--notes":
+            skip = True
+        elif not a.startswith("--notes="):
+            out.append(a)
+    return out
+
+
+def network_for(config: DeformableTrainConfig):
+    """The untrained :class:`FieldUNet` a run with ``config`` trains."""
+    from .network import FieldUNet
+
+    return FieldUNet(3, config.encoder, config.decoder, config.diffeomorphic, output_stride=config.output_stride,
+                     correlation_radius=config.correlation_radius, correlation_stride=config.correlation_stride,
+                     correlation_sigma=config.correlation_sigma, mind_dilation=config.mind_dilation)
+
+
+def _run_settings(config: DeformableTrainConfig, scheme: str) -> dict:
+    """The config as stored in (and compared with) checkpoints; scheme-B-only keys only for scheme B."""
+    out = config.to_dict()
+    if scheme != "paired":
+        out.pop("ncc_radius", None)
+    if not config.correlation_radius:
+        for key in ("correlation_radius", "correlation_stride", "correlation_sigma", "mind_dilation"):
+            out.pop(key, None)
+    return out
+
+
+def volume_sampler_config(config: DeformableTrainConfig):
+    """The :class:`~.volumes.VolumeSamplerConfig` of a ``"volume"`` training run."""
+    from .volumes import VolumeSamplerConfig
+
+    return VolumeSamplerConfig(spacing_mm=config.spacing_mm, fine_spacing_mm=config.fine_spacing_mm,
+                               box=tuple(config.box), noise_std=config.noise_std,
+                               deformed_moving=config.deformed_moving, skull_strip=config.skull_strip,
+                               contrast=config.contrast)
+
+
+def evaluate_volumes(net, volumes, config: DeformableTrainConfig, *, seed: int, n: int = 6) -> dict:
+    """Brain-weighted mean field error (mm) of the network vs identity on ``n`` fresh whole-volume samples
+    of the ``val`` volumes (of all volumes when none is marked ``val``)."""
+    import torch
+
+    from .volumes import VolumeSampler
+
+    rng = np.random.default_rng(seed)
+    val = [v for v in volumes if v.split == "val"]
+    sampler = VolumeSampler(val or volumes, volume_sampler_config(config))
+    err_net, err_id = [], []
+    with torch.no_grad():
+        for _ in range(n):
+            x, t = sampler.sample(rng)
+            inside = t[3] >= 1.0
+            pred = net(x[None])[0]
+            err_net.append(float((pred - t[:3]).norm(dim=0)[inside].mean()) * config.spacing_mm)
+            err_id.append(float(t[:3].norm(dim=0)[inside].mean()) * config.spacing_mm)
     return {"network": float(np.mean(err_net)), "identity": float(np.mean(err_id)), "samples": n,
             "images": "val" if val else "train"}

@@ -1,0 +1,173 @@
+"""Held-out evaluation of the deformable field networks: network alone, and as the start of instance
+optimisation at a few step budgets, against optimisation alone at the same budgets.
+
+Protocol: the benchmark's (``bench_deformable.py``: RegNet's three synthetic-field classes drawn inside the
+brain mask of ``../shared/data/brain/stroke`` at 1.5 mm; fixed = T1 warped by the field + noise, moving =
+T1, T2 or FLAIR + noise; error = |T(x) − (x + d(x))| inside the brain mask). The stroke subject is never
+used in training. Runs in-process (``register_deformable``), one torch thread; reports mean / 95th
+percentile field error (mm), folding fraction, and CPU seconds of the registration.
+
+Writes (with ``--write``): the section ``deformable-models`` of BENCHMARKS.md, a JSON of every case next
+to the outputs, and the "Held-out evaluation" section of each evaluated shipped model's card
+(``RegistrationSuiteLib/data/models/<name>.md``).
+
+Usage::
+
+    python Testing/Benchmarks/eval_deformable_models.py --models deformable_mr_synthetic \
+        [--pairs T1,T2,FLAIR] [--cases 1] [--steps 40,120] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_deformable import SPACING, dense, evaluate, make_case, resample_iso  # noqa: E402
+from common import markdown_table, require_shared_data, update_benchmarks_md  # noqa: E402
+
+SECTION = "deformable-models"
+CARD_BEGIN, CARD_END = "<!-- BEGIN held-out evaluation -->", "<!-- END held-out evaluation -->"
+
+
+def run_one(fixed, moving, truth, mask, *, model, io_steps):
+    from RegistrationSuiteLib.methods.deformable import DeformableConfig, register_deformable
+
+    cfg = DeformableConfig(io_steps=int(io_steps), device="cpu")
+    t, c = time.perf_counter(), time.process_time()
+    res = register_deformable(fixed, moving, cfg, model=model)
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    m = evaluate(dense(res.transform, fixed), truth, mask)
+    m.update({"seconds": wall, "cpu_seconds": cpu, "similarity": res.diagnostics["similarity"]["name"]})
+    return m
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default="deformable_mr_synthetic", help="comma-separated model names or .pt paths")
+    ap.add_argument("--pairs", default="T1,T2,FLAIR")
+    ap.add_argument("--cases", type=int, default=1, help="cases per class and pair")
+    ap.add_argument("--steps", default="40,120", help="instance-optimisation budgets to compare (0 = none)")
+    ap.add_argument("--classes", default="0,1,2")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--output-dir", default=str(Path(__file__).resolve().parent / "output" / "eval_deformable_models"))
+    ap.add_argument("--untrained-baseline", action="store_true",
+                    help="also run each model's architecture with its initial (untrained) weights, network only: "
+                         "what the training adds beyond the fixed correlation layer")
+    ap.add_argument("--write", action="store_true", help="write BENCHMARKS.md and the model cards")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(1)
+    from RegistrationSuiteLib.methods.deformable.network import load_deformable_model
+    from RegistrationSuiteLib.methods.deformable.synthetic import REGNET_CLASSES
+
+    models = {name: load_deformable_model(name) for name in args.models.split(",") if name}
+    baselines = {}
+    if args.untrained_baseline:
+        from RegistrationSuiteLib.methods.deformable.network import DeformableModel, FieldUNet
+
+        for name, model in models.items():
+            torch.manual_seed(0)
+            net = FieldUNet(**model.network.config).eval()
+            baselines[name] = DeformableModel(net, model.spacing_mm, model.modality, {}, f"{model.name} untrained")
+    pairs = [p for p in args.pairs.split(",") if p]
+    steps = [int(s) for s in args.steps.split(",") if s]
+    classes = [int(k) for k in args.classes.split(",") if k]
+    root = require_shared_data("brain", "stroke")
+    names = sorted({"T1", *pairs})
+    images = {n: resample_iso(sitk.ReadImage(str(root / f"{n}.nii.gz"), sitk.sitkFloat32), SPACING) for n in names}
+    t1 = sitk.GetArrayFromImage(images["T1"])
+    mask = t1 > 0.05 * float(np.percentile(t1, 99.5))
+    records = []
+    for pair in pairs:
+        for k in classes:
+            for case in range(args.cases):
+                rng = np.random.default_rng([args.seed, names.index(pair), k, case])
+                fixed, moving, truth = make_case(images, mask, REGNET_CLASSES[k], pair, rng)
+                base = {"pair": f"T1→{pair}", "class": k, "case": case}
+                ident = evaluate(dense(sitk.Transform(3, sitk.sitkIdentity), fixed), truth, mask)
+                records.append({**base, "method": "identity", "io_steps": 0, **ident, "seconds": 0.0, "cpu_seconds": 0.0})
+                for model in baselines.values():
+                    records.append({**base, "method": f"{model.name} only", "io_steps": 0,
+                                    **run_one(fixed, moving, truth, mask, model=model, io_steps=0)})
+                for n_steps in steps:
+                    if n_steps > 0:
+                        records.append({**base, "method": "optimisation only", "io_steps": n_steps,
+                                        **run_one(fixed, moving, truth, mask, model=None, io_steps=n_steps)})
+                    for name, model in models.items():
+                        method = f"{model.name} only" if n_steps == 0 else f"{model.name} + optimisation"
+                        records.append({**base, "method": method, "io_steps": n_steps,
+                                        **run_one(fixed, moving, truth, mask, model=model, io_steps=n_steps)})
+                for r in records[-(1 + len(baselines) + len(steps) * (1 + len(models))):]:
+                    if r["pair"] == base["pair"] and r["class"] == k and r["case"] == case:
+                        print(f"{r['pair']} class {k} case {case} {r['method']:<40} steps {r['io_steps']:>4} "
+                              f"mean {r['mean']:.2f} p95 {r['p95']:.2f} fold {r['folding']:.4%} cpu {r['cpu_seconds']:.1f}s",
+                              flush=True)
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "records.json").write_text(json.dumps(records, indent=1))
+    table = summary_table(records)
+    print(table)
+    if args.write:
+        body = describe(args, models) + "\n\n" + table
+        update_benchmarks_md(SECTION, body)
+        for model in models.values():
+            write_card_section(model, body)
+    return 0
+
+
+def summary_table(records) -> str:
+    groups = {}
+    for r in records:
+        groups.setdefault((r["pair"], r["method"], r["io_steps"]), []).append(r)
+    rows = []
+    for (pair, method, n_steps), rs in groups.items():
+        ident = [x for x in records if x["pair"] == pair and x["method"] == "identity"]
+        rows.append([pair, method, n_steps, len(rs), f"{np.mean([r['mean'] for r in rs]):.2f}",
+                     f"{np.mean([r['mean'] for r in rs]) / np.mean([r['mean'] for r in ident]):.2f}",
+                     f"{np.mean([r['p95'] for r in rs]):.2f}", f"{max(r['folding'] for r in rs):.4%}",
+                     f"{np.mean([r['cpu_seconds'] for r in rs]):.1f}", f"{np.mean([r['seconds'] for r in rs]):.1f}"])
+    return markdown_table(["pair", "method", "IO steps", "cases", "mean error (mm)", "÷ identity",
+                           "p95 (mm)", "max folding", "CPU s", "wall s"], rows)
+
+
+def describe(args, models) -> str:
+    import platform
+
+    import torch
+
+    return (f"Held-out subject `brain/stroke` (never in training), RegNet synthetic-field protocol of "
+            f"`bench_deformable.py` at {SPACING} mm, classes {args.classes}, {args.cases} case(s) per class and pair, "
+            f"seed {args.seed}. Models: {', '.join(m.name for m in models.values())}. In-process "
+            f"`register_deformable`, 1 torch thread, {platform.processor() or platform.machine()}, torch {torch.__version__}; "
+            f"wall times measured on a shared 2-core machine under load (upper bounds). Written by "
+            f"`Testing/Benchmarks/eval_deformable_models.py --models {args.models} --pairs {args.pairs} "
+            f"--cases {args.cases} --steps {args.steps}{' --untrained-baseline' if args.untrained_baseline else ''} "
+            f"--write`. \"untrained\" rows: the same architecture with its initial weights (its fixed MIND-SSC "
+            f"correlation layer and soft-argmin alone), so the difference to the trained rows is what training adds.")
+
+
+def write_card_section(model, body) -> None:
+    from RegistrationSuiteLib.models.registry import shipped_models_dir
+
+    card = shipped_models_dir() / f"{model.name}.md"
+    if not card.is_file():
+        return
+    text = card.read_text()
+    block = f"{CARD_BEGIN}\n## Held-out evaluation\n\n{body.strip()}\n{CARD_END}"
+    pattern = re.compile(re.escape(CARD_BEGIN) + r".*?" + re.escape(CARD_END), re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    card.write_text(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
