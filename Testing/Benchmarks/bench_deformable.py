@@ -415,7 +415,8 @@ def summarise(result: dict) -> str:
         "= the whole command in a fresh process (CPU = user + system time; start-up and torch import included); "
         "peak MB = that process's peak resident memory. The deformable defaults were tuned on other cases "
         "(seed 100 of the same generator, classes 0 and 2), never on these.",
-        "Command" + ("s (one run, resumed: each adds the rows or cases the earlier ones lack)"
+        "Command" + ("s (runs of this script on the same cases, resumed with --resume or combined with --merge "
+                     "into this section; each adds rows, cases or checks the others lack)"
                      if len(cfg.get("argv_history", [])) > 1 else "") + ": "
         + "; ".join(f"`nice -n 10 python Testing/Benchmarks/bench_deformable.py {' '.join(a)}`"
                     for a in cfg.get("argv_history") or [cfg["argv"]]),
