@@ -58,6 +58,8 @@ def main(argv=None) -> int:
     ap.add_argument("--classes", default="0,1,2")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--output-dir", default=str(Path(__file__).resolve().parent / "output" / "eval_deformable_models"))
+    ap.add_argument("--network-only-models", default="",
+                    help="comma-separated models evaluated network only (e.g. candidates that are not shipped)")
     ap.add_argument("--untrained-baseline", action="store_true",
                     help="also run each model's architecture with its initial (untrained) weights, network only: "
                          "what the training adds beyond the fixed correlation layer")
@@ -71,6 +73,7 @@ def main(argv=None) -> int:
     from RegistrationSuiteLib.methods.deformable.synthetic import REGNET_CLASSES
 
     models = {name: load_deformable_model(name) for name in args.models.split(",") if name}
+    candidates = {name: load_deformable_model(name) for name in args.network_only_models.split(",") if name}
     baselines = {}
     if args.untrained_baseline:
         from RegistrationSuiteLib.methods.deformable.network import DeformableModel, FieldUNet
@@ -96,7 +99,7 @@ def main(argv=None) -> int:
                 base = {"pair": f"T1→{pair}", "class": k, "case": case}
                 ident = evaluate(dense(sitk.Transform(3, sitk.sitkIdentity), fixed), truth, mask)
                 records.append({**base, "method": "identity", "io_steps": 0, **ident, "seconds": 0.0, "cpu_seconds": 0.0})
-                for model in baselines.values():
+                for model in [*baselines.values(), *candidates.values()]:
                     records.append({**base, "method": f"{model.name} only", "io_steps": 0,
                                     **run_one(fixed, moving, truth, mask, model=model, io_steps=0)})
                 for n_steps in steps:
@@ -107,7 +110,7 @@ def main(argv=None) -> int:
                         method = f"{model.name} only" if n_steps == 0 else f"{model.name} + optimisation"
                         records.append({**base, "method": method, "io_steps": n_steps,
                                         **run_one(fixed, moving, truth, mask, model=model, io_steps=n_steps)})
-                for r in records[-(1 + len(baselines) + len(steps) * (1 + len(models))):]:
+                for r in records[-(1 + len(baselines) + len(candidates) + len(steps) * (1 + len(models))):]:
                     if r["pair"] == base["pair"] and r["class"] == k and r["case"] == case:
                         print(f"{r['pair']} class {k} case {case} {r['method']:<40} steps {r['io_steps']:>4} "
                               f"mean {r['mean']:.2f} p95 {r['p95']:.2f} fold {r['folding']:.4%} cpu {r['cpu_seconds']:.1f}s",
@@ -118,7 +121,7 @@ def main(argv=None) -> int:
     table = summary_table(records)
     print(table)
     if args.write:
-        body = describe(args, models) + "\n\n" + table
+        body = describe(args, models, candidates) + "\n\n" + table
         update_benchmarks_md(SECTION, body)
         for model in models.values():
             write_card_section(model, body)
@@ -140,19 +143,23 @@ def summary_table(records) -> str:
                            "p95 (mm)", "max folding", "CPU s", "wall s"], rows)
 
 
-def describe(args, models) -> str:
+def describe(args, models, candidates) -> str:
     import platform
 
     import torch
 
+    command = (f"Testing/Benchmarks/eval_deformable_models.py --models {args.models} --pairs {args.pairs} "
+               + (f"--network-only-models {args.network_only_models} " if candidates else "")
+               + f"--cases {args.cases} --steps {args.steps}"
+               + (" --untrained-baseline" if args.untrained_baseline else "") + " --write")
+    names = ", ".join(m.name for m in models.values())
+    extra = f"; network only, not shipped: {', '.join(m.name for m in candidates.values())}" if candidates else ""
     return (f"Held-out subject `brain/stroke` (never in training), RegNet synthetic-field protocol of "
             f"`bench_deformable.py` at {SPACING} mm, classes {args.classes}, {args.cases} case(s) per class and pair, "
-            f"seed {args.seed}. Models: {', '.join(m.name for m in models.values())}. In-process "
-            f"`register_deformable`, 1 torch thread, {platform.processor() or platform.machine()}, torch {torch.__version__}; "
-            f"wall times measured on a shared 2-core machine under load (upper bounds). Written by "
-            f"`Testing/Benchmarks/eval_deformable_models.py --models {args.models} --pairs {args.pairs} "
-            f"--cases {args.cases} --steps {args.steps}{' --untrained-baseline' if args.untrained_baseline else ''} "
-            f"--write`. \"untrained\" rows: the same architecture with its initial weights (its fixed MIND-SSC "
+            f"seed {args.seed}. Models: {names}{extra}. In-process `register_deformable` (default settings, "
+            f"`io_steps` as listed), 1 torch thread, {platform.processor() or platform.machine()}, torch "
+            f"{torch.__version__}; wall times on a shared 2-core machine under load (upper bounds). Written by "
+            f"`{command}`. \"untrained\" rows: the same architecture with its initial weights (its fixed MIND-SSC "
             f"correlation layer and soft-argmin alone), so the difference to the trained rows is what training adds.")
 
 
