@@ -46,12 +46,13 @@ class DeformableRegistration(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["RegistrationSuite contributors (RegistrationSuite project)"]
         self.parent.helpText = _("""
-Aligns a moving volume to a fixed volume with a dense displacement field, after an optional initial transform
-(e.g. the output of Global Rigid Search or Partial-Volume Preregistration). The field lives on a working grid
-(default automatic: 1.5 mm, coarser for large volumes; 0 in the spacing box) covering the fixed volume and is found by instance optimisation (Adam, coarse to fine; LNCC for one
-contrast, MIND-SSC or NGF across contrasts; diffusion or bending regularisation), optionally started from a field
-network's estimate. No field network is shipped yet: the default is optimisation only. The preset sets the number
-of optimisation steps and the regularisation weight.
+Aligns a moving volume to a fixed volume with a dense displacement field, after an optional initial transform (e.g.
+the output of Global Rigid Search or Partial-Volume Preregistration). The field lives on a working grid (default
+automatic: 1.5 mm, coarser for large volumes; 0 in the spacing box) covering the fixed volume and is found by
+instance optimisation (Adam, coarse to fine; LNCC for one contrast, MIND-SSC or NGF across contrasts; diffusion or
+bending regularisation), optionally started from a field network's estimate. One field network ships
+(deformable_mr_synthetic); the default is optimisation only. The preset sets the number of optimisation steps and
+the regularisation weight.
 <br><br>
 Output: a grid transform (moving to fixed; the initial transform is included), optionally the Jacobian determinant
 of the mapping (values below 0 are folds) and the moving volume resampled onto the fixed grid. The result shows the
