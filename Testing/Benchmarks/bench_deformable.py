@@ -151,6 +151,7 @@ def worker_ants(fixed_path, moving_path, out_path) -> None:
 
 
 PEERS = ("elastix B-spline", "ANTs SyN")
+PAIR_INDEX = ("T1", "T2", "FLAIR")  # a pair type's case generator does not depend on which others run
 
 
 def model_label(model: str) -> str:
@@ -211,7 +212,8 @@ def run_benchmark(args, previous=None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     classes = args.classes or list(range(len(REGNET_CLASSES)))
     for case in range(args.cases):
-        for pi, pair in enumerate(args.pairs):
+        for pair in args.pairs:
+            pi = PAIR_INDEX.index(pair) if pair in PAIR_INDEX else len(PAIR_INDEX) + args.pairs.index(pair)
             for k in classes:
                 label = f"T1→{pair}"
                 wanted = ["identity"] + [n for n in rows if n not in PEERS or case < args.peer_cases]
