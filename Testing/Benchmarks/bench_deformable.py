@@ -419,9 +419,9 @@ def summarise(result: dict) -> str:
         "(seed 100 of the same generator, classes 0 and 2), never on these.",
         "Command" + ("s (runs of this script on the same cases, resumed with --resume or combined with --merge "
                      "into this section; each adds rows, cases or checks the others lack)"
-                     if len(cfg.get("argv_history", [])) > 1 else "") + ": "
+                     if len({tuple(a) for a in cfg.get("argv_history", [])}) > 1 else "") + ": "
         + "; ".join(f"`nice -n 10 python Testing/Benchmarks/bench_deformable.py {' '.join(a)}`"
-                    for a in cfg.get("argv_history") or [cfg["argv"]]),
+                    for a in dict.fromkeys(tuple(a) for a in (cfg.get("argv_history") or [cfg["argv"]]))),
         "",
         f"This run: {len(n_cases)} synthetic cases ({cfg['cases']} per pair type and class requested); pair types "
         f"{', '.join(dict.fromkeys(r['pair'] for r in recs))}; peers "
