@@ -423,7 +423,8 @@ def summarise(result: dict) -> str:
         + "; ".join(f"`nice -n 10 python Testing/Benchmarks/bench_deformable.py {' '.join(a)}`"
                     for a in dict.fromkeys(tuple(a) for a in (cfg.get("argv_history") or [cfg["argv"]]))),
         "",
-        f"This run: {len(n_cases)} synthetic cases ({cfg['cases']} per pair type and class requested); pair types "
+        f"This run: {len(n_cases)} synthetic cases (fewer than the issue's 3 per pair type and class where the "
+        "counts below say so: the shared machine had no CPU time for more); pair types "
         f"{', '.join(dict.fromkeys(r['pair'] for r in recs))}; peers "
         f"{', '.join(dict.fromkeys(r['method'] for r in peer_recs)) or 'none'} on "
         f"{len({(r['pair'], r['class'], r['case']) for r in peer_recs})} of those cases (class 2 only: the shared "
