@@ -16,8 +16,12 @@ from the identity); ANTs SyN (antspyx, ``type_of_transform='SyN'``) when antspyx
 
 Usage::
 
-    python Testing/Benchmarks/bench_deformable.py --cases 1 --pairs T1,T2,FLAIR [--model M.pt] \
-        [--peers elastix,ants] [--peer-cases 1] [--write]
+    python Testing/Benchmarks/bench_deformable.py --cases 3 --pairs T1,T2,FLAIR [--model NAME ...] \
+        [--peers elastix,ants] [--peer-cases 1] [--abdomen] [--memory] [--threads 1] [--write]
+
+Long runs save after every command; ``--resume`` goes on from the saved result, and runs made in parallel in
+other ``--output-dir`` folders (e.g. ``--peers-only``, ``--models-only``) are combined into one section with
+``--from-json MAIN.json --merge OTHER.json ... --write``.
 """
 
 from __future__ import annotations
@@ -438,11 +442,25 @@ def summarise(result: dict) -> str:
         "",
         markdown_table(header, rows),
         "",
-        "Mean error (mm) per RegNet class (number of cases in brackets; with one case per class and pair type, "
-        "each cell of a row is the same case, so this is where the peers compare with ours on equal cases):",
+        "Mean error (mm) per RegNet class (number of cases in brackets):",
         "",
         markdown_table(class_header, class_rows),
     ]
+    peer_keys = {(r["pair"], r["class"], r["case"]) for r in peer_recs}
+    if peer_keys:
+        methods = list(dict.fromkeys(r["method"] for r in recs))
+        eq_rows = []
+        for pair in dict.fromkeys(r["pair"] for r in recs):
+            keys = {k for k in peer_keys if k[0] == pair}
+            cells = []
+            for method in methods:
+                sel = [r for r in recs if (r["pair"], r["class"], r["case"]) in keys and r["method"] == method
+                       and "mean" in r]
+                cells.append(f"{np.mean([r['mean'] for r in sel]):.2f} / {100 * max(r['folding'] for r in sel):.3f} %"
+                             if len(sel) == len(keys) and sel else "")
+            eq_rows.append([pair, str(len(keys)), *cells])
+        lines += ["", "On exactly the peers' cases (mean error in mm / worst folding):", "",
+                  markdown_table(["pair", "cases", *methods], eq_rows)]
     if result.get("abdomen"):
         ab = result["abdomen"]
         lines += ["", "### Real pair: abdomen CT, subject A → subject B (TotalSegmentator organ Dice)", "",
@@ -529,7 +547,7 @@ def targets_text(result: dict) -> list:
         if both and len(opt) == len(both):
             nb = np.mean([r["mean"] for r in both])
             out.append(f"- network + optimisation ({name}) at least as accurate as optimisation only (same steps): "
-                       f"{nb:.2f} mm against {np.mean(opt):.2f} mm on the same {len(both)} cases: "
+                       f"{nb:.3f} mm against {np.mean(opt):.3f} mm on the same {len(both)} cases: "
                        f"{verdict(nb <= np.mean(opt))}")
     if result.get("memory"):
         ok = [r for r in result["memory"]["runs"] if r["rc"] == 0]
