@@ -46,12 +46,13 @@ class DeformableRegistration(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["RegistrationSuite contributors (RegistrationSuite project)"]
         self.parent.helpText = _("""
-Aligns a moving volume to a fixed volume with a dense displacement field, after an optional initial transform
-(e.g. the output of Global Rigid Search or Partial-Volume Preregistration). The field lives on a working grid
-(default 2 mm) covering the fixed volume and is found by instance optimisation (Adam, coarse to fine; LNCC for one
-contrast, MIND-SSC or NGF across contrasts; diffusion or bending regularisation), optionally started from a field
-network's estimate. No field network is shipped yet: the default is optimisation only. The preset sets the number
-of optimisation steps and the regularisation weight.
+Aligns a moving volume to a fixed volume with a dense displacement field, after an optional initial transform (e.g.
+the output of Global Rigid Search or Partial-Volume Preregistration). The field lives on a working grid (default
+automatic: 1.5 mm, coarser for large volumes; 0 in the spacing box) covering the fixed volume and is found by
+instance optimisation (Adam, coarse to fine; LNCC for one contrast, MIND-SSC or NGF across contrasts; diffusion or
+bending regularisation), optionally started from a field network's estimate. One field network ships
+(deformable_mr_synthetic); the default is optimisation only. The preset sets the number of optimisation steps and
+the regularisation weight.
 <br><br>
 Output: a grid transform (moving to fixed; the initial transform is included), optionally the Jacobian determinant
 of the mapping (values below 0 are folds) and the moving volume resampled onto the fixed grid. The result shows the
@@ -98,7 +99,7 @@ class DeformableRegistrationParameterNode:
     regularization: Annotated[float, WithinRange(0.0, 10.0)] = 0.1
     regularizer: Annotated[str, Choice(["diffusion", "bending"])] = "diffusion"
     diffeomorphic: bool = False
-    spacing: Annotated[float, WithinRange(0.5, 10.0)] = 2.0
+    spacing: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
     seed: Annotated[int, Minimum(0)] = 0
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
 
@@ -253,7 +254,8 @@ class DeformableRegistrationLogic(ScriptedLoadableModuleLogic):
         return deformable_logic.make_config(
             p.preset, similarity=p.similarity, model=p.model or None,
             regularization=float(p.regularization) if p.overrideRegularization else None,
-            regularizer=p.regularizer, diffeomorphic=bool(p.diffeomorphic), spacing_mm=float(p.spacing),
+            regularizer=p.regularizer, diffeomorphic=bool(p.diffeomorphic),
+            spacing_mm=float(p.spacing) if float(p.spacing) > 0 else None,
             seed=int(p.seed), device=p.device)
 
     def whyCannotRun(self, parameterNode) -> str:

@@ -37,7 +37,9 @@ def add_parser(sub):
     p.add_argument("--regularization", type=float, default=0.1, help="regulariser weight (default 0.1)")
     p.add_argument("--regularizer", default="diffusion", choices=["diffusion", "bending"])
     p.add_argument("--diffeomorphic", action="store_true", help="optimise a stationary velocity field (scaling and squaring)")
-    p.add_argument("--spacing", type=float, default=2.0, help="working-grid spacing in mm (default 2)")
+    p.add_argument("--spacing", type=spacing, default=None,
+                   help="working-grid spacing in mm, or 'auto' (default): 1.5 mm, coarsened so the grid holds at "
+                        "most 3 million voxels (large images)")
     p.add_argument("--fixed-mask", help="fixed mask (non-zero = use)")
     p.add_argument("--moving-mask", help="moving mask (non-zero = use)")
     p.add_argument("--output-resampled", help="write moving resampled onto the fixed grid")
@@ -46,11 +48,18 @@ def add_parser(sub):
     p.add_argument("--output-scene", help="write a Slicer scene bundle (.mrb)")
     p.add_argument("--output-qa", help="write a before/after checkerboard picture (.png) of the middle slice")
     p.add_argument("--max-memory-gb", type=float, default=4.0, help="refuse working grids needing more (default 4)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch (default 0: torch's choice, all cores; 1 is faster on a busy machine)")
     p.add_argument("--seed", type=int, default=0, help=f"random seed (default 0); {SEED_PROMISE}")
     add_device_argument(p)
     add_summary_arguments(p)
     p.set_defaults(run=run)
     return p
+
+
+def spacing(text):
+    """``--spacing``: a number of mm, or ``auto`` (``None``); argparse reports anything else in one line."""
+    return None if str(text).lower() == "auto" else float(text)
 
 
 def is_field_image_path(path) -> bool:
@@ -97,7 +106,13 @@ def run(args) -> int:
     from ..methods.deformable import DeformableConfig, register_deformable
     from ..progress import Progress
 
+    if args.threads < 0:
+        raise InputError(f"--threads: expected an integer >= 0 (0: all cores), got {args.threads}")
     outputs = _check_outputs(args)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     config = DeformableConfig(spacing_mm=args.spacing, similarity=args.similarity, io_steps=args.io_steps,
                               regularization=args.regularization, regularizer=args.regularizer,
                               diffeomorphic=args.diffeomorphic, model=args.model, seed=args.seed,

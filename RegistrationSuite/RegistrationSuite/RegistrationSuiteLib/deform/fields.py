@@ -24,6 +24,21 @@ def _xyz_sizes(spatial: Sequence[int]) -> list:
     return [int(n) for n in reversed(tuple(spatial))]
 
 
+_GRID_CACHE: dict = {}
+
+
+def _cached_identity(shape, device, dtype) -> torch.Tensor:
+    """The identity grid of the last few shapes, built once (an optimisation warps on the same grid hundreds
+    of times). Callers must not modify it in place."""
+    key = (tuple(int(n) for n in shape), str(device), dtype)
+    grid = _GRID_CACHE.get(key)
+    if grid is None:
+        if len(_GRID_CACHE) >= 8:
+            _GRID_CACHE.pop(next(iter(_GRID_CACHE)))
+        grid = _GRID_CACHE[key] = identity_grid(shape, device=device, dtype=dtype)
+    return grid
+
+
 def identity_grid(shape: Sequence[int], *, device=None, dtype=torch.float32) -> torch.Tensor:
     """Normalised sampling grid of the identity for ``grid_sample(align_corners=True)``.
 
@@ -74,7 +89,7 @@ def warp_image(image: torch.Tensor, u: torch.Tensor, *, mode: str = "bilinear",
     d = _check_field(u)
     if image.dim() != d + 2:
         raise ValueError(f"image: expected {d + 2} axes to match a {d}D field, got shape {tuple(image.shape)}")
-    grid = identity_grid(u.shape[2:], device=u.device, dtype=u.dtype) + voxel_to_normalized(u).movedim(1, -1)
+    grid = _cached_identity(u.shape[2:], u.device, u.dtype) + voxel_to_normalized(u).movedim(1, -1)
     if image.shape[0] != grid.shape[0]:
         grid = grid.expand(image.shape[0], *grid.shape[1:])
     return F.grid_sample(image, grid, mode=mode, padding_mode=padding_mode, align_corners=True)

@@ -46,8 +46,16 @@ def box_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
     d = x.dim() - 2
     if radius <= 0:
         return x
-    k = 2 * int(radius) + 1
-    return _AVG[d](x, k, stride=1, padding=int(radius), count_include_pad=False)
+    # Separable: the window and its count of inside voxels are products over the axes, so three 1D means
+    # (each counting only inside voxels) equal the d-dimensional one at (2r+1)·d instead of (2r+1)^d taps.
+    k, r = 2 * int(radius) + 1, int(radius)
+    for axis in range(d):
+        kernel = [1] * d
+        kernel[axis] = k
+        pad = [0] * d
+        pad[axis] = r
+        x = _AVG[d](x, tuple(kernel), stride=1, padding=tuple(pad), count_include_pad=False)
+    return x
 
 
 def level_shape(shape: Sequence[int], factor: float) -> tuple:

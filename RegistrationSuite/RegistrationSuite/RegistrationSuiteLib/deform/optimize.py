@@ -10,6 +10,7 @@ moving image do not count). Dimension-generic: 2D ``(N, 1, H, W)`` and 3D ``(N, 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -17,7 +18,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..progress import as_progress
-from .fields import identity_grid, integrate_velocity, resize_field, voxel_to_normalized, warp_image
+from .fields import _cached_identity, integrate_velocity, resize_field, voxel_to_normalized, warp_image
 from .filters import gaussian_smooth, level_shape, resize_image
 from .losses import SIMILARITIES, make_similarity
 from .regularizers import REGULARIZERS
@@ -40,6 +41,10 @@ class InstanceOptimisationConfig:
         smoothing: σ (voxels of the level) of a Gaussian applied to the optimised parameters before use:
             Adam's first steps move every voxel by about ``learning_rate`` whatever its gradient, and the
             smoothing keeps that noise out of the field (ConvexAdam smooths its field the same way).
+        final_lr_fraction: within each level the step size falls from ``learning_rate`` to this fraction of
+            it (cosine schedule). Adam moves every parameter by about the step size at every step, so a
+            constant step leaves the field jittering by about ``learning_rate`` voxels around the optimum;
+            the decay lets it settle (1.0 = constant step).
     """
 
     similarity: str = "ncc"
@@ -54,6 +59,7 @@ class InstanceOptimisationConfig:
     mind_radius: int = 1
     mind_dilation: int = 2
     smoothing: float = 1.0
+    final_lr_fraction: float = 1.0
 
     def __post_init__(self):
         self.validate()
@@ -71,6 +77,8 @@ class InstanceOptimisationConfig:
             raise ValueError(f"steps: expected integers >= 0, got {self.steps}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate: expected a positive number, got {self.learning_rate}")
+        if not 0 < self.final_lr_fraction <= 1:
+            raise ValueError(f"final_lr_fraction: expected a number in (0, 1], got {self.final_lr_fraction}")
         if not self.smoothing >= 0:
             raise ValueError(f"smoothing: expected a number >= 0, got {self.smoothing}")
         if not self.weight >= 0:
@@ -110,7 +118,7 @@ def _inside(u):
     """1 where ``x + u(x)`` lies inside the grid (a weight, not differentiated)."""
     with torch.no_grad():
         sizes = [int(n) for n in reversed(u.shape[2:])]
-        coords = identity_grid(u.shape[2:], device=u.device, dtype=u.dtype).movedim(-1, 1)
+        coords = _cached_identity(u.shape[2:], u.device, u.dtype).movedim(-1, 1)
         pos = coords + voxel_to_normalized(u)
         return (pos.abs() <= 1.0 + 1e-6).all(1, keepdim=True).to(u.dtype) if min(sizes) > 1 else torch.ones_like(u[:, :1])
 
@@ -157,7 +165,9 @@ def optimise_field(fixed: torch.Tensor, moving: torch.Tensor, config: Optional[I
     reg = REGULARIZERS[config.regularizer]
     param = (initial.detach().clone() if initial is not None
              else fixed.new_zeros((fixed.shape[0], d, *shape)))
-    before = _full_score(sim, fixed, moving, _displacement(param, config), fixed_mask, moving_mask)
+    with torch.no_grad():  # features at full resolution, computed once (scores and the finest level)
+        full = (sim.features(fixed), sim.features(moving))
+    before = _full_score(sim, fixed, moving, _displacement(param, config), fixed_mask, moving_mask, full)
     history, steps = [], config.steps_per_level()
     total = max(1, sum(steps))
     done = 0
@@ -165,11 +175,11 @@ def optimise_field(fixed: torch.Tensor, moving: torch.Tensor, config: Optional[I
         lshape = level_shape(shape, factor)
         sub = prog.sub(done / total, (done + n_steps) / total)
         param = _optimise_level(sim, reg, config, fixed, moving, fixed_mask, moving_mask, param, lshape,
-                                n_steps, sub, history)
+                                n_steps, sub, history, full if lshape == shape else None)
         done += n_steps
     param = resize_field(param, shape).detach()
     u = _displacement(param, config).detach()
-    after = _full_score(sim, fixed, moving, u, fixed_mask, moving_mask)
+    after = _full_score(sim, fixed, moving, u, fixed_mask, moving_mask, full)
     prog.report(1.0, "instance optimisation done")
     return InstanceOptimisationResult(u, param if config.diffeomorphic else None, before, after, history,
                                       time.perf_counter() - start)
@@ -182,27 +192,37 @@ def score_field(similarity: str, fixed: torch.Tensor, moving: torch.Tensor, u: t
     return _full_score(make_similarity(similarity), fixed, moving, u, fixed_mask, moving_mask)
 
 
-def _full_score(sim, fixed, moving, u, fixed_mask, moving_mask) -> float:
+def _full_score(sim, fixed, moving, u, fixed_mask, moving_mask, features=None) -> float:
     with torch.no_grad():
-        ff, fm = sim.features(fixed), sim.features(moving)
+        ff, fm = features if features is not None else (sim.features(fixed), sim.features(moving))
         return sim.score(ff, warp_image(fm, u), _weight(fixed_mask, moving_mask, u))
 
 
-def _optimise_level(sim, reg, config, fixed, moving, fixed_mask, moving_mask, param, lshape, n_steps, prog, history):
-    """Adam on the field at the grid ``lshape``; returns the field (level voxel units)."""
+def _optimise_level(sim, reg, config, fixed, moving, fixed_mask, moving_mask, param, lshape, n_steps, prog, history,
+                    features=None):
+    """Adam on the field at the grid ``lshape``; returns the field (level voxel units). ``features``: the
+    similarity's features of fixed and moving when ``lshape`` is their own grid (already computed)."""
     param = resize_field(param.detach(), lshape)
     if n_steps == 0:
         return param
     with torch.no_grad():
-        f = sim.features(resize_image(fixed, lshape))
-        m = sim.features(resize_image(moving, lshape))
+        if features is not None:
+            f, m = features
+        else:
+            f = sim.features(resize_image(fixed, lshape))
+            m = sim.features(resize_image(moving, lshape))
         fm = None if fixed_mask is None else resize_image(fixed_mask, lshape, smooth=False)
         mm = None if moving_mask is None else resize_image(moving_mask, lshape, smooth=False)
     param = param.clone().requires_grad_(True)
     opt = torch.optim.Adam([param], lr=config.learning_rate)
     first = last = float("nan")
+    low = config.learning_rate * config.final_lr_fraction
     for step in range(n_steps):
         prog.check_cancel()
+        if n_steps > 1 and low < config.learning_rate:
+            cos = 0.5 * (1.0 + math.cos(math.pi * step / (n_steps - 1)))
+            for group in opt.param_groups:
+                group["lr"] = low + (config.learning_rate - low) * cos
         opt.zero_grad(set_to_none=True)
         u = _displacement(param, config, smooth=True)
         loss = sim.loss(f, warp_image(m, u), _weight(fm, mm, u)) + config.weight * reg(u)

@@ -132,3 +132,19 @@ def test_config_splits_steps_exactly():
     assert DeformableConfig(io_steps=120).steps_per_level() == [60, 42, 18]
     assert sum(DeformableConfig(io_steps=7).steps_per_level()) == 7
     assert DeformableConfig(model="none").model is None
+
+
+def test_automatic_working_spacing_is_bounded_by_the_voxel_budget():
+    import math
+
+    cfg = DeformableConfig()
+    assert cfg.spacing_mm is None and DeformableConfig(spacing_mm="auto").spacing_mm is None
+    assert cfg.working_spacing((140.0, 160.0, 125.0)) == 1.5  # a brain at 1.5 mm stays at 1.5 mm
+
+    def voxels(extent, s):
+        return math.prod(int(math.ceil(e / s - 1e-6)) + 1 for e in extent)
+
+    big = (255.0, 255.0, 255.0)  # a 256³ 1 mm volume: 171³ voxels at 1.5 mm, over the 3 M budget
+    s = cfg.working_spacing(big)
+    assert s > 1.5 and voxels(big, s) <= cfg.auto_max_voxels < voxels(big, s / 1.03)
+    assert DeformableConfig(spacing_mm=1.0).working_spacing(big) == 1.0  # an explicit spacing is kept

@@ -17,6 +17,7 @@ Jacobian range, similarity before/after, timings).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Optional
@@ -31,9 +32,14 @@ from ...progress import as_progress
 from ...result import RegistrationResult
 from .config import DeformableConfig
 
-# Estimated peak bytes per working-grid voxel (field, Adam moments, gradients, MIND descriptors of both
-# images and their warped copy, grid_sample buffers; measured order of magnitude, rounded up).
-BYTES_PER_VOXEL = 600
+# Peak memory estimate = BASE_GB (Python, torch, SimpleITK) + BYTES_PER_INPUT_VOXEL per voxel of the two input
+# images (float copies, smoothing) + BYTES_PER_VOXEL per working-grid voxel (field, Adam moments, gradients,
+# MIND descriptors of both images and their warped copy, grid_sample buffers). Measured (bench_deformable
+# --memory): a 256³ 1 mm T1/T2 pair on the automatic 1.79 mm grid (2.9 M voxels, MIND) peaked at 2.34 GB,
+# which this estimates at 3.4 GB; 1.5 mm brain pairs (0.86 M voxels) peaked at 0.9–1.0 GB (estimate 1.3 GB).
+BASE_GB = 0.5
+BYTES_PER_INPUT_VOXEL = 16
+BYTES_PER_VOXEL = 800
 
 
 def working_grid(fixed: sitk.Image, spacing_mm: float) -> sitk.Image:
@@ -144,8 +150,10 @@ def register_deformable(
     fmask = read_mask(fixed_mask, fixed_img, "fixed mask") if fixed_mask is not None else None
     mmask = read_mask(moving_mask, moving_img, "moving mask") if moving_mask is not None else None
     t0 = _check_initial(initial_transform)
+    extent = [(n - 1) * sp for n, sp in zip(fixed_img.GetSize(), fixed_img.GetSpacing())]
+    config = dataclasses.replace(config, spacing_mm=config.working_spacing(extent))  # resolved "auto"
     ref = working_grid(fixed_img, config.spacing_mm)
-    _check_size(ref, config)
+    _check_size(ref, config, fixed_img, moving_img)
     net = _resolve_model(model if model is not None else config.model)
     device = _device(config.device)
     torch.manual_seed(config.seed)
@@ -184,7 +192,7 @@ def register_deformable(
         "io": {"steps_per_level": io["steps"], "levels": list(config.levels), "history": io["history"]},
         "overlap": data["overlap"],
         "diffeomorphic": bool(config.diffeomorphic),
-        "memory_estimate_gb": _memory_gb(ref),
+        "memory_estimate_gb": _memory_gb(ref, fixed_img, moving_img),
         "config": {k: v for k, v in config.to_dict().items() if k != "extra"},
     }
     prog.report(1.0, "deformable registration done")
@@ -211,19 +219,20 @@ def _check_initial(initial) -> sitk.Transform:
     return initial
 
 
-def _memory_gb(ref: sitk.Image) -> float:
-    return float(np.prod(ref.GetSize())) * BYTES_PER_VOXEL / 1024**3
+def _memory_gb(ref: sitk.Image, *inputs: sitk.Image) -> float:
+    n_in = sum(float(np.prod(img.GetSize())) for img in inputs)
+    return BASE_GB + (float(np.prod(ref.GetSize())) * BYTES_PER_VOXEL + n_in * BYTES_PER_INPUT_VOXEL) / 1024**3
 
 
-def _check_size(ref: sitk.Image, config: DeformableConfig) -> None:
+def _check_size(ref: sitk.Image, config: DeformableConfig, *inputs: sitk.Image) -> None:
     size = ref.GetSize()
     if min(size) < config.min_size:
         raise InputError(f"images too small for the working resolution: working grid {size} at "
                          f"{config.spacing_mm} mm, need >= {config.min_size} voxels per axis (use a smaller --spacing)")
-    need = _memory_gb(ref)
+    need = _memory_gb(ref, *inputs)
     if need > config.max_memory_gb:
         raise InputError(f"the working grid {size} at {config.spacing_mm} mm needs about {need:.1f} GB "
-                         f"(limit {config.max_memory_gb:g} GB); use a larger --spacing")
+                         f"(limit {config.max_memory_gb:g} GB); use a larger --spacing or raise --max-memory-gb")
 
 
 def _resolve_model(model):
@@ -290,7 +299,7 @@ def _optimise(data, sim_name, u0, config, prog) -> dict:
                 "after": score_field(sim_name, fixed, moving, u, **kw), "steps": steps, "history": [], "seconds": 0.0}
     io_config = InstanceOptimisationConfig(
         similarity=sim_name, levels=tuple(config.levels), steps=tuple(steps), learning_rate=config.learning_rate,
-        regularizer=config.regularizer, weight=config.regularization, diffeomorphic=config.diffeomorphic)
+        final_lr_fraction=config.final_lr_fraction, regularizer=config.regularizer, weight=config.regularization, diffeomorphic=config.diffeomorphic)
     res = optimise_field(fixed, moving, io_config, initial=u0, fixed_mask=data["fixed_mask"],
                          moving_mask=data["moving_mask"], progress=prog)
     before = res.similarity_before
