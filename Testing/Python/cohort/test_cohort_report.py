@@ -124,3 +124,58 @@ def test_single_image_preview_for_a_pair_with_one_unreadable_input(tmp_path):
     p_part, q_part = page.split('id="pair-p"')[1].split('id="pair-q"')
     assert p_part.count("data:image/png;base64,") == 1 and "the fixed image alone" in p_part
     assert "data:image/png" not in q_part and "no preview of the pair" in q_part  # nothing readable: a note
+
+
+def _report_images(page: str) -> int:
+    return page.count('src="data:image/png;base64,iVBOR')
+
+
+def test_deformable_output_report(tmp_path):
+    """``--output-report`` on deformable: the page shows the checkerboard, the edge overlay and the Jacobian map
+    of the delivered field, and nothing else is left beside the outputs; a non-HTML name is refused up front."""
+    import subprocess
+    import sys
+
+    from tiny_cases import known_deformable_pair_3d
+
+    fixed, moving, _, _ = known_deformable_pair_3d()
+    sitk.WriteImage(fixed, str(tmp_path / "f.nii.gz"))
+    sitk.WriteImage(moving, str(tmp_path / "m.nii.gz"))
+    cli = [sys.executable, "-m", "RegistrationSuiteLib", "deformable", "--device", "cpu", "--fixed", "f.nii.gz",
+           "--moving", "m.nii.gz", "--spacing", "4", "--io-steps", "10", "--quiet"]
+    proc = subprocess.run(cli + ["--output", "t.h5", "--output-report", "r.html"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    page = (tmp_path / "r.html").read_text()
+    assert _report_images(page) == 3 and "Jacobian" in page, proc.stderr
+    assert "http://" not in page and "https://" not in page
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.nii.gz", "m.nii.gz", "r.html", "t.h5"]
+    proc = subprocess.run(cli + ["--output", "t2.h5", "--output-report", "r.png"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "--output-report" in proc.stderr
+    assert not (tmp_path / "t2.h5").exists() and not (tmp_path / "r.png").exists()
+
+
+def test_histology_output_report(tmp_path):
+    """``--output-report`` on histology (RGB slides): one page with the slide's checkerboard, edge overlay and
+    Jacobian map; a non-HTML page name is refused before the run, nothing written."""
+    import subprocess
+    import sys
+
+    from tiny_cases import slide_pair_rgb
+
+    fixed, moving, _, _ = slide_pair_rgb()
+    for name, arr in (("f.png", fixed), ("m.png", moving)):
+        sitk.WriteImage(sitk.GetImageFromArray(arr, isVector=True), str(tmp_path / name))
+    cli = [sys.executable, "-m", "RegistrationSuiteLib", "histology", "--device", "cpu", "--fixed", "f.png",
+           "--moving", "m.png", "--quiet"]
+    proc = subprocess.run(cli + ["--output", "t.h5", "--output-report", "r.html"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    page = (tmp_path / "r.html").read_text()
+    assert _report_images(page) == 3 and "Jacobian" in page, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.png", "m.png", "r.html", "t.h5"]
+    proc = subprocess.run(cli + ["--output", "t2.h5", "--output-report", "f.png"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "--output-report" in proc.stderr
+    assert not (tmp_path / "t2.h5").exists()

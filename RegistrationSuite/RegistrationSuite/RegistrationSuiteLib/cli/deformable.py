@@ -8,6 +8,7 @@ from ..errors import InputError
 from ..seeding import SEED_PROMISE
 from .common import add_device_argument, add_summary_arguments, check_output_paths, print_result
 from .progress_lines import progress_for
+from .report import add_output_report_argument, write_output_report
 
 HELP = "deformable registration (RegNet/Cao-style field network + instance optimisation); writes a displacement field"
 FIELD_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -47,6 +48,7 @@ def add_parser(sub):
     p.add_argument("--output-inverse", help="write the inverse transform (moving → fixed points; .h5)")
     p.add_argument("--output-scene", help="write a Slicer scene bundle (.mrb)")
     p.add_argument("--output-qa", help="write a before/after checkerboard picture (.png) of the middle slice")
+    add_output_report_argument(p)
     p.add_argument("--max-memory-gb", type=float, default=4.0, help="refuse working grids needing more (default 4)")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads for torch (default 0: torch's choice, all cores; 1 is faster on a busy machine)")
@@ -141,6 +143,7 @@ def run(args) -> int:
         "written: " + ", ".join(str(p) for p in written),
     ]
     print_result(args, result, lines)
+    write_output_report(args, result)
     return 0
 
 

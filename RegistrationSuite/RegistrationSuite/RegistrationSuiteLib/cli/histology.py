@@ -9,6 +9,7 @@ from ..seeding import SEED_PROMISE
 from .common import add_device_argument, add_summary_arguments, print_result
 from .initial_transform import add_initial_transform_argument
 from .progress_lines import progress_for
+from .report import add_output_report_argument, write_output_report
 
 HELP = "register two histology slides (H&E / IHC, rotation + mirror search, affine, non-rigid)"
 FIELD_IMAGE_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr", ".nii", ".nii.gz")
@@ -56,6 +57,7 @@ def add_parser(sub):
     p.add_argument("--io-steps", type=int, default=None,
                    help="non-rigid instance optimisation steps per level (0 = affine only)")
     p.add_argument("--output-resampled", help="write the moving slide warped onto the fixed one (colours kept)")
+    add_output_report_argument(p)
     p.add_argument("--output-checkerboard", "--output-qa", dest="output_checkerboard",
                    help="write a fixed / warped-moving checkerboard (PNG); --output-qa is the same option")
     add_initial_transform_argument(p)
@@ -162,6 +164,7 @@ def run(args) -> int:
         f"fixed→moving field ({ {'um': 'µm', 'mm': 'mm, LPS'}.get(result.unit, 'level-0 pixels')}) written to "
         f"{args.output}",
     ])
+    write_output_report(args, result)
     return 0
 
 
