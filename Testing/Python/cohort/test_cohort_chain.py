@@ -220,7 +220,7 @@ def test_initial_transform_dimension_mismatch_is_input_error(tmp_path):
 
 @pytest.mark.slow
 def test_histology_initial_transform_known_answer(tmp_path):
-    """histology from a linear initial transform: the written field (one 2D displacement field, fixed→moving, T0
+    """histology from an initial transform, linear and as a displacement field: the written field (one 2D displacement field, fixed→moving, T0
     folded in) recovers the known rotation+shift, landmarks go both ways through it, and the method's own step
     was the remainder after T0 (not the whole rotation again)."""
     pytest.importorskip("torch")
@@ -253,9 +253,21 @@ def test_histology_initial_transform_known_answer(tmp_path):
     d = json.loads((tmp_path / "d.json").read_text())["diagnostics"]
     assert d["initial_transform"]["prewarp"] == "resampled"
     assert abs(abs(d["rotation_deg"]) - 12.0) < 4.0  # the step found the remaining 12°, not 40°
-    # a non-linear initial transform is refused before the run
-    sitk.WriteTransform(sitk.DisplacementFieldTransform(2), str(tmp_path / "field.h5"))
+    # the same T0 given as a displacement field (a non-linear transform type) gives the same answer
+    t0_field = sitk.TransformToDisplacementField(t0, sitk.sitkVectorFloat64, (52, 52), (-6.0, -6.0), (4.0, 4.0))
+    sitk.WriteTransform(sitk.DisplacementFieldTransform(t0_field), str(tmp_path / "t0_field.h5"))
     proc = subprocess.run(CLI + ["histology", "--fixed", str(tmp_path / "f.png"), "--moving", str(tmp_path / "m.png"),
-                                 "--initial-transform", str(tmp_path / "field.h5"), "--output", str(tmp_path / "t2.h5")],
-                          capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 2 and "linear" in proc.stderr and not (tmp_path / "t2.h5").exists()
+                                 "--initial-transform", str(tmp_path / "t0_field.h5"), "--output", str(tmp_path / "t2.h5"),
+                                 "--fixed-landmarks", str(tmp_path / "fl.csv"), "--output-landmarks", str(tmp_path / "o2.csv"),
+                                 "--moving-landmarks", str(tmp_path / "ml.csv"),
+                                 "--output-fixed-landmarks", str(tmp_path / "of2.csv"), "--working-size", "192",
+                                 "--output-diagnostics", str(tmp_path / "d2.json"), "--json", "--quiet"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr
+    tx2 = sitk.ReadTransform(str(tmp_path / "t2.h5"))
+    tx2 = tx2.GetNthTransform(0) if isinstance(tx2, sitk.CompositeTransform) else tx2
+    np.testing.assert_allclose([tx2.TransformPoint(tuple(p)) for p in points], expected, atol=1.5)
+    np.testing.assert_allclose(read_landmarks(tmp_path / "o2.csv"), expected, atol=1.5)
+    np.testing.assert_allclose(read_landmarks(tmp_path / "of2.csv"), points, atol=1.5)
+    d2 = json.loads((tmp_path / "d2.json").read_text())["diagnostics"]
+    assert abs(abs(d2["rotation_deg"]) - 12.0) < 4.0  # again only the remaining 12°: T0 was applied

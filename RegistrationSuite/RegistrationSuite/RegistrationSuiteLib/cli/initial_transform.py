@@ -5,8 +5,8 @@ to the moving image first, the method registers the fixed image against that pre
 the written transform is the composition ``T ∘ S`` (a fixed point ``x`` goes to ``T(S(x))`` in the moving
 image), again fixed→moving. rigid-search is a global search, so ``T`` does not narrow its search: it changes
 where the search starts from (the moving image's centre and orientation) and is part of the written result.
-partial-prereg's orientation prior then starts from ``T``'s pose. histology takes a linear ``T`` (rigid or
-affine, in the slides' physical units): the moving slide is resampled through it onto the fixed slide's grid
+partial-prereg's orientation prior then starts from ``T``'s pose. histology takes any 2D ``T`` (linear or not,
+in the slides' physical units): the moving slide is resampled through it onto the fixed slide's grid
 (glass colour outside), the full rotation search runs on that, and ``T`` is folded into the written field.
 See :mod:`RegistrationSuiteLib.cohort.chain`.
 """
@@ -61,12 +61,13 @@ def compose_result(result: RegistrationResult, initial: Optional[sitk.Transform]
 
 
 def prewarp_slide(moving, fixed, initial: sitk.Transform):
-    """The moving :class:`~RegistrationSuiteLib.methods.histology.slides.Slide` seen through a linear 2D initial
-    transform: its pixels resampled (linear, glass colour outside) onto the fixed slide's grid, with the fixed
-    slide's geometry (``M'(y) = M(T0(y))``, ``y`` in the fixed physical frame).
+    """The moving :class:`~RegistrationSuiteLib.methods.histology.slides.Slide` seen through a 2D initial
+    transform (any kind: rigid, affine, B-spline, displacement field): its pixels resampled (linear, glass colour
+    outside) onto the fixed slide's grid, with the fixed slide's geometry (``M'(y) = M(T0(y))``, ``y`` in the
+    fixed physical frame).
 
     Raises:
-        InputError: not a 2D transform, or not a linear one.
+        InputError: not a 2D transform.
     """
     import dataclasses
 
@@ -77,9 +78,6 @@ def prewarp_slide(moving, fixed, initial: sitk.Transform):
 
     if initial.GetDimension() != 2:
         raise InputError(f"--initial-transform: a {initial.GetDimension()}D transform for 2D slides")
-    if not initial.IsLinear():
-        raise InputError(f"--initial-transform: histology takes a linear (rigid or affine) initial transform, "
-                         f"got a {initial.GetName()}")
     image = slide_image(moving)
     dtype = moving.pixels.dtype
     glass = float(np.iinfo(dtype).max) if dtype.kind in "ui" else 1.0
@@ -95,15 +93,22 @@ def compose_histology_result(result, initial: sitk.Transform, moving, path):
     """A histology result found against :func:`prewarp_slide`'s slide, made a result for the original moving
     slide: ``T0`` folded into the field (still one 2D displacement field, fixed→moving), the initial affine
     alignment composed with ``T0`` (the inverse landmark transfer starts from it), the original moving slide."""
+    from ..cohort.chain import affine_fit_over_domain, fold_transform_into_field
     from ..geometry import affine_matrix_from_sitk
 
-    m = affine_matrix_from_sitk(initial, 2)
     step = result.transform
-    result.transform = fold_linear_into_field(step, m)
+    if initial.IsLinear():
+        m = affine_matrix_from_sitk(initial, 2)
+        result.transform = fold_linear_into_field(step, m)
+    else:  # folded exactly at the field's grid points; its affine part seeds the inverse landmark transfer
+        fixed = result.fixed_slide
+        extent = [float(sp) * n for sp, n in zip(fixed.spacing, reversed(fixed.pixels.shape[:2]))]
+        m = affine_fit_over_domain(initial, [float(o) for o in fixed.origin], extent)
+        result.transform = fold_transform_into_field(step, initial)
     if result.affine is not None:
         result.affine = m @ result.affine
     result.moving_slide = moving
     result.diagnostics["initial_transform"] = {"path": str(path), "type": initial.GetName(), "prewarp": "resampled",
-                                               "fixed_to_moving": m.round(8).tolist(),
+                                               "fixed_to_moving" if initial.IsLinear() else "fixed_to_moving_affine_part": m.round(8).tolist(),
                                                "note": "rotation_deg and the candidates are the step's own, after it"}
     return result

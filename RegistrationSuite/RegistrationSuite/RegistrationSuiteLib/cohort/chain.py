@@ -188,6 +188,33 @@ def fold_linear_into_field(step: sitk.DisplacementFieldTransform, initial: np.nd
     return sitk.DisplacementFieldTransform(sitk.Cast(out, sitk.sitkVectorFloat64))
 
 
+def fold_transform_into_field(step: sitk.DisplacementFieldTransform,
+                              initial: sitk.Transform) -> sitk.DisplacementFieldTransform:
+    """``T0 ∘ S`` as one displacement field on ``S``'s grid for any ``T0`` (B-spline, displacement field,
+    composite): ``u'(x) = T0(x + u(x)) − x`` sampled at the grid points (exact there; between them the field is
+    interpolated, as any displacement field is). Linear ``T0``: use :func:`fold_linear_into_field`."""
+    field = step.GetDisplacementField()
+    composed = sitk.CompositeTransform([initial, step])  # SimpleITK applies the last one added first: T0(S(x))
+    out = sitk.TransformToDisplacementField(composed, sitk.sitkVectorFloat64, field.GetSize(), field.GetOrigin(),
+                                            field.GetSpacing(), field.GetDirection())
+    return sitk.DisplacementFieldTransform(out)
+
+
+def affine_fit_over_domain(transform: sitk.Transform, origin, extent, samples: int = 21) -> np.ndarray:
+    """The least-squares affine (homogeneous matrix) of ``transform`` sampled on a regular grid over the box
+    ``origin .. origin + extent``: the linear part of a non-linear transform, e.g. as a Jacobian estimate."""
+    d = len(origin)
+    axes = [np.linspace(o, o + e, samples) for o, e in zip(origin, extent)]
+    x = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, d)
+    y = np.array([transform.TransformPoint(tuple(float(v) for v in p)) for p in x])
+    design = np.hstack([x, np.ones((len(x), 1))])
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    m = np.eye(d + 1)
+    m[:d, :d] = coef[:d].T
+    m[:d, d] = coef[d]
+    return m
+
+
 def _field_without_linear(composed: sitk.DisplacementFieldTransform, initial: np.ndarray) -> sitk.DisplacementFieldTransform:
     """``S = T0⁻¹ ∘ composed`` for one displacement field with a linear ``T0`` folded in (as the deformable
     command writes it): on the field's grid ``S(x) = A⁻¹(x + u(x) − b)``, so ``u_S(x) = S(x) − x``."""
