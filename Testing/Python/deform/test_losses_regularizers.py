@@ -81,3 +81,56 @@ def test_regularisers_on_linear_and_quadratic_fields(d):
     assert float(bending_energy(u)) == pytest.approx(0.0, abs=1e-12)
     u[:, 0] = 0.5 * x * x  # ∂xx u_x = 1
     np.testing.assert_allclose(float(bending_energy(u)), 1.0, rtol=1e-10)
+
+
+@pytest.mark.parametrize("weight", [None, "fixed", "differentiable", "broadcast"])
+def test_mind_loss_value_and_written_out_gradient_match_autograd(weight):
+    """mind_loss has its gradient written out (speed): value and gradients against the plain autograd
+    expression, weights that carry a gradient (a warped moving mask) and batch broadcasting included."""
+    from RegistrationSuiteLib.deform import mind_loss
+
+    g = torch.Generator().manual_seed(3)
+    a = torch.rand(2, 12, 5, 6, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.rand(2, 12, 5, 6, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    w = {None: None,
+         "fixed": torch.rand(2, 1, 5, 6, 7, generator=g, dtype=torch.float64),
+         "differentiable": torch.rand(2, 1, 5, 6, 7, generator=g, dtype=torch.float64).requires_grad_(True),
+         "broadcast": torch.rand(1, 1, 5, 6, 7, generator=g, dtype=torch.float64).requires_grad_(True)}[weight]
+    e = (a - b).pow(2).mean(1, keepdim=True)
+    expected = e.mean() if w is None else (e * w.expand_as(e)).sum() / w.expand_as(e).sum()
+    got = mind_loss(a, b, w)
+    assert float(got) == pytest.approx(float(expected), rel=1e-12)
+    inputs = [t for t in (a, b, w) if t is not None and t.requires_grad]
+    for x, y in zip(torch.autograd.grad(got, inputs), torch.autograd.grad(expected, inputs)):
+        assert torch.allclose(x, y, rtol=1e-10, atol=1e-14)
+        assert float(y.abs().max()) > 0
+    assert torch.autograd.gradcheck(mind_loss, (a, b, w))
+
+
+@pytest.mark.parametrize("shape,sigma", [((2, 3, 20, 31, 9), (1.0, 2.5, 0.0)), ((1, 2, 40, 7), (3.0, 0.7)),
+                                         ((1, 1, 5, 600), (1.2, 1.2)), ((1, 3, 4, 4, 4), (2.0, 2.0, 2.0))])
+def test_gaussian_smooth_equals_the_border_replicated_convolution(shape, sigma):
+    """gaussian_smooth uses one matrix product per axis (axes up to 512 voxels) and the padded convolution
+    beyond: both against a direct sum over the replicated-border neighbours, kernels wider than an axis
+    included; and a constant stays constant."""
+    import math
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64)
+    expected = x
+    for axis, s in enumerate(sigma):
+        if s <= 0:
+            continue
+        r = max(1, int(math.ceil(3 * s)))
+        k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float64) / s) ** 2)
+        k = k / k.sum()
+        n = shape[2 + axis]
+        idx = (torch.arange(n)[:, None] + torch.arange(-r, r + 1)[None, :]).clamp(0, n - 1)
+        moved = expected.movedim(2 + axis, -1)
+        expected = (moved[..., idx] * k).sum(-1).movedim(-1, 2 + axis)
+    got = gaussian_smooth(x, sigma)
+    assert got.shape == x.shape
+    assert torch.allclose(got, expected, rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(got, x, atol=1e-3)
+    assert torch.allclose(gaussian_smooth(torch.full(shape, 2.5, dtype=torch.float64), sigma),
+                          torch.full(shape, 2.5, dtype=torch.float64))

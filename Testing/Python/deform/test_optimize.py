@@ -117,3 +117,26 @@ def test_bad_config_and_shapes_are_clear_errors():
         InstanceOptimisationConfig(levels=(2, 1), steps=(10, 10, 10))
     with pytest.raises(ValueError, match="fixed, moving"):
         optimise_field(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 9))
+
+
+def test_written_out_adam_takes_torch_adams_steps():
+    """The optimiser's Adam (written out to keep torch._dynamo out of the start-up) against torch.optim.Adam
+    on the same gradients, with the step size changed between steps as the cosine schedule does."""
+    from RegistrationSuiteLib.deform.optimize import _Adam
+
+    g = torch.Generator().manual_seed(0)
+    start = torch.randn(3, 4, 5, generator=g)
+    target = torch.randn(3, 4, 5, generator=g)
+    ours, ref = start.clone().requires_grad_(True), start.clone().requires_grad_(True)
+    opt_ours, opt_ref = _Adam(ours, 0.3), torch.optim.Adam([ref], lr=0.3)
+    for step in range(12):
+        lr = 0.3 * (1.0 - step / 20)
+        opt_ours.lr = lr
+        for group in opt_ref.param_groups:
+            group["lr"] = lr
+        for p, opt in ((ours, opt_ours), (ref, opt_ref)):
+            p.grad = None
+            ((p - target) ** 4).sum().backward()
+            opt.step()
+    assert not torch.equal(ours.detach(), start)
+    assert torch.allclose(ours.detach(), ref.detach(), rtol=1e-6, atol=1e-7)

@@ -35,7 +35,7 @@ from .fields import (
     warp_image,
 )
 from .filters import box_filter, gaussian_smooth, level_shape, resize_image
-from .losses import SIMILARITIES, Similarity, lncc_loss, make_similarity, mind_ssc, ncc_loss, ngf_loss
+from .losses import SIMILARITIES, Similarity, lncc_loss, make_similarity, mind_loss, mind_ssc, ncc_loss, ngf_loss
 from .optimize import InstanceOptimisationConfig, InstanceOptimisationResult, optimise_field, score_field
 from .regularizers import REGULARIZERS, bending_energy, diffusion_energy
 
@@ -58,6 +58,7 @@ __all__ = [
     "level_shape",
     "lncc_loss",
     "make_similarity",
+    "mind_loss",
     "mind_ssc",
     "ncc_loss",
     "ngf_loss",

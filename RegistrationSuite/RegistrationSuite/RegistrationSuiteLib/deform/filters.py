@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence, Union
 
@@ -19,6 +20,31 @@ def _per_axis(value, d: int, name: str) -> list:
     return values
 
 
+# Axes up to this length are smoothed by one matrix product (the axis' smoothing matrix, border replication
+# folded in): the same numbers as the padded convolution up to float rounding, and on a CPU several times
+# faster, backward included (grouped 3D convolutions take a slow path there). Longer axes use the convolution.
+_MATRIX_MAX_LENGTH = 512
+
+
+@functools.lru_cache(maxsize=64)
+def _gaussian_kernel(sigma: float) -> tuple:
+    r = max(1, int(math.ceil(3.0 * sigma)))
+    t = torch.arange(-r, r + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    return k / k.sum(), r
+
+
+@functools.lru_cache(maxsize=64)
+def _smoothing_matrix(n: int, sigma: float, dtype, device) -> torch.Tensor:
+    """``(n, n)`` matrix ``M`` with ``(M x)_i = Σ_j k_j x_clamp(i + j)``: the 1D Gaussian of
+    :func:`gaussian_smooth` with the border replicated."""
+    k, r = _gaussian_kernel(sigma)
+    cols = (torch.arange(n)[:, None] + torch.arange(-r, r + 1)[None, :]).clamp(0, n - 1)
+    m = torch.zeros(n, n, dtype=torch.float64)
+    m.scatter_add_(1, cols, k.expand(n, -1).contiguous())
+    return m.to(dtype=dtype, device=device)
+
+
 def gaussian_smooth(x: torch.Tensor, sigma: Union[float, Sequence[float]]) -> torch.Tensor:
     """Gaussian smoothing with standard deviation ``sigma`` (voxels, one value or one per tensor axis),
     separable, border replicated, kernel truncated at 3σ. ``sigma = 0`` leaves an axis untouched."""
@@ -28,10 +54,13 @@ def gaussian_smooth(x: torch.Tensor, sigma: Union[float, Sequence[float]]) -> to
     for axis, s in enumerate(sigmas):
         if s <= 0:
             continue
-        r = max(1, int(math.ceil(3.0 * s)))
-        t = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
-        k = torch.exp(-0.5 * (t / s) ** 2)
-        k = k / k.sum()
+        n = int(x.shape[2 + axis])
+        if n <= _MATRIX_MAX_LENGTH and x.is_floating_point():
+            m = _smoothing_matrix(n, float(s), x.dtype, x.device)
+            x = x @ m.T if axis == d - 1 else (x.movedim(2 + axis, -1) @ m.T).movedim(-1, 2 + axis)
+            continue
+        k, r = _gaussian_kernel(float(s))
+        k = k.to(dtype=x.dtype, device=x.device)
         shape = [1] * d
         shape[axis] = 2 * r + 1
         weight = k.view(1, 1, *shape).expand(c, 1, *shape)

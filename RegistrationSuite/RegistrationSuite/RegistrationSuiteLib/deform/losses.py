@@ -93,9 +93,41 @@ def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 2, eps: float
     return desc / desc.max(1, keepdim=True)[0].clamp_min(eps)
 
 
+class _WeightedChannelMSE(torch.autograd.Function):
+    """``Σ_x w(x) · mean_c (a_c(x) − b_c(x))² / Σ_x w(x)`` (``w = None``: the plain mean over ``x``), with
+    its gradient written out: autograd's chain of elementwise nodes over all channels cost about as much as
+    the warp itself on a CPU."""
+
+    @staticmethod
+    def forward(ctx, a, b, weight):
+        diff = b - a
+        e = diff.square().mean(1, keepdim=True)
+        if weight is None:
+            total = torch.tensor(float(e.numel()), dtype=e.dtype, device=e.device)
+            loss = e.mean()
+        else:
+            w = weight.expand_as(e)
+            total = w.sum().clamp_min(1e-8)
+            loss = (e * w).sum() / total
+        ctx.save_for_backward(diff, e if weight is not None and weight.requires_grad else None,
+                              weight, total, loss)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        diff, e, weight, total, loss = ctx.saved_tensors
+        scale = grad * (2.0 / diff.shape[1]) / total
+        g = diff * (scale if weight is None else weight * scale)
+        grad_w = None
+        if weight is not None and ctx.needs_input_grad[2]:
+            grad_w = ((e - loss) * (grad / total)).sum_to_size(weight.shape)
+        return (-g if ctx.needs_input_grad[0] else None), (g if ctx.needs_input_grad[1] else None), grad_w
+
+
 def mind_loss(fixed_desc: torch.Tensor, warped_desc: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Mean squared difference of MIND descriptors (averaged over the descriptor channels)."""
-    return _wmean((fixed_desc - warped_desc).pow(2).mean(1, keepdim=True), weight)
+    """Mean squared difference of MIND descriptors (averaged over the descriptor channels), weighted by
+    ``weight`` over the voxels (same value as ``_wmean`` of the per-voxel channel mean)."""
+    return _WeightedChannelMSE.apply(fixed_desc, warped_desc, weight)
 
 
 def _normalized_gradient(x: torch.Tensor, eps: Optional[float]) -> torch.Tensor:

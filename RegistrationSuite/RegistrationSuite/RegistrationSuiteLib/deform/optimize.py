@@ -102,7 +102,7 @@ class InstanceOptimisationResult:
         velocity: the stationary velocity (same layout) when diffeomorphic, else ``None``.
         similarity_before, similarity_after: the similarity's score (higher is better) at full resolution
             for the initial and the final field.
-        history: per level, the total loss at its first and last step.
+        history: per level, the total loss at its first and last step and the level's wall time.
         seconds: wall time.
     """
 
@@ -127,6 +127,31 @@ def _weight(fixed_mask, moving_mask, u):
     """Loss weight: fixed mask × moving mask warped by ``u`` × inside-the-moving-image."""
     w = _inside(u) if moving_mask is None else warp_image(moving_mask, u, padding_mode="zeros")
     return w if fixed_mask is None else w * fixed_mask
+
+
+class _Adam:
+    """Adam (Kingma & Ba, 2015; β = (0.9, 0.999), ε = 1e-8) on one tensor, the same arithmetic as
+    ``torch.optim.Adam``'s single-tensor path. Written out because constructing ``torch.optim.Adam`` imports
+    ``torch._dynamo`` (about 1.2 s of CPU at every start of the command line)."""
+
+    def __init__(self, param: torch.Tensor, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.param, self.lr, self.betas, self.eps = param, float(lr), betas, eps
+        self.exp_avg = torch.zeros_like(param, memory_format=torch.preserve_format)
+        self.exp_avg_sq = torch.zeros_like(param, memory_format=torch.preserve_format)
+        self.steps = 0
+
+    @torch.no_grad()
+    def step(self) -> None:
+        grad = self.param.grad
+        if grad is None:
+            return
+        beta1, beta2 = self.betas
+        self.steps += 1
+        self.exp_avg.lerp_(grad, 1 - beta1)
+        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        step_size = self.lr / (1 - beta1 ** self.steps)
+        denom = (self.exp_avg_sq.sqrt() / (1 - beta2 ** self.steps) ** 0.5).add_(self.eps)
+        self.param.addcdiv_(self.exp_avg, denom, value=-step_size)
 
 
 def _displacement(param, config, smooth: bool = False):
@@ -202,6 +227,7 @@ def _optimise_level(sim, reg, config, fixed, moving, fixed_mask, moving_mask, pa
                     features=None):
     """Adam on the field at the grid ``lshape``; returns the field (level voxel units). ``features``: the
     similarity's features of fixed and moving when ``lshape`` is their own grid (already computed)."""
+    t_level = time.perf_counter()
     param = resize_field(param.detach(), lshape)
     if n_steps == 0:
         return param
@@ -214,16 +240,15 @@ def _optimise_level(sim, reg, config, fixed, moving, fixed_mask, moving_mask, pa
         fm = None if fixed_mask is None else resize_image(fixed_mask, lshape, smooth=False)
         mm = None if moving_mask is None else resize_image(moving_mask, lshape, smooth=False)
     param = param.clone().requires_grad_(True)
-    opt = torch.optim.Adam([param], lr=config.learning_rate)
+    opt = _Adam(param, config.learning_rate)
     first = last = float("nan")
     low = config.learning_rate * config.final_lr_fraction
     for step in range(n_steps):
         prog.check_cancel()
         if n_steps > 1 and low < config.learning_rate:
             cos = 0.5 * (1.0 + math.cos(math.pi * step / (n_steps - 1)))
-            for group in opt.param_groups:
-                group["lr"] = low + (config.learning_rate - low) * cos
-        opt.zero_grad(set_to_none=True)
+            opt.lr = low + (config.learning_rate - low) * cos
+        param.grad = None
         u = _displacement(param, config, smooth=True)
         loss = sim.loss(f, warp_image(m, u), _weight(fm, mm, u)) + config.weight * reg(u)
         loss.backward()
@@ -233,6 +258,7 @@ def _optimise_level(sim, reg, config, fixed, moving, fixed_mask, moving_mask, pa
             first = last
         if step % 5 == 0 or step == n_steps - 1:
             prog.report((step + 1) / n_steps, f"level {'x'.join(map(str, lshape))}: step {step + 1}/{n_steps}")
-    history.append({"shape": list(lshape), "steps": n_steps, "loss_first": first, "loss_last": last})
+    history.append({"shape": list(lshape), "steps": n_steps, "loss_first": first, "loss_last": last,
+                    "seconds": time.perf_counter() - t_level})
     with torch.no_grad():
         return gaussian_smooth(param, config.smoothing) if config.smoothing > 0 else param.detach()
