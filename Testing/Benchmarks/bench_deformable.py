@@ -19,6 +19,10 @@ Usage::
     python Testing/Benchmarks/bench_deformable.py --cases 3 --pairs T1,T2,FLAIR [--model NAME ...] \
         [--peers elastix,ants] [--peer-cases 1] [--abdomen] [--memory] [--threads 1] [--write]
 
+Whole-command timing on a quiet machine (its own section, ``deformable-timing``)::
+
+    python Testing/Benchmarks/bench_deformable.py --timing-only 3 --write
+
 Long runs save after every command; ``--resume`` goes on from the saved result, and runs made in parallel in
 other ``--output-dir`` folders (e.g. ``--peers-only``, ``--models-only``) are combined into one section with
 ``--from-json MAIN.json --merge OTHER.json ... --write``.
@@ -251,6 +255,126 @@ def run_benchmark(args, previous=None) -> dict:
                         _save(out_dir, records, args, previous and {k2: v for k2, v in previous.items()
                                                                      if k2 not in ("records", "config")})
     return {"records": records}
+
+
+# ------------------------------------------------------------------------ whole-command timing (quiet machine)
+
+TIMING_CASES = (("T1", 2, 0), ("T2", 2, 0))  # (moving contrast, RegNet class, case): one same-, one cross-contrast
+TIMING_THREADS = (0, 1)  # our --threads: 0 = torch's default (every core), 1 = one thread
+
+
+def _busy_cpu_s() -> float:
+    """CPU seconds all cores of this machine have spent busy since boot (Linux ``/proc/stat``; NaN elsewhere)."""
+    try:
+        fields = [float(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    guest = sum(fields[8:10]) if len(fields) > 9 else 0.0  # already counted in user and nice
+    return (sum(fields) - idle - guest) / os.sysconf("SC_CLK_TCK")
+
+
+def timing_run(args, out_dir: Path) -> dict:
+    """``--timing-only N``: the delivered command (``registration-suite deformable`` with its defaults; with
+    ``--model``, also with each model) run N times in fresh processes on one T1→T1 and one T1→T2 case of the
+    benchmark's generator, with ``--threads 0`` (torch's default: all cores) and ``--threads 1``; wall time,
+    CPU time (user + system of the process), peak memory, field error, and the 1-minute load average read
+    just before each run and the CPU time the rest of the machine used during it (other work makes wall
+    times upper bounds)."""
+    from RegistrationSuiteLib.methods.deformable.synthetic import REGNET_CLASSES
+
+    root = require_shared_data("brain", "stroke")
+    names = sorted({"T1", *[c[0] for c in TIMING_CASES]})
+    images = {n: resample_iso(sitk.ReadImage(str(root / f"{n}.nii.gz"), sitk.sitkFloat32), SPACING) for n in names}
+    t1 = sitk.GetArrayFromImage(images["T1"])
+    mask = t1 > 0.05 * float(np.percentile(t1, 99.5))
+    commands = {"default (optimisation only)": []}
+    for model in args.model:
+        commands[f"network + optimisation ({model_label(model)})"] = ["--model", model]
+    runs = []
+    for pair, k, case in TIMING_CASES:
+        rng = np.random.default_rng([args.seed, PAIR_INDEX.index(pair), k, case])  # the benchmark's own case
+        fixed, moving, truth = make_case(images, mask, REGNET_CLASSES[k], pair, rng)
+        with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+            f, m, o = str(Path(tmp) / "fixed.nii.gz"), str(Path(tmp) / "moving.nii.gz"), str(Path(tmp) / "t.h5")
+            sitk.WriteImage(fixed, f)
+            sitk.WriteImage(moving, m)
+            for rep in range(args.timing_only):
+                for name, extra in commands.items():
+                    for threads in TIMING_THREADS:
+                        cmd = CLI + ["deformable", "--json", "--quiet", "--device", "cpu", "--threads", str(threads),
+                                     "--fixed", f, "--moving", m, "--output", o, *extra]
+                        time.sleep(args.timing_pause)  # this script's previous run leaves the load average
+                        load, busy = os.getloadavg()[0], _busy_cpu_s()
+                        res = run_measured(cmd, tmp)
+                        # CPU time the rest of the machine used while our command ran (0 on a quiet machine)
+                        other = max(0.0, _busy_cpu_s() - busy - res["cpu_s"])
+                        rec = {"pair": f"T1→{pair}", "class": k, "case": case, "command": name, "threads": threads,
+                               "repeat": rep, "load_before": load, "other_cpu_s": other, "seconds": res["seconds"], "cpu_s": res["cpu_s"],
+                               "peak_mb": res["peak_mb"], "rc": res["rc"]}
+                        if res["rc"] == 0 and Path(o).exists():
+                            rec.update(evaluate(read_field(Path(o), fixed), truth, mask))
+                            Path(o).unlink()
+                        else:
+                            rec["error"] = (res["stderr"].strip().splitlines() or ["?"])[-1][:200]
+                        runs.append(rec)
+                        print(json.dumps(rec), flush=True)
+    return {"runs": runs, "cores": os.cpu_count(), "repeats": args.timing_only, "pause": args.timing_pause}
+
+
+def summarise_timing(result: dict, argv) -> str:
+    import platform
+
+    import torch
+
+    runs = result["runs"]
+    lines = [
+        "### Whole command on a quiet machine (`bench_deformable.py --timing-only`)",
+        "",
+        f"The delivered command (`registration-suite deformable`, default settings, `--device cpu`) in a fresh "
+        f"process, {result['repeats']} time(s) per row, on one T1→T1 and one T1→T2 case of the protocol above "
+        f"(class {TIMING_CASES[0][1]}, case {TIMING_CASES[0][2]}: the same cases as the table's), with `--threads 0` "
+        f"(torch's default: all {result['cores']} cores) and `--threads 1`. Wall = the whole command, start-up, "
+        f"image reading and writing included; CPU = user + system time of the process; other CPU = the CPU "
+        f"time the rest of the machine used while the command ran (from /proc/stat; near 0 on a quiet machine, "
+        f"otherwise other work shared the cores and that run's wall time is an upper bound); load = the 1-minute "
+        f"load average read just before each run, {result.get('pause', 0):g} s after the previous one (it "
+        f"still carries part of this script's own previous run). Machine: {result['cores']} CPU cores, {platform.machine()}, "
+        f"torch {torch.__version__}. Command: `python Testing/Benchmarks/bench_deformable.py "
+        f"{' '.join(argv)}`.",
+        "",
+    ]
+    header = ["pair", "command", "--threads", "runs", "wall s median (min–max)", "CPU s median",
+              "other CPU s mean (max)", "load before (max)",
+              "error mean (mm)", "folding %", "peak MB"]
+    rows = []
+    groups = {}
+    for r in runs:
+        groups.setdefault((r["pair"], r["command"], r["threads"]), []).append(r)
+    for (pair, command, threads), rs in groups.items():
+        ok = [r for r in rs if r["rc"] == 0 and "mean" in r]
+        if not ok:
+            rows.append([pair, command, str(threads), f"0/{len(rs)}", "failed: " + rs[0].get("error", "?"), "", "",
+                         "", "", "", ""])
+            continue
+        wall = [r["seconds"] for r in ok]
+        rows.append([pair, command, str(threads), f"{len(ok)}/{len(rs)}",
+                     f"{np.median(wall):.1f} ({min(wall):.1f}–{max(wall):.1f})",
+                     f"{np.median([r['cpu_s'] for r in ok]):.1f}",
+                     f"{np.mean([r['other_cpu_s'] for r in ok]):.1f} ({max(r['other_cpu_s'] for r in ok):.1f})",
+                     f"{np.mean([r['load_before'] for r in ok]):.2f} ({max(r['load_before'] for r in ok):.2f})",
+                     f"{np.mean([r['mean'] for r in ok]):.2f}", f"{100 * max(r['folding'] for r in ok):.4f}",
+                     f"{max(r['peak_mb'] for r in ok):.0f}"])
+    lines.append(markdown_table(header, rows))
+    lines.append("")
+    default = [r for r in runs if r["command"].startswith("default") and r["threads"] == 0 and r["rc"] == 0]
+    if default:
+        worst = max(np.median([r["seconds"] for r in default if r["pair"] == p]) for p in {r["pair"] for r in default})
+        other = max(r["other_cpu_s"] for r in default)
+        lines.append(f"- whole command ≤ 20 s per pair on {result['cores']} cores (default threads, median wall of "
+                     f"the slower pair): {worst:.1f} s: {'met' if worst <= 20 else '**not met**'} (other work on the "
+                     f"machine during these runs: up to {other:.1f} CPU s per run)")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------- real pair: abdomen CT
@@ -578,6 +702,11 @@ def main(argv=None) -> int:
     p.add_argument("--from-json", help="re-summarise a saved result JSON instead of running")
     p.add_argument("--merge", action="append", default=[],
                    help="add the rows, memory and abdomen parts of another run's result JSON (repeat)")
+    p.add_argument("--timing-only", type=int, default=0, metavar="N",
+                   help="only time the whole command N times per row on a T1→T1 and a T1→T2 case, threads 0 and 1 "
+                        "(run it on a quiet machine); --write writes its own section, deformable-timing")
+    p.add_argument("--timing-pause", type=float, default=20.0,
+                   help="seconds to wait before each --timing-only run (default 20)")
     p.add_argument("--worker", nargs=4, metavar=("PEER", "FIXED", "MOVING", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -598,6 +727,16 @@ def main(argv=None) -> int:
             notes.append("ANTs SyN was not run: antspyx is not installed here.")
     out_dir = Path(args.output_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
+    if args.timing_only:
+        timing = json.loads(Path(args.from_json).read_text()) if args.from_json else timing_run(args, out_dir)
+        if not args.from_json:
+            timing["argv"] = argv_used
+            (out_dir / "bench_deformable_timing.json").write_text(json.dumps(timing, indent=1, default=str))
+        text = summarise_timing(timing, timing.get("argv", argv_used))
+        print(text)
+        if args.write:
+            update_benchmarks_md("deformable-timing", text)
+        return 0
     if args.from_json:
         result = json.loads(Path(args.from_json).read_text())
     else:

@@ -99,7 +99,7 @@ def test_mind_loss_value_and_written_out_gradient_match_autograd(weight):
     e = (a - b).pow(2).mean(1, keepdim=True)
     expected = e.mean() if w is None else (e * w.expand_as(e)).sum() / w.expand_as(e).sum()
     got = mind_loss(a, b, w)
-    assert float(got) == pytest.approx(float(expected), rel=1e-12)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-12)
     inputs = [t for t in (a, b, w) if t is not None and t.requires_grad]
     for x, y in zip(torch.autograd.grad(got, inputs), torch.autograd.grad(expected, inputs)):
         assert torch.allclose(x, y, rtol=1e-10, atol=1e-14)
