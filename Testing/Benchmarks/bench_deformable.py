@@ -310,8 +310,8 @@ def timing_run(args, out_dir: Path) -> dict:
                         # CPU time the rest of the machine used while our command ran (0 on a quiet machine)
                         other = max(0.0, _busy_cpu_s() - busy - res["cpu_s"])
                         rec = {"pair": f"T1→{pair}", "class": k, "case": case, "command": name, "threads": threads,
-                               "repeat": rep, "load_before": load, "other_cpu_s": other, "seconds": res["seconds"], "cpu_s": res["cpu_s"],
-                               "peak_mb": res["peak_mb"], "rc": res["rc"]}
+                               "repeat": rep, "load_before": load, "other_cpu_s": other, "seconds": res["seconds"],
+                               "cpu_s": res["cpu_s"], "peak_mb": res["peak_mb"], "rc": res["rc"]}
                         if res["rc"] == 0 and Path(o).exists():
                             rec.update(evaluate(read_field(Path(o), fixed), truth, mask))
                             Path(o).unlink()
@@ -339,7 +339,8 @@ def summarise_timing(result: dict, argv) -> str:
         f"time the rest of the machine used while the command ran (from /proc/stat; near 0 on a quiet machine, "
         f"otherwise other work shared the cores and that run's wall time is an upper bound); load = the 1-minute "
         f"load average read just before each run, {result.get('pause', 0):g} s after the previous one (it "
-        f"still carries part of this script's own previous run). Machine: {result['cores']} CPU cores, {platform.machine()}, "
+        f"still carries part of this script's own previous run). Machine: {result['cores']} CPU cores, "
+        f"{platform.machine()}, "
         f"torch {torch.__version__}. Command: `python Testing/Benchmarks/bench_deformable.py "
         f"{' '.join(argv)}`.",
         "",
