@@ -154,3 +154,29 @@ def test_field_to_physical_uses_spacing_and_direction():
 def test_bad_field_shape_is_one_clear_error():
     with pytest.raises(ValueError, match="field: expected a tensor"):
         warp_image(torch.zeros(1, 1, 4, 4), torch.zeros(1, 3, 4, 4))
+
+
+@pytest.mark.parametrize("depth", [64, 67])
+def test_warp_split_into_slabs_for_threads_gives_the_same_numbers(depth):
+    """With several torch threads a large 3D warp is sampled as slabs (batch items torch runs in parallel):
+    output and both gradients equal the one-piece grid_sample, an odd number of planes included."""
+    import torch.nn.functional as F
+
+    from RegistrationSuiteLib.deform.fields import _cached_identity, voxel_to_normalized
+
+    g = torch.Generator().manual_seed(5)
+    image = torch.rand(1, 3, depth, 64, 70, generator=g, dtype=torch.float64).requires_grad_(True)
+    u = (3 * torch.randn(1, 3, depth, 64, 70, generator=g, dtype=torch.float64)).requires_grad_(True)
+    grid = _cached_identity(u.shape[2:], u.device, u.dtype) + voxel_to_normalized(u).movedim(1, -1)
+    expected = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = warp_image(image, u)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(got, expected)
+    w = torch.rand(expected.shape, generator=g, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad((got * w).sum(), (image, u)), torch.autograd.grad((expected * w).sum(), (image, u))):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+        assert float(b.abs().max()) > 0

@@ -92,7 +92,29 @@ def warp_image(image: torch.Tensor, u: torch.Tensor, *, mode: str = "bilinear",
     grid = _cached_identity(u.shape[2:], u.device, u.dtype) + voxel_to_normalized(u).movedim(1, -1)
     if image.shape[0] != grid.shape[0]:
         grid = grid.expand(image.shape[0], *grid.shape[1:])
+    k = torch.get_num_threads()
+    if (d == 3 and k > 1 and image.device.type == "cpu" and image.shape[0] == 1 and grid.shape[1] >= 2 * k
+            and grid[0, ..., 0].numel() >= _SPLIT_MIN_VOXELS):
+        return _grid_sample_in_slabs(image, grid, k, mode, padding_mode)
     return F.grid_sample(image, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+
+
+# torch's CPU 3D grid_sample runs its batch items in parallel but each item on one thread: one large image
+# is therefore sampled in k slabs of output planes given as k batch items (the same numbers, voxel by voxel).
+_SPLIT_MIN_VOXELS = 1 << 18
+
+
+def _grid_sample_in_slabs(image, grid, k, mode, padding_mode):
+    n = grid.shape[1]
+    n_even = n // k * k
+    slabs = grid[:, :n_even].reshape(k, n_even // k, *grid.shape[2:])
+    out = F.grid_sample(image.expand(k, *image.shape[1:]), slabs, mode=mode, padding_mode=padding_mode,
+                        align_corners=True)
+    out = out.movedim(0, 1).reshape(1, image.shape[1], n_even, *grid.shape[2:4])
+    if n_even < n:
+        rest = F.grid_sample(image, grid[:, n_even:], mode=mode, padding_mode=padding_mode, align_corners=True)
+        out = torch.cat([out, rest], 2)
+    return out
 
 
 def compose_fields(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
