@@ -244,7 +244,8 @@ TIMING_SECTION = "partial_prereg-timing"
 def run_timing(runs: int, seed: int, log) -> list:
     """``runs`` fresh CLI processes without the cache (--no-cache) and ``runs`` with this fixed image's
     fixed → template alignment in a fresh on-disk cache (filled by one untimed run first), on one medium and
-    one tiny T1 crop against the whole T2 (cases drawn like the main table's, seed ``seed``). Records wall
+    one tiny T1 crop against the whole T2 (the main table's first T1 → T2 tiny and medium cases with
+    ``--fixed T2 --classes tiny medium``, seed ``seed``). Records wall
     clock, the child's CPU time and the 1-minute load average just before each run."""
     import shutil
     import tempfile
@@ -258,7 +259,8 @@ def run_timing(runs: int, seed: int, log) -> list:
     try:
         sitk.WriteImage(fixed, f"{tmp}/fixed.nii.gz")
         cases = []
-        for cls in ("medium", "tiny"):
+        for cls in ("tiny", "medium"):  # drawn in this order, the first cases of the T1 → T2 pair of
+            # `--fixed T2 --classes tiny medium --seed <seed>` (the same images the main table registers)
             moving, truth, largest = make_case(source, fixed, cls, rng)
             sitk.WriteImage(moving, f"{tmp}/{cls}.nii.gz")
             cases.append((cls, moving, truth, largest))
@@ -314,8 +316,8 @@ def summarise_timing(rows, runs: int, seed: int) -> str:
         f"new process per run (process start and imports included), {runs} run(s) per case and mode: without "
         "the cache (`--no-cache`: the fixed → template alignment is computed every time, as for a new fixed "
         "image) and with that alignment in a fresh on-disk cache (filled by one untimed run first). Cases: one "
-        f"medium and one tiny crop of the stroke T1 against its whole T2, drawn like the main table's (seed "
-        f"{seed}); runs alternate between the two cases. CPU time is the child process's own (user + system); "
+        f"tiny and one medium crop of the stroke T1 against its whole T2 (the main table's first T1 → T2 cases "
+        f"with `--fixed T2 --classes tiny medium --seed {seed}`); runs alternate between the two cases. CPU time is the child process's own (user + system); "
         f"the load average is read just before each run, on a machine with {_cores()} cores. Issue 13's target: "
         "≤ 10 s median per case uncached.",
         "",
