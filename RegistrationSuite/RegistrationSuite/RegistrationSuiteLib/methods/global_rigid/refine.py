@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ...progress import Progress
-from .ngf import gradient_support, normalized_gradient_field
+from .ngf import gradient_support, normalized_gradient_field, unravel_index
 from .search import Candidate, LevelData
 
 # Work per iteration is bounded by subsampling (every k-th point in array order): the objective is a mean
@@ -70,7 +70,7 @@ class _Problem:
         flat = torch.nonzero(((ngf * ngf).sum(0) > _MIN_EDGE).flatten()).squeeze(1)
         step = int(np.ceil(len(flat) / _MAX_EDGE_POINTS))
         flat = flat[::max(1, step)]
-        index = torch.stack(torch.unravel_index(flat, ngf.shape[1:]), dim=1).to(dt)  # (N, D) array order
+        index = unravel_index(flat, ngf.shape[1:]).to(dt)  # (N, D) array order
         axes_f = torch.as_tensor(level.fixed_axes, dtype=dt, device=dev)
         origin_f = torch.as_tensor(level.fixed_origin, dtype=dt, device=dev)
         self.points = origin_f + level.spacing * index @ axes_f.T  # (N, D) mm
