@@ -27,6 +27,7 @@ trained on T1 patches only).
 Usage::
 
     python Testing/Benchmarks/bench_partial_prereg.py --cases-per-class 5 [--skip global elastix] [--write]
+    python Testing/Benchmarks/bench_partial_prereg.py --timing-only 5 --write   # whole-CLI time only (quiet machine)
 """
 
 from __future__ import annotations
@@ -204,28 +205,126 @@ def run_local_scanner(fixed, moving):
 
 def _cli(fixed, moving, cache_dir=None):
     """One CLI process; returns (fixed → moving matrix, wall seconds, CPU seconds of the child)."""
-    import os
-    import resource
-    import subprocess
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         sitk.WriteImage(fixed, f"{tmp}/fixed.nii.gz")
         sitk.WriteImage(moving, f"{tmp}/moving.nii.gz")
-        cmd = [sys.executable, "-m", "RegistrationSuiteLib", "partial-prereg", "--fixed", f"{tmp}/fixed.nii.gz",
-               "--moving", f"{tmp}/moving.nii.gz", "--output", f"{tmp}/t.h5", "--device", "cpu", "--json",
-               "--quiet"] + (["--no-cache"] if cache_dir is None else []) + (["--model", str(MODEL)] if MODEL else [])
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True,
-                              env=dict(os.environ, REGISTRATION_SUITE_CACHE=cache_dir or tmp))
-        seconds = time.perf_counter() - t0
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        if proc.returncode != 0:
-            raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "CLI failed")
-        summary = json.loads(proc.stdout.strip().splitlines()[-1])
+        matrix, seconds, cpu, _ = _cli_files(f"{tmp}/fixed.nii.gz", f"{tmp}/moving.nii.gz", tmp, cache_dir)
+    return matrix, seconds, cpu
+
+
+def _cli_files(fixed_path, moving_path, tmp, cache_dir=None):
+    """One CLI process on image files (output written under ``tmp``; no cache unless ``cache_dir``); returns
+    (fixed → moving matrix, wall seconds, CPU seconds of the child, the CLI's JSON summary)."""
+    import os
+    import resource
+    import subprocess
+
+    cmd = [sys.executable, "-m", "RegistrationSuiteLib", "partial-prereg", "--fixed", str(fixed_path),
+           "--moving", str(moving_path), "--output", f"{tmp}/t.h5", "--device", "cpu", "--json",
+           "--quiet"] + (["--no-cache"] if cache_dir is None else []) + (["--model", str(MODEL)] if MODEL else [])
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True,
+                          env=dict(os.environ, REGISTRATION_SUITE_CACHE=cache_dir or tmp))
+    seconds = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "CLI failed")
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return np.asarray(summary["fixed_to_moving_lps"]), seconds, cpu
+    return np.asarray(summary["fixed_to_moving_lps"]), seconds, cpu, summary
+
+
+# ------------------------------------------------------------------------------ whole-CLI timing only
+TIMING_SECTION = "partial_prereg-timing"
+
+
+def run_timing(runs: int, seed: int, log) -> list:
+    """``runs`` fresh CLI processes without the cache (--no-cache) and ``runs`` with this fixed image's
+    fixed → template alignment in a fresh on-disk cache (filled by one untimed run first), on one medium and
+    one tiny T1 crop against the whole T2 (the main table's first T1 → T2 tiny and medium cases with
+    ``--fixed T2 --classes tiny medium``, seed ``seed``). Records wall
+    clock, the child's CPU time and the 1-minute load average just before each run."""
+    import shutil
+    import tempfile
+
+    data = require_shared_data("brain", "stroke")
+    source = sitk.ReadImage(str(data / "T1.nii.gz"), sitk.sitkFloat32)
+    fixed = sitk.ReadImage(str(data / "T2.nii.gz"), sitk.sitkFloat32)
+    rng = np.random.default_rng(seed)
+    rows = []
+    tmp = tempfile.mkdtemp(prefix="bench_tspm_timing_")
+    try:
+        sitk.WriteImage(fixed, f"{tmp}/fixed.nii.gz")
+        cases = []
+        for cls in ("tiny", "medium"):  # drawn in this order, the first cases of the T1 → T2 pair of
+            # `--fixed T2 --classes tiny medium --seed <seed>` (the same images the main table registers)
+            moving, truth, largest = make_case(source, fixed, cls, rng)
+            sitk.WriteImage(moving, f"{tmp}/{cls}.nii.gz")
+            cases.append((cls, moving, truth, largest))
+        cache = f"{tmp}/cache"
+        for mode in ("uncached", "cached"):
+            if mode == "cached":  # one untimed run stores the fixed image's alignment (same fixed for both)
+                _cli_files(f"{tmp}/fixed.nii.gz", f"{tmp}/{cases[0][0]}.nii.gz", tmp, cache)
+            for k in range(runs):
+                for cls, moving, truth, largest in cases:  # alternate the cases: load drifts hit both alike
+                    load = _load()
+                    try:
+                        matrix, seconds, cpu, summary = _cli_files(f"{tmp}/fixed.nii.gz", f"{tmp}/{cls}.nii.gz",
+                                                                   tmp, cache if mode == "cached" else None)
+                        row = dict(size_class=cls, largest_mm=largest, mode=mode, run=k, seconds=seconds,
+                                   cpu_seconds=cpu, load_1min_before=load,
+                                   error_mm=anchor_error(moving, matrix, truth), doubtful=summary.get("doubtful"),
+                                   timings=summary.get("timings"))
+                    except Exception as exc:  # noqa: BLE001 - recorded, never silently dropped
+                        row = dict(size_class=cls, largest_mm=largest, mode=mode, run=k, load_1min_before=load,
+                                   error=f"{type(exc).__name__}: {exc}"[:200])
+                    rows.append(row)
+                    log(json.dumps({k_: v for k_, v in row.items() if k_ != "timings"}))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return rows
+
+
+def summarise_timing(rows, runs: int, seed: int) -> str:
+    table = []
+    for mode in ("uncached", "cached"):
+        for cls in ("medium", "tiny", "both"):
+            rs = [r for r in rows if r["mode"] == mode and (cls == "both" or r["size_class"] == cls)]
+            ok = [r for r in rs if "error" not in r]
+            if not rs:
+                continue
+            size = "" if cls == "both" else f" ({rs[0]['largest_mm']:.0f} mm)"
+            wall = [r["seconds"] for r in ok]
+            cpu = [r["cpu_seconds"] for r in ok]
+            load = [r["load_1min_before"] for r in rs]
+            table.append([
+                mode, f"{cls}{size}", f"{len(ok)} of {len(rs)}",
+                f"{np.median(wall):.1f} ({min(wall):.1f}-{max(wall):.1f})" if wall else "–",
+                f"{np.median(cpu):.1f} ({min(cpu):.1f}-{max(cpu):.1f})" if cpu else "–",
+                f"{np.median(load):.1f} ({min(load):.1f}-{max(load):.1f})",
+                f"{sum(r['error_mm'] < SUCCESS_MM for r in ok)} of {len(rs)}",
+            ])
+    header = ["mode", "case", "runs finished", "wall s, median (range)", "CPU s, median (range)",
+              "1-min load before, median (range)", f"anchor error < {SUCCESS_MM:g} mm"]
+    return "\n".join([
+        "## TSPM whole-CLI time per case (`bench_partial_prereg.py --timing-only`)",
+        "",
+        f"The whole CLI as a user runs it (`python -m RegistrationSuiteLib partial-prereg ... --device cpu`), one "
+        f"new process per run (process start and imports included), {runs} run(s) per case and mode: without "
+        "the cache (`--no-cache`: the fixed → template alignment is computed every time, as for a new fixed "
+        "image) and with that alignment in a fresh on-disk cache (filled by one untimed run first). Cases: one "
+        f"tiny and one medium crop of the stroke T1 against its whole T2 (the main table's first T1 → T2 cases "
+        f"with `--fixed T2 --classes tiny medium --seed {seed}`); runs alternate between the two cases. CPU time is the child process's own (user + system); "
+        f"the load average is read just before each run, on a machine with {_cores()} cores. Issue 13's target: "
+        "≤ 10 s median per case uncached.",
+        "",
+        markdown_table(header, table),
+        "",
+        f"Command: `python Testing/Benchmarks/bench_partial_prereg.py --timing-only {runs} --seed {seed} --write`",
+    ])
 
 
 def run_tspm_cli(fixed, moving):
@@ -463,12 +562,27 @@ def main(argv=None) -> int:
     ap.add_argument("--from-json", help="summarise the rows saved by an earlier run (output/partial_prereg.json)")
     ap.add_argument("--section", default="partial_prereg",
                     help="BENCHMARKS.md section to write (a small run of a few rows can go beside the full table)")
+    ap.add_argument("--timing-only", type=int, metavar="N",
+                    help="only time the whole CLI on a quiet machine: N fresh processes uncached and N cached on "
+                         "one medium and one tiny case (writes its own section, " + TIMING_SECTION + ")")
     args = ap.parse_args(argv)
     out_dir = REPO / "Testing" / "Benchmarks" / "output"
     out_dir.mkdir(parents=True, exist_ok=True)
     global MODEL, ROWS_JSON
     if args.model:
         MODEL = args.model
+    if args.timing_only is not None:
+        if args.timing_only < 1:
+            ap.error("--timing-only: expected at least 1 run")
+        rows = (json.loads(Path(args.from_json).read_text()) if args.from_json else
+                run_timing(args.timing_only, args.seed, lambda s: print(s, flush=True)))
+        if not args.from_json:
+            (out_dir / "partial_prereg_timing.json").write_text(json.dumps(rows, indent=1, default=str))
+        body = summarise_timing(rows, args.timing_only, args.seed)
+        print(body)
+        if args.write:
+            update_benchmarks_md(TIMING_SECTION, body)
+        return 0
     if not args.from_json:
         ROWS_JSON = out_dir / "partial_prereg.json"
     if args.from_json:  # summarise the rows of an earlier run (same arguments) without running again

@@ -86,6 +86,13 @@ def test_corrupt_model_one_line_error_and_no_output(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["bad.pt"]
 
 
+def test_negative_threads_is_a_one_line_input_error(tmp_path):
+    proc, lines = _run(["partial-prereg", "--fixed", str(sample_path("T2")), "--moving", str(sample_path("T1")),
+                        "--output", "t.h5", "--threads", "-1"], tmp_path)
+    assert proc.returncode == 2 and len(lines) == 1 and "--threads" in lines[0], proc.stderr
+    assert os.listdir(tmp_path) == []
+
+
 def test_moving_too_small_for_patches_is_registered_and_flagged(tmp_path):
     # 20 x 50 x 50 mm: thinner than a 16³ patch at template scale (23.6 mm); not an input error
     small = sitk.RegionOfInterest(sitk.ReadImage(str(sample_path("T1"))), [10, 25, 25], [25, 25, 25])

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -234,40 +235,32 @@ def test_histology_initial_transform_known_answer(tmp_path):
     write_landmarks(points @ matrix.T + offset, tmp_path / "ml.csv")
     t0 = rigid_2d(28.0, (2.0, 1.0), (96.0, 96.0))  # 12° short of the truth: the step has work left
     sitk.WriteTransform(t0, str(tmp_path / "t0.tfm"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(CLI + ["histology", "--fixed", str(tmp_path / "f.png"), "--moving", str(tmp_path / "m.png"),
-                                 "--initial-transform", str(tmp_path / "t0.tfm"), "--output", str(tmp_path / "t.h5"),
-                                 "--fixed-landmarks", str(tmp_path / "fl.csv"), "--output-landmarks", str(tmp_path / "o.csv"),
-                                 "--moving-landmarks", str(tmp_path / "ml.csv"),
-                                 "--output-fixed-landmarks", str(tmp_path / "of.csv"), "--working-size", "192",
-                                 "--output-diagnostics", str(tmp_path / "d.json"), "--json", "--quiet"],
-                          capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr
-    tx = sitk.ReadTransform(str(tmp_path / "t.h5"))
-    tx = tx.GetNthTransform(0) if isinstance(tx, sitk.CompositeTransform) else tx
-    assert tx.Downcast().GetName() == "DisplacementFieldTransform"
     expected = points @ matrix.T + offset
-    np.testing.assert_allclose([tx.TransformPoint(tuple(p)) for p in points], expected, atol=1.5)
-    np.testing.assert_allclose(read_landmarks(tmp_path / "o.csv"), expected, atol=1.5)
-    np.testing.assert_allclose(read_landmarks(tmp_path / "of.csv"), points, atol=1.5)
-    d = json.loads((tmp_path / "d.json").read_text())["diagnostics"]
-    assert d["initial_transform"]["prewarp"] == "resampled"
-    assert abs(abs(d["rotation_deg"]) - 12.0) < 4.0  # the step found the remaining 12°, not 40°
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run_and_check(t0_file: str, tag: str) -> dict:
+        out = {k: str(tmp_path / f"{tag}{k}") for k in ("t.h5", "o.csv", "of.csv", "d.json")}
+        proc = subprocess.run(CLI + ["histology", "--fixed", str(tmp_path / "f.png"), "--moving", str(tmp_path / "m.png"),
+                                     "--initial-transform", str(tmp_path / t0_file), "--output", out["t.h5"],
+                                     "--fixed-landmarks", str(tmp_path / "fl.csv"), "--output-landmarks", out["o.csv"],
+                                     "--moving-landmarks", str(tmp_path / "ml.csv"),
+                                     "--output-fixed-landmarks", out["of.csv"], "--working-size", "192",
+                                     "--output-diagnostics", out["d.json"], "--json", "--quiet"],
+                              capture_output=True, text=True, timeout=600, env=env)
+        assert proc.returncode == 0, proc.stderr
+        tx = sitk.ReadTransform(out["t.h5"])
+        tx = tx.GetNthTransform(0) if isinstance(tx, sitk.CompositeTransform) else tx
+        assert tx.Downcast().GetName() == "DisplacementFieldTransform"
+        np.testing.assert_allclose([tx.TransformPoint(tuple(p)) for p in points], expected, atol=1.5)
+        np.testing.assert_allclose(read_landmarks(out["o.csv"]), expected, atol=1.5)
+        np.testing.assert_allclose(read_landmarks(out["of.csv"]), points, atol=1.5)
+        d = json.loads(Path(out["d.json"]).read_text())["diagnostics"]
+        assert d["initial_transform"]["prewarp"] == "resampled"
+        assert abs(abs(d["rotation_deg"]) - 12.0) < 4.0  # the step found the remaining 12°, not 40°: T0 was applied
+        return d
+
+    run_and_check("t0.tfm", "")
     # the same T0 given as a displacement field (a non-linear transform type) gives the same answer
     t0_field = sitk.TransformToDisplacementField(t0, sitk.sitkVectorFloat64, (52, 52), (-6.0, -6.0), (4.0, 4.0))
     sitk.WriteTransform(sitk.DisplacementFieldTransform(t0_field), str(tmp_path / "t0_field.h5"))
-    proc = subprocess.run(CLI + ["histology", "--fixed", str(tmp_path / "f.png"), "--moving", str(tmp_path / "m.png"),
-                                 "--initial-transform", str(tmp_path / "t0_field.h5"), "--output", str(tmp_path / "t2.h5"),
-                                 "--fixed-landmarks", str(tmp_path / "fl.csv"), "--output-landmarks", str(tmp_path / "o2.csv"),
-                                 "--moving-landmarks", str(tmp_path / "ml.csv"),
-                                 "--output-fixed-landmarks", str(tmp_path / "of2.csv"), "--working-size", "192",
-                                 "--output-diagnostics", str(tmp_path / "d2.json"), "--json", "--quiet"],
-                          capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr
-    tx2 = sitk.ReadTransform(str(tmp_path / "t2.h5"))
-    tx2 = tx2.GetNthTransform(0) if isinstance(tx2, sitk.CompositeTransform) else tx2
-    np.testing.assert_allclose([tx2.TransformPoint(tuple(p)) for p in points], expected, atol=1.5)
-    np.testing.assert_allclose(read_landmarks(tmp_path / "o2.csv"), expected, atol=1.5)
-    np.testing.assert_allclose(read_landmarks(tmp_path / "of2.csv"), points, atol=1.5)
-    d2 = json.loads((tmp_path / "d2.json").read_text())["diagnostics"]
-    assert abs(abs(d2["rotation_deg"]) - 12.0) < 4.0  # again only the remaining 12°: T0 was applied
+    run_and_check("t0_field.h5", "field-")

@@ -154,19 +154,8 @@ class PairedSampler(VolumeSampler):
         target = torch.cat([*ims, torch.from_numpy(weight)[None], u[0]], 0)
         return x, target
 
-    def __call__(self, rng, step):
-        import torch
-
-        if self.pool_size <= 0:
-            samples = [self.sample(rng) for _ in range(self.batch_size)]
-        else:
-            if step == 0 or not self.pool:
-                self.pool = [self.sample(rng) for _ in range(self.pool_size)]
-            else:
-                self.pool[int(rng.integers(self.pool_size))] = self.sample(rng)
-            picks = rng.choice(self.pool_size, size=self.batch_size, replace=self.batch_size > self.pool_size)
-            samples = [mirror_paired(*self.pool[int(i)], rng.random(3) < 0.5) for i in picks]
-        return torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples])
+    def _mirror(self, x, target, flips):
+        return mirror_paired(x, target, flips)
 
     def _augment(self, x, rng, contrast=None):
         return super()._augment(x, rng, contrast=0.0)  # partners already differ in contrast

@@ -243,8 +243,11 @@ class VolumeSampler:
             else:
                 self.pool[int(rng.integers(self.pool_size))] = self.sample(rng)
             picks = rng.choice(self.pool_size, size=self.batch_size, replace=self.batch_size > self.pool_size)
-            samples = [mirror(*self.pool[int(i)], rng.random(3) < 0.5) for i in picks]
+            samples = [self._mirror(*self.pool[int(i)], rng.random(3) < 0.5) for i in picks]
         return torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples])
+
+    def _mirror(self, x, target, flips):
+        return mirror(x, target, flips)
 
 
 def mirror(x, target, flips):

@@ -292,8 +292,20 @@ class CrossSimilarity:
         flat = self.score.flatten(1)
         value, index = flat.max(dim=1)
         counts = self.score.shape[1:]
-        coords = torch.stack(torch.unravel_index(index, counts), dim=1)
+        coords = unravel_index(index, counts)
         return value, coords + torch.as_tensor(np.asarray(self.shift_min), device=coords.device)
+
+
+def unravel_index(flat: torch.Tensor, shape) -> torch.Tensor:
+    """``(N, len(shape))`` int64 array-order coordinates of the flat indices ``flat`` (>= 0), like
+    ``torch.stack(torch.unravel_index(flat, shape), 1)``, in integer arithmetic: torch's own version validates
+    its input through a helper that imports sympy (about 1 s of CPU, once per process)."""
+    rest = flat.to(torch.int64)
+    coords = []
+    for n in reversed([int(v) for v in shape]):
+        coords.append(rest % n)
+        rest = torch.div(rest, n, rounding_mode="floor")
+    return torch.stack(coords[::-1], dim=-1)
 
 
 def _overlap_threshold(fixed_sum: float, moving_mask: torch.Tensor, min_overlap: float) -> torch.Tensor:

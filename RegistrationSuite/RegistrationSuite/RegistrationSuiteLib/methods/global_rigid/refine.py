@@ -20,6 +20,8 @@ makes every iteration a sparse lookup at the fixed image's edge voxels.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from typing import List
 
 import numpy as np
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ...progress import Progress
-from .ngf import gradient_support, normalized_gradient_field
+from .ngf import gradient_support, normalized_gradient_field, unravel_index
 from .search import Candidate, LevelData
 
 # Work per iteration is bounded by subsampling (every k-th point in array order): the objective is a mean
@@ -68,7 +70,7 @@ class _Problem:
         flat = torch.nonzero(((ngf * ngf).sum(0) > _MIN_EDGE).flatten()).squeeze(1)
         step = int(np.ceil(len(flat) / _MAX_EDGE_POINTS))
         flat = flat[::max(1, step)]
-        index = torch.stack(torch.unravel_index(flat, ngf.shape[1:]), dim=1).to(dt)  # (N, D) array order
+        index = unravel_index(flat, ngf.shape[1:]).to(dt)  # (N, D) array order
         axes_f = torch.as_tensor(level.fixed_axes, dtype=dt, device=dev)
         origin_f = torch.as_tensor(level.fixed_origin, dtype=dt, device=dev)
         self.points = origin_f + level.spacing * index @ axes_f.T  # (N, D) mm
@@ -144,16 +146,47 @@ class _Problem:
             (-value).backward()
             return -value
 
-        opt = torch.optim.LBFGS([params], lr=1.0, max_iter=max(1, iterations), max_eval=int(iterations * 1.5) + 1,
-                                tolerance_grad=1e-6, tolerance_change=1e-5, history_size=10,
-                                line_search_fn="strong_wolfe")
-        if iterations > 0:
-            opt.step(closure)
+        with _without_compiler_import():
+            opt = torch.optim.LBFGS([params], lr=1.0, max_iter=max(1, iterations),
+                                    max_eval=int(iterations * 1.5) + 1, tolerance_grad=1e-6, tolerance_change=1e-5,
+                                    history_size=10, line_search_fn="strong_wolfe")
+            if iterations > 0:
+                opt.step(closure)
         rotation = _orthonormalise(best[1])
         with torch.no_grad():
             normalised, mean = self.similarity(torch.as_tensor(rotation, dtype=dt, device=dev),
                                                torch.as_tensor(best[2], dtype=dt, device=dev))
         return Candidate(rotation, best[2], float(normalised), -1, angf=float(mean), root=cand.origin)
+
+
+@contextlib.contextmanager
+def _without_compiler_import():
+    """Run torch's optimiser bookkeeping without importing its compiler (``torch._dynamo``).
+
+    ``torch.optim.Optimizer`` marks a few methods (``__init__``'s helpers, ``zero_grad``, ...) as "not to be
+    compiled"; the marker imports ``torch._dynamo`` on first use, which costs about 1 s of CPU per process
+    (measured: ``import torch._dynamo`` after ``import torch``, 1.0 s) and is most of a CLI run's start-up
+    beyond torch itself. Nothing here is compiled, so inside this block those methods are called directly
+    (the marker's own cache attribute is pre-filled with the undecorated method), and the attribute is removed
+    again on exit, so code elsewhere in the process that compiles an optimiser gets torch's behaviour. No-op
+    if the compiler is already imported or torch's marker has another shape.
+    """
+    patched = []
+    if "torch._dynamo" not in sys.modules:
+        for name in dir(torch.optim.Optimizer):
+            wrapper = getattr(torch.optim.Optimizer, name, None)
+            fn = getattr(wrapper, "__wrapped__", None)
+            marker = getattr(getattr(wrapper, "__code__", None), "co_qualname", "")  # functools.wraps keeps it
+            if (callable(fn) and marker.startswith("_disable_dynamo.")
+                    and getattr(fn, "__dynamo_disable", None) is None):
+                fn.__dynamo_disable = fn
+                patched.append(fn)
+    try:
+        yield
+    finally:
+        for fn in patched:
+            if getattr(fn, "__dynamo_disable", None) is fn:
+                del fn.__dynamo_disable
 
 
 def _orthonormalise(r: np.ndarray) -> np.ndarray:

@@ -129,17 +129,23 @@ def evaluate_metric(fixed: sitk.Image, moving: sitk.Image, fixed_to_moving: np.n
     """The metric over the overlap at ``fixed_to_moving`` (MI/NMI as similarity, MSE as error); NaN if the
     images do not overlap."""
     mask = overlap_mask(fixed, moving, fixed_to_moving, fixed_mask)
-    if not np.any(sitk.GetArrayViewFromImage(mask)):
+    inside = np.argwhere(sitk.GetArrayViewFromImage(mask))
+    if not len(inside):
         return float("nan")
     if metric == "nmi":
         from .refine_nmi import nmi_value
 
         return nmi_value(fixed, moving, fixed_to_moving, mask, seed=seed)
     reg = _method(metric, 1, seed, _sampling(mask, 1, 4 * SAMPLES))
-    reg.SetMetricFixedMask(mask)
+    # ITK's MetricEvaluate reads every voxel of the fixed grid (it ignores the sampling setting) and tests each
+    # against the mask: evaluate on the mask's bounding box instead (same voxels, same physical points, same
+    # fixed-intensity range inside the mask, so the same value up to summation order; 5x cheaper for a tiny crop).
+    lo, hi = inside.min(axis=0)[::-1], inside.max(axis=0)[::-1] + 1
+    box = [(hi - lo).tolist(), lo.tolist()]
+    reg.SetMetricFixedMask(sitk.RegionOfInterest(mask, *box))
     reg.SetInitialTransform(_euler(fixed_to_moving, Grid.from_image(fixed).center()), inPlace=False)
     with itk_threads(ITK_THREADS):
-        value = float(reg.MetricEvaluate(fixed, moving))
+        value = float(reg.MetricEvaluate(sitk.RegionOfInterest(fixed, *box), moving))
     return -value if metric == "mi" else value
 
 
