@@ -287,6 +287,8 @@ def main() -> None:
     loads = [v for pair in (json.loads((OUT / "phases.json").read_text()).get("load") or {}).values() for v in pair]
     load_text = (f"1-min load average {min(loads):.1f}–{max(loads):.1f} at the start and end of the measured phases"
                  if loads else "load average of the measured phases not recorded")
+    # a load at or below the core count is the batch's own processes: then no other job shared the cores
+    quiet = bool(loads) and max(loads) <= (os.cpu_count() or 1)
     rel = [(m - d) / d for m, d in zip(per_machinery, per_direct)]
     base = runs.get("Dask local, 1 worker(s)", runs["CLI directly, pair after pair"])["wall"]
     rows = []
@@ -302,7 +304,7 @@ def main() -> None:
     speed = ", ".join(f"{w} worker(s) {base / r['wall']:.2f}×" for w, r in dask_runs.items())
     body = "\n".join([
         "## Cohort batches (`bench_cohort.py`)",
-        f"Command: `nice -n 10 python Testing/Benchmarks/bench_cohort.py --workers {args.workers} --fresh --write`. "
+        f"Command: `python Testing/Benchmarks/bench_cohort.py --workers {args.workers} --fresh --write`. "
         f"Cohort: {n} pairs. {n - n_organ} 2D image pairs: every ordered pair of the stroke T1/T2/FLAIR on one axial "
         "slice, each moving image under a known rigid transform (±15–30°, ±15 mm) on its own 1.25 mm grid, `"
         + " ".join(COMMAND) + f"` per pair. {n_organ} abdomen organ pairs: the TotalSegmentator label maps of subjects A "
@@ -311,15 +313,17 @@ def main() -> None:
         "report off in the timed runs. The Dask rows include starting and closing the local cluster (scheduler and "
         "worker processes importing Dask and the library), a fixed cost per batch, not per pair. CPU s = user + "
         "system time of the pairs' processes (the same work in every row: wall time above it is waiting). Machine: "
-        f"{os.cpu_count()} cores shared with other jobs ({load_text}): wall times are upper bounds.",
+        + (f"{os.cpu_count()} cores, no other jobs during the measured phases ({load_text}, the batch's own "
+           "processes)." if quiet else
+           f"{os.cpu_count()} cores shared with other jobs ({load_text}): wall times are upper bounds."),
         "",
         markdown_table(["run", "wall s", "CPU s (pairs)", "s / pair", "difference per pair vs direct",
                         "speed-up vs Dask 1 worker"], rows),
         "",
         f"- Speed-up over 1 worker: {speed}. This machine has {os.cpu_count()} cores, so no run can be faster than "
-        f"about {os.cpu_count()}× and more workers than cores only share the same cores; other jobs on the machine "
-        "used those cores too during the runs (load averages above), so these figures say what this shared machine "
-        "gave, not what an idle one would." + (
+        f"about {os.cpu_count()}× and more workers than cores only share the same cores"
+        + ("." if quiet else "; other jobs on the machine used those cores too during the runs (load averages "
+           "above), so these figures say what this shared machine gave, not what an idle one would.") + (
             f" Here {max(workers)} workers finished before {sorted(workers)[-2]} although there are only "
             f"{os.cpu_count()} cores: most likely because, with other jobs competing for the cores, more processes "
             "get a larger share of them (an effect of the shared machine, not of the batch)."
@@ -329,8 +333,9 @@ def main() -> None:
         f"{100 * np.median(rel):+.1f} %, range {100 * min(rel):+.1f} to {100 * max(rel):+.1f} % (target ≤ 10 %); the "
         f"pairs' CPU time the same way: {runs['CLI directly, pair after pair']['cpu_pairs']:.1f} s directly, "
         f"{runs['batch machinery without Dask (interleaved with direct)']['cpu_pairs']:.1f} s through the machinery "
-        "(its own polling and bookkeeping in the calling process not counted). Under this load the wall-time "
-        "spread between two runs of the same pair exceeds the overhead being measured.",
+        "(its own polling and bookkeeping in the calling process not counted)." + (
+            "" if quiet else " Under this load the wall-time spread between two runs of the same pair exceeds the "
+            "overhead being measured."),
         "- Memory per worker (a worker process plus the pair process it runs, resident memory polled every 0.25 s; "
         "the limit is enforced on that sum): " + "; ".join(mem_lines) + ".",
         f"- Accuracy (Dask {workers[0]} worker run): stroke pairs mean corner error {np.mean(errors):.2f} mm, max "
