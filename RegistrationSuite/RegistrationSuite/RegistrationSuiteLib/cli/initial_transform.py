@@ -17,7 +17,7 @@ from typing import Optional
 
 import SimpleITK as sitk
 
-from ..cohort.chain import compose_fixed_to_moving, fold_linear_into_field, prewarp_moving
+from ..cohort.chain import affine_fit_over_domain, compose_fixed_to_moving, fold_transform_into_field, prewarp_moving
 from ..geometry import Grid
 from ..io import read_transform
 from ..result import RegistrationResult
@@ -93,18 +93,15 @@ def compose_histology_result(result, initial: sitk.Transform, moving, path):
     """A histology result found against :func:`prewarp_slide`'s slide, made a result for the original moving
     slide: ``T0`` folded into the field (still one 2D displacement field, fixed→moving), the initial affine
     alignment composed with ``T0`` (the inverse landmark transfer starts from it), the original moving slide."""
-    from ..cohort.chain import affine_fit_over_domain, fold_transform_into_field
     from ..geometry import affine_matrix_from_sitk
 
-    step = result.transform
+    result.transform = fold_transform_into_field(result.transform, initial)
     if initial.IsLinear():
         m = affine_matrix_from_sitk(initial, 2)
-        result.transform = fold_linear_into_field(step, m)
-    else:  # folded exactly at the field's grid points; its affine part seeds the inverse landmark transfer
+    else:  # its affine part seeds the inverse landmark transfer
         fixed = result.fixed_slide
         extent = [float(sp) * n for sp, n in zip(fixed.spacing, reversed(fixed.pixels.shape[:2]))]
         m = affine_fit_over_domain(initial, [float(o) for o in fixed.origin], extent)
-        result.transform = fold_transform_into_field(step, initial)
     if result.affine is not None:
         result.affine = m @ result.affine
     result.moving_slide = moving

@@ -171,28 +171,11 @@ def linear_transform(matrix: np.ndarray) -> sitk.Transform:
     return tx
 
 
-def fold_linear_into_field(step: sitk.DisplacementFieldTransform, initial: np.ndarray) -> sitk.DisplacementFieldTransform:
-    """``T0 ∘ S`` as one displacement field on ``S``'s grid, for a linear ``T0`` (homogeneous ``initial``):
-    ``u'(x) = A (x + u(x)) + b − x``. Exact at every point of the grid's domain (``T0`` is affine, so linear
-    interpolation of ``u'`` equals ``T0`` of the interpolated ``x + u``). The inverse of :func:`step_of_composed`
-    for such fields."""
-    field = step.GetDisplacementField()
-    d = field.GetDimension()
-    u = sitk.GetArrayFromImage(field).reshape(-1, d)
-    idx = np.stack(np.meshgrid(*[np.arange(n) for n in reversed(field.GetSize())], indexing="ij"), -1).reshape(-1, d)[:, ::-1]
-    spacing_dir = np.asarray(field.GetDirection()).reshape(d, d) * np.asarray(field.GetSpacing())
-    x = idx @ spacing_dir.T + np.asarray(field.GetOrigin())
-    folded = (x + u) @ initial[:d, :d].T + initial[:d, d] - x
-    out = sitk.GetImageFromArray(folded.reshape(tuple(reversed(field.GetSize())) + (d,)), isVector=True)
-    out.CopyInformation(field)
-    return sitk.DisplacementFieldTransform(sitk.Cast(out, sitk.sitkVectorFloat64))
-
-
 def fold_transform_into_field(step: sitk.DisplacementFieldTransform,
                               initial: sitk.Transform) -> sitk.DisplacementFieldTransform:
-    """``T0 ∘ S`` as one displacement field on ``S``'s grid for any ``T0`` (B-spline, displacement field,
-    composite): ``u'(x) = T0(x + u(x)) − x`` sampled at the grid points (exact there; between them the field is
-    interpolated, as any displacement field is). Linear ``T0``: use :func:`fold_linear_into_field`."""
+    """``T0 ∘ S`` as one displacement field on ``S``'s grid for any ``T0`` (linear, B-spline, displacement field,
+    composite): ``u'(x) = T0(x + u(x)) − x`` sampled at the grid points. Exact there; between them the field is
+    interpolated, which for an affine ``T0`` is exact everywhere (an affine map of the interpolated ``x + u``)."""
     field = step.GetDisplacementField()
     composed = sitk.CompositeTransform([initial, step])  # SimpleITK applies the last one added first: T0(S(x))
     out = sitk.TransformToDisplacementField(composed, sitk.sitkVectorFloat64, field.GetSize(), field.GetOrigin(),
