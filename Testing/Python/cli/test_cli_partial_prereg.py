@@ -148,3 +148,32 @@ def test_train_partial_prereg_writes_loadable_model(tmp_path):
     assert card["initialised_from"]["file"] == "m.pt" and "--epochs 1" in card["initialised_from"]["command"]
     code = main(["train-partial-prereg", "--pairs", str(tmp_path / "PAIRS.csv"), "--output", str(tmp_path / "x.txt")])
     assert code == 2
+
+
+def test_train_partial_prereg_narrower_network(tmp_path):
+    """--channels/--hidden/--dropout train (and record) another network than the paper's; the model file loads
+    it with that architecture; --init-weights refuses a model of another architecture; bad values are input
+    errors."""
+    import shutil
+
+    from RegistrationSuiteLib.methods.partial_prereg import load_tspm_model
+    from RegistrationSuiteLib.methods.partial_prereg.network import count_parameters
+
+    shutil.copyfile(sample_path("T1"), tmp_path / "t1.nii.gz")
+    (tmp_path / "PAIRS.csv").write_text("image,template_to_image,split,licence,name\nt1.nii.gz,,train,MIT,t1\n")
+    base = ["train-partial-prereg", "--pairs", str(tmp_path / "PAIRS.csv"), "--epochs", "1", "--steps-per-epoch",
+            "1", "--batch-size", "16", "--device", "cpu", "--quiet"]
+    code = main(base + ["--output", str(tmp_path / "s.pt"), "--channels", "8", "16", "16", "32", "32",
+                        "--hidden", "64", "--dropout", "0.1"])
+    assert code == 0
+    model = load_tspm_model(str(tmp_path / "s.pt"))
+    cfg = model.net.config
+    assert cfg.channels == (8, 16, 16, 32, 32) and cfg.hidden == 64 and cfg.dropout == 0.1
+    assert model.card["network"]["parameters"] == count_parameters(model.net) < 200_000
+    assert model.card["network"]["paper_network"] is False
+    assert "--channels 8 16 16 32 32" in model.card["command"] and "--hidden 64" in model.card["command"]
+    # the paper's network cannot start from the narrower one
+    code = main(base + ["--output", str(tmp_path / "p.pt"), "--init-weights", str(tmp_path / "s.pt")])
+    assert code == 2
+    assert main(base + ["--output", str(tmp_path / "d.pt"), "--dropout", "1.5"]) == 2
+    assert main(base + ["--output", str(tmp_path / "c.pt"), "--channels", "8", "0", "16", "32", "32"]) == 2

@@ -36,6 +36,10 @@ def add_parser(sub):
     p.add_argument("--synthetic-fraction", type=float, default=0.0,
                    help="fraction of the simulated crops drawn from synthetic contrasts of the tissue maps "
                         "(random intensity per tissue, bias field, blur, thick slices, noise; default 0)")
+    p.add_argument("--channels", type=int, nargs=5, metavar="C",
+                   help="output channels of the five convolutions (default 64 128 128 256 256, the paper's)")
+    p.add_argument("--hidden", type=int, help="width of the first fully connected layer (default 256, the paper's)")
+    p.add_argument("--dropout", type=float, help="dropout before the last layer (default 0.5, the paper's)")
     p.add_argument("--init-weights", help="start from this TSPM model file (e.g. a second stage with a lower --lr)")
     p.add_argument("--checkpoint", help="checkpoint file (default OUTPUT.ckpt)")
     p.add_argument("--name", help="model name in the card (default: output file stem)")
@@ -69,12 +73,13 @@ def run(args) -> int:
                              synthetic_fraction=args.synthetic_fraction)
     intensity = IntensityConfig(mode="window" if args.modality == "ct" else "percentile")
     template = load_template(args.template) if args.template else load_template()
+    network = _network_config(args)
     command = _command_line(args)
     log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     model = train_partial_prereg_model(
         args.pairs, out, template=template, config=config, intensity=intensity, checkpoint=args.checkpoint,
         name=args.name, command=command, notes=args.notes, init_weights=args.init_weights, tissue_csv=args.tissue,
-        progress=progress_for(args), log=log,
+        network=network, progress=progress_for(args), log=log,
     )
     metrics = model.card["metrics"]
     print(f"model written to {out} (final train L1 {metrics['final_train_l1']:.4f})")
@@ -85,7 +90,7 @@ def run(args) -> int:
 
 
 _OPTIONS = ("pairs", "template", "output", "epochs", "steps_per_epoch", "batch_size", "patches_per_crop", "lr",
-            "rotation", "modality", "tissue", "synthetic_fraction", "init_weights", "checkpoint", "name", "seed",
+            "rotation", "modality", "tissue", "synthetic_fraction", "channels", "hidden", "dropout", "init_weights", "checkpoint", "name", "seed",
             "device", "notes")
 
 
@@ -94,6 +99,29 @@ def _command_line(args) -> str:
     parts = ["registration-suite", "train-partial-prereg"]
     for key in _OPTIONS:
         value = getattr(args, key, None)
-        if value is not None:
+        if isinstance(value, (list, tuple)):
+            parts += [f"--{key.replace('_', '-')}"] + [shlex.quote(str(v)) for v in value]
+        elif value is not None:
             parts += [f"--{key.replace('_', '-')}", shlex.quote(str(value))]
     return " ".join(parts)
+
+
+def _network_config(args):
+    """The network to train: the paper's, with any of --channels, --hidden, --dropout changed."""
+    from ..errors import InputError
+    from ..methods.partial_prereg.network import PatchNetConfig
+
+    changes = {}
+    if args.channels is not None:
+        if any(c < 1 for c in args.channels):
+            raise InputError(f"--channels: expected five positive integers, got {args.channels}")
+        changes["channels"] = tuple(args.channels)
+    if args.hidden is not None:
+        if args.hidden < 1:
+            raise InputError(f"--hidden: expected a positive integer, got {args.hidden}")
+        changes["hidden"] = args.hidden
+    if args.dropout is not None:
+        if not 0.0 <= args.dropout < 1.0:
+            raise InputError(f"--dropout: expected a probability in [0, 1), got {args.dropout}")
+        changes["dropout"] = args.dropout
+    return PatchNetConfig(**changes)

@@ -349,6 +349,7 @@ def train_partial_prereg_model(
     notes: Optional[str] = None,
     init_weights=None,
     tissue_csv=None,
+    network=None,
     progress=None,
     cancel=None,
     log=None,
@@ -370,6 +371,8 @@ def train_partial_prereg_model(
             (required when ``config.synthetic_fraction > 0``); its optional ``anatomy`` column names the
             PAIRS.csv row the maps belong to (default: the first training row), whose scan gives the head's
             extent and the dark/bright split of non-brain tissue.
+        network: :class:`~.network.PatchNetConfig` of the network to train (default: the paper's network,
+            3.8 M parameters); a narrower one trains several times faster per step on a CPU.
 
     Returns:
         The written :class:`~RegistrationSuiteLib.models.model_file.ModelFile`.
@@ -396,10 +399,13 @@ def train_partial_prereg_model(
         synthetic = _synthetic_setup(tissue_csv, train_vols, template, intensity)
         sampler.add_synthetic(synthetic["tissue"], synthetic["anatomy"],
                               np.random.default_rng([config.optim.seed, 7919]))
-    net = PatchPositionNet(PatchNetConfig())
+    network = network or PatchNetConfig()
+    net = PatchPositionNet(network)
     init = _initialise(net, init_weights, template)
     run_config = {"tspm": config.to_dict(), "intensity": intensity.to_dict(), "template": template.sha256,
                   "pairs": [str(c.image.name) for c in cases]}
+    if network != PatchNetConfig():  # only when not the paper's (older checkpoints stay resumable)
+        run_config["network"] = network.to_dict()
     if init:
         run_config["init_weights"] = init["sha256"]
     if synthetic:
@@ -422,6 +428,8 @@ def train_partial_prereg_model(
                                               device=next(net.parameters()).device) for v in val_vols}
     card = _model_card(name or Path(output).stem, cases, config, intensity, template, outcome, final_val,
                        command, time.perf_counter() - t0)
+    card["network"] = dict(network.to_dict(), parameters=sum(p.numel() for p in net.parameters()),
+                           paper_network=network == PatchNetConfig())
     if synthetic:
         card["synthetic_contrasts"] = {"tissue_maps": synthetic["files"], "anatomy": synthetic["anatomy"].name,
                                        "fraction_of_crops": config.synthetic_fraction}
@@ -465,6 +473,9 @@ def _initialise(net, init_weights, template) -> Optional[dict]:
     if previous.template.sha256 != template.sha256:
         raise InputError(f"init_weights: {init_weights} was trained in template '{previous.template.name}', "
                          f"not in '{template.name}'")
+    if previous.net.config != net.config:
+        raise InputError(f"init_weights: {init_weights} has another network ({previous.net.config.to_dict()}) than "
+                         f"the one to train ({net.config.to_dict()})")
     net.load_state_dict(previous.net.state_dict(), strict=True)
     card = previous.card
     return {"file": Path(init_weights).name, "sha256": hashlib.sha256(Path(init_weights).read_bytes()).hexdigest(),
