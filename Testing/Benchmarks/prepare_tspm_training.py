@@ -15,7 +15,8 @@ Usage::
 
     python Testing/Benchmarks/prepare_tspm_training.py --data ../shared/data --out .device_carry/tspm_training
 
-Writes ``OUT/PAIRS.csv`` (image, template_to_image, split, licence, name), a copy of each image, its
+Writes ``OUT/PAIRS.csv`` (image, template_to_image, split, licence, name), ``OUT/PILOT.csv`` (the same
+training rows, two of them held out for a first training stage, no stroke rows), a copy of each image, its
 ``*_template_to_image.tfm`` (template points → image points, LPS) and ``OUT/report.json`` (MI before/after).
 """
 
@@ -85,6 +86,22 @@ def align(template, image: sitk.Image, start: str, seed: int) -> tuple:
                                  "seconds": round(time.perf_counter() - t0, 1)}
 
 
+# Held out of the first (pilot) training stage, to compare settings without the benchmark's subject.
+PILOT_HELD_OUT = ("colin27", "t1_gadolinium")
+
+
+def write_stage1(rows, path) -> None:
+    """PILOT.csv: the training rows with ``PILOT_HELD_OUT`` as validation rows and the stroke subject left out
+    entirely, for a first stage whose settings are judged on held-out *training* volumes, never on the
+    benchmark's subject (the shipped model's second stage starts from it with every training row)."""
+    out = [dict(r, split="val" if r["name"] in PILOT_HELD_OUT else "train") for r in rows
+           if not r["name"].startswith("stroke")]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["image", "template_to_image", "split", "licence", "name"])
+        writer.writeheader()
+        writer.writerows(out)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[3] / "shared" / "data"))
@@ -124,6 +141,7 @@ def main(argv=None) -> int:
         writer = csv.DictWriter(f, fieldnames=["image", "template_to_image", "split", "licence", "name"])
         writer.writeheader()
         writer.writerows(rows)
+    write_stage1(rows, out / "PILOT.csv")
     for name, rel in TISSUE_MAPS:  # TISSUE.csv: maps for synthetic contrasts (train --tissue)
         shutil.copyfile(data / rel, out / f"tissue_{name}.nii.gz")
     with open(out / "TISSUE.csv", "w", newline="") as f:
