@@ -616,7 +616,7 @@ def _in_process_sentence(cached, first) -> str:
                 f"mean over {len(first)} fixed image(s). ")
     else:
         out += ("No uncached in-process fixed → template step was measured in this run (every in-process TSPM row "
-                "found the alignment cached); the uncached CLI rows below include it. ")
+                "found the alignment cached); the uncached whole-CLI figures include it. ")
     return out
 
 
