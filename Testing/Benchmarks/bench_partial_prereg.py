@@ -529,10 +529,11 @@ def _report(rows, args, table) -> str:
         "",
         table,
         "",
-        + _in_process_sentence(cached, first)
+        (_in_process_sentence(cached, first) if tspm else "")
         + _cli_sentence(rows)
         + _load_sentence(rows)
-        + f"TSPM flagged {doubtful} result(s) as doubtful; {failed_flagged} of its {failed} failure(s) were flagged."
+        + (f"TSPM flagged {doubtful} result(s) as doubtful; {failed_flagged} of its {failed} failure(s) were flagged."
+           if tspm else "")
         + crash_text,
         "",
         f"Command: `python Testing/Benchmarks/bench_partial_prereg.py --cases-per-class {args.cases_per_class} "
@@ -540,6 +541,7 @@ def _report(rows, args, table) -> str:
         f"{' --fixed ' + ' '.join(args.fixed) if tuple(args.fixed) != FIXED_MODALITIES else ''}"
         f"{' --classes ' + ' '.join(args.classes) if tuple(args.classes) != tuple(CLASSES) else ''}"
         f"{' --moving ' + ' '.join(args.moving) if tuple(args.moving) != ('T1',) else ''}"
+        f"{' --model ' + args.model if args.model else ''}"
         f"{' --section ' + args.section if args.section != 'partial_prereg' else ''} --write`",
         *notes,
     ]
