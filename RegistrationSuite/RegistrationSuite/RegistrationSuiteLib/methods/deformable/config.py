@@ -48,8 +48,8 @@ class DeformableConfig:
             share of ``io_steps`` goes to the remaining levels in proportion), since the network's start already
             holds the coarse field; 0 = the same schedule as optimisation alone; the finest level is never
             skipped. Default 1, chosen on tuning cases
-            (``bench_deformable``'s generator, seed 100, never the benchmark's or the held-out evaluation's
-            cases): after a ``deformable_mr_synthetic`` start, skipping the coarse level was more accurate than
+            (``bench_deformable``'s generator, seed 100, class 0, one case per pair; never the benchmark's or the
+            held-out evaluation's cases): after a ``deformable_mr_synthetic`` start, skipping the coarse level was more accurate than
             the full schedule at 10, 20 and 40 steps on T1→T1 (0.43, 0.33, 0.27 mm against 0.55, 0.40,
             0.33 mm) and T1→T2 (1.11, 0.86, 0.71 mm against 1.75, 1.16, 0.91 mm), at about 1.5 times the CPU
             per step (the steps go to finer levels).
