@@ -46,8 +46,9 @@ class HistologyConfig:
             see BENCHMARKS.md).
         io_size: longest side (pixels) of the fixed grid of the instance optimisation (finer than the affine
             stage's ``working_size``: the residual after the affine stage is a few pixels of a 5 % slide). The
-            output field lives on this grid when the stage runs. On the BIRL artificial elastic pair (not an
-            evaluation pair) 512 left 2.0 px median error against 2.6 px at 256.
+            output field lives on this grid when the stage runs. With local NCC on the BIRL artificial elastic
+            pair (not an evaluation pair) 512 left 1.99 px median landmark error against 2.60 px at 256
+            (``bench_histology.py --nonrigid-checks``).
         io_levels: pyramid levels of the instance optimisation (finest = ``io_size``).
         io_learning_rate: Adam step of the dense displacement (pixels of the current level).
         io_smoothness: weight of the bending (curvature) regulariser of the non-rigid displacement.
