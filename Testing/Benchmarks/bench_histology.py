@@ -605,7 +605,9 @@ def summarise_nonrigid(rows) -> str:
         "default similarity and smoothness were chosen on these cases (MIND-SSC on OD at smoothness 2 had the "
         "lowest summed median error among MIND at smoothness 2, 5, 10 and local NCC of the OD gradient at 256 and "
         "512 pixels, all tried on the three cases; NGF on OD, tried on two of them, was not better) before the "
-        f"ANHIR rows were run with them. The network row uses `{MULTI}`, whose self-supervised training warped these same images "
+        "ANHIR rows were run with them. That choice was made before dark-background slides were inverted (the "
+        "HNSP images are bright tissue on black; until then their initial alignment failed, at 16.4 px); in the "
+        f"rows below, measured after that fix, it is still the best column. The network row uses `{MULTI}`, whose self-supervised training warped these same images "
         "(other random warps, no landmarks), so it is not independent of them.",
         "",
         markdown_table(header, table),
