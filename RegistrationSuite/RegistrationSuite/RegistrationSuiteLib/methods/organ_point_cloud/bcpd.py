@@ -43,6 +43,7 @@ from .config import LabelModel, OrganPointCloudConfig
 from .estep import EStepStats, SparseState, Workspace, build_groups, e_step
 from .kernel import KernelBasis, KernelParams, describe_basis, lowrank_kernel
 from .organ_prealign import apply_organ_affine, fit_organ_similarities, fold_into_fixed
+from .sampling import spread_subset
 
 # The dense E-step works with exponents of size |x||y|/σ²; float32 keeps them to ~1e-3 only while
 # eps32 · R² / σ² stays below this, after which that E-step runs in float64.
@@ -344,6 +345,15 @@ def stratified_subset(labels: np.ndarray, target: Optional[int], seed: int, mini
     return np.sort(np.concatenate(keep))
 
 
+def em_subset(points: np.ndarray, labels: np.ndarray, target: Optional[int], seed: int,
+              config: OrganPointCloudConfig, minimum: int = 4) -> np.ndarray:
+    """The EM's subset of a point set: :func:`.sampling.spread_subset` (farthest-point, per label) with
+    ``config.spread_sampling``, else :func:`stratified_subset` (uniformly random, per label)."""
+    if config.spread_sampling:
+        return spread_subset(points, labels, target, seed, minimum)
+    return stratified_subset(labels, target, seed, minimum)
+
+
 def fit_similarity(x: np.ndarray, lx: np.ndarray, y: np.ndarray, ly: np.ndarray, model: LabelModel,
                    config: OrganPointCloudConfig, progress: Optional[Progress] = None) -> Similarity:
     """The similarity-only EM of :func:`run_bcpd`'s pre-alignment on its own: s, R, t of T(y) = sRy + t
@@ -356,8 +366,8 @@ def fit_similarity(x: np.ndarray, lx: np.ndarray, y: np.ndarray, ly: np.ndarray,
 
 def _prealign(x, lx, y, ly, model, config, centres, progress: Progress):
     """Similarity-only EM on subsets (7 parameters need few points); returns (Similarity, iterations)."""
-    xs = stratified_subset(lx, _PREALIGN_POINTS, config.seed + 11)
-    ys = stratified_subset(ly, _PREALIGN_POINTS, config.seed + 13)
+    xs = em_subset(x, lx, _PREALIGN_POINTS, config.seed + 11, config)
+    ys = em_subset(y, ly, _PREALIGN_POINTS, config.seed + 13, config)
     sub = _prepare(x[xs], lx[xs], y[ys], ly[ys], model, config, [], centres=centres, with_basis=False)
     run = _Run(Similarity(1.0, np.eye(x.shape[1]), np.zeros(x.shape[1])), _zero_deformation(sub),
                initial_sigma2(sub.x, sub.y, config.gamma, sub.groups), [SparseState() for _ in sub.groups])

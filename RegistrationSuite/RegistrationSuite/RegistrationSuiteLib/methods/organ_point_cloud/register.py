@@ -25,12 +25,14 @@ from ...io.points import POINT_SUFFIXES, LabeledPoints, read_points
 from ...progress import as_progress
 from ...result import RegistrationResult
 from ...surfaces import image_labels, labels_to_points
-from .bcpd import BCPDFit, fit_similarity, run_bcpd, stratified_subset
+from .bcpd import BCPDFit, em_subset, fit_similarity, run_bcpd
 from .config import LabelModel, OrganPointCloudConfig
 from .field import displacement_field, field_grid
 from .mapping import FittedMapping
+from .sampling import spread_per_label
 
 PointsInput = Union[LabeledPoints, sitk.Image, str, os.PathLike]
+SURFACE_OVERSAMPLE = 4  # label images: area-uniform draws per kept point before farthest-point sampling
 MIN_POINTS_PER_ORGAN = 4  # fewer cannot pin a surface patch (and D + 1 points fix a similarity)
 
 
@@ -114,8 +116,8 @@ def _register(fixed, moving, cfg: OrganPointCloudConfig, prog, t_start: float) -
     model = cfg.label_model(labels)
     t_load = time.perf_counter()
 
-    ctrl = stratified_subset(fixed_pts.labels, cfg.downsample_to, cfg.seed, MIN_POINTS_PER_ORGAN)
-    data = stratified_subset(moving_pts.labels, cfg.downsample_to, cfg.seed + 1, MIN_POINTS_PER_ORGAN)
+    ctrl = em_subset(fixed_pts.points, fixed_pts.labels, cfg.downsample_to, cfg.seed, cfg, MIN_POINTS_PER_ORGAN)
+    data = em_subset(moving_pts.points, moving_pts.labels, cfg.downsample_to, cfg.seed + 1, cfg, MIN_POINTS_PER_ORGAN)
     fov = {"applied": False}
     fixed_fov, moving_fov = _field_of_view(fixed_in, labels), _field_of_view(moving_in, labels)
     if cfg.common_fov and cfg.similarity and (fixed_fov is not None or moving_fov is not None):
@@ -231,8 +233,14 @@ def _common_labels(fixed_labels, moving_labels, requested, notes: list):
 def _points_for(inp: _Input, labels: list, cfg: OrganPointCloudConfig, name: str, notes: list) -> LabeledPoints:
     if inp.points is not None:
         return inp.points.select(labels)
-    return labels_to_points(inp.image, labels, cfg.points_per_organ, cfg.seed + (0 if name == "fixed" else 7919),
-                            name=name, notes=notes)
+    seed = cfg.seed + (0 if name == "fixed" else 7919)
+    if not cfg.spread_sampling:
+        return labels_to_points(inp.image, labels, cfg.points_per_organ, seed, name=name, notes=notes)
+    # SURFACE_OVERSAMPLE times the points uniformly by area, then farthest-point sampling down to
+    # points_per_organ per organ: an even cover of every surface whatever the seed (see .sampling)
+    dense = labels_to_points(inp.image, labels, SURFACE_OVERSAMPLE * cfg.points_per_organ, seed, name=name, notes=notes)
+    keep = spread_per_label(dense.points, dense.labels, cfg.points_per_organ, seed)
+    return LabeledPoints(dense.points[keep], dense.labels[keep])
 
 
 FOV_ROUNDS = 5  # at most this many (similarity fit → restrict) rounds; they stop once the kept points repeat
