@@ -94,7 +94,7 @@ class OrganPointCloudConfig:
             lost to a simple per-organ rigid CPD on synthetic organ motion (issue 14). Needs ``prealign``.
         common_fov: when both inputs are label images, the EM uses only the organ points inside the field of
             view both scans share, found by fitting the global similarity and cutting each set to the other
-            image's box mapped through it (until the kept points repeat; see :func:`.register.common_field_of_view`). **Not in the
+            image's box mapped through it (rounds that only add points, until the kept points repeat; see :func:`.register.common_field_of_view`). **Not in the
             paper**, which registers whole organs: two scans of different lengths show different parts of
             the same organs, and BCPD must explain every moving point, so the part one scan shows and the
             other does not pulls the organs out of place. Point-file inputs, and label images whose border
