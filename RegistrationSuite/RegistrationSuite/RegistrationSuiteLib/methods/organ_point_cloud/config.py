@@ -106,8 +106,9 @@ class OrganPointCloudConfig:
             ``points_per_organ``), the EM subsets (``downsample_to``) and the pre-alignment subsets. **Not in
             the paper** (which does not say how points are drawn); ``False`` = uniformly random draws. Why: on
             the real subject A/B pair (which is also in the benchmark) the pancreas Dice moved between 0.41
-            and 0.58 with the seed alone under random draws, and between 0.54 and 0.60 with farthest-point
-            draws (seeds 0–4, both directions).
+            and 0.58 with the seed alone under random draws (seeds 0–2, before the common field of view's
+            rounds were damped); with the damped rounds, seeds 0–4 and both directions, it is 0.47–0.56 with
+            random draws (four of ten runs below 0.5) and 0.52–0.56 with farthest-point draws (BENCHMARKS.md).
         estep_cutoff_sigma: on CPU, once σ is small, the E-step keeps only pairs closer than this many σ
             (KD-tree); dropped terms are below exp(−c²/2) of a coincident pair. ``None`` = always dense (exact).
         memory_budget_mb: bound on any temporary pairwise block (E-step chunks, kernels, interpolation).
