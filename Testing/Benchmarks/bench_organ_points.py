@@ -433,20 +433,19 @@ def timing_run(args) -> dict:
                     rec["error"] = (res["stderr"].strip().splitlines() or ["?"])[-1][:200]
                 runs.append(rec)
                 print(json.dumps(rec), flush=True)
-    return {"runs": runs, "cores": os.cpu_count(), "repeats": args.timing_only, "pause": args.timing_pause,
+    import platform
+
+    import torch
+
+    return {"runs": runs, "cores": os.cpu_count(), "machine": f"{platform.machine()}, torch {torch.__version__}",
+            "repeats": args.timing_only, "pause": args.timing_pause,
             "points_per_organ": args.points_per_organ, "seed": args.seed,
             "omp": _USER_OMP if _USER_OMP is not None else "unset"}
 
 
 def summarise_timing(result: dict, argv) -> str:
-    import platform
-
-    import torch
-
-    runs = result["runs"]
-    lines = [
-        "### Whole command on a quiet machine (`bench_organ_points.py --timing-only`)",
-        "",
+    """The ``organ_points-timing`` section from a :func:`timing_run` result."""
+    intro = (
         f"`registration-suite organ-points` with its default settings (one torch thread) in a fresh process, "
         f"{result['repeats']} time(s) per case, on the first 'clean' and the first 'hard' case of the synthetic "
         f"table's generator (seed {result['seed']}, {result['points_per_organ']} points per organ, six organs; "
@@ -458,10 +457,11 @@ def summarise_timing(result: dict, argv) -> str:
         f"each run, {result.get('pause', 0):g} s after the previous one (it still carries part of this script's "
         f"own previous run). The landmark TRE of the written field shows each timed run did the full work. "
         f"OMP_NUM_THREADS as the caller's shell had it ({result.get('omp', 'unset')}). Machine: {result['cores']} "
-        f"CPU cores, {platform.machine()}, torch {torch.__version__}. Command: `python "
-        f"Testing/Benchmarks/bench_organ_points.py {' '.join(argv)}`.",
-        "",
-    ]
+        f"CPU cores, {result.get('machine', '?')}. Command: `python "
+        f"Testing/Benchmarks/bench_organ_points.py {' '.join(argv)}`."
+    )
+    lines = ["### Whole command on a quiet machine (`bench_organ_points.py --timing-only`)", "", intro, ""]
+    runs = result["runs"]
     header = ["case", "runs", "wall s median (min–max)", "CPU s median", "registration s median",
               "other CPU s mean (max)", "load before mean (max)", "landmark TRE (mm)", "peak MB"]
     rows, medians = [], {}

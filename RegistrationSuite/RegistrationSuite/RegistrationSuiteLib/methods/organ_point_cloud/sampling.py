@@ -38,21 +38,27 @@ def farthest_point_order(points: np.ndarray, k: int, start: int = 0) -> np.ndarr
     return order
 
 
-def spread_subset(points: np.ndarray, labels: np.ndarray, target: Optional[int], seed: int,
-                  minimum: int = 4) -> np.ndarray:
-    """Sorted indices of at most about ``target`` points, each label keeping its share (at least ``minimum``
-    or all it has), chosen per label by farthest-point sampling from a start drawn with ``seed``; all
-    indices when ``target`` is None or not below the number of points."""
+def label_shares(labels: np.ndarray, target: int, minimum: int = 4) -> list:
+    """``[(indices of label l, how many of them to keep)]`` for a subset of about ``target`` of ``labels``:
+    each label keeps its share of ``target``, at least ``minimum`` (or all it has)."""
     n = labels.shape[0]
-    if target is None or n <= target:
-        return np.arange(n)
-    rng = np.random.default_rng(seed)
-    keep = []
+    out = []
     for lab in np.unique(labels).tolist():
         idx = np.nonzero(labels == lab)[0]
-        k = min(idx.size, max(minimum, int(round(idx.size * target / n))))
-        keep.append(idx[farthest_point_order(points[idx], k, int(rng.integers(idx.size)))])
-    return np.sort(np.concatenate(keep))
+        out.append((idx, min(idx.size, max(minimum, int(round(idx.size * target / n))))))
+    return out
+
+
+def spread_subset(points: np.ndarray, labels: np.ndarray, target: Optional[int], seed: int,
+                  minimum: int = 4) -> np.ndarray:
+    """Sorted indices of at most about ``target`` points, each label keeping its share (:func:`label_shares`),
+    chosen per label by farthest-point sampling from a start drawn with ``seed``; all indices when ``target``
+    is None or not below the number of points."""
+    if target is None or labels.shape[0] <= target:
+        return np.arange(labels.shape[0])
+    rng = np.random.default_rng(seed)
+    return np.sort(np.concatenate([idx[farthest_point_order(points[idx], k, int(rng.integers(idx.size)))]
+                                   for idx, k in label_shares(labels, target, minimum)]))
 
 
 def spread_per_label(points: np.ndarray, labels: np.ndarray, per_label: int, seed: int) -> np.ndarray:
