@@ -253,3 +253,22 @@ def test_common_field_of_view_rounds_only_add_points_and_settle(monkeypatch):
     assert info["settled"] and info["rounds"] == 4 < reg.FOV_ROUNDS and len(calls) == 4
     assert np.array_equal(keep_f, np.union1d(np.union1d(inside[0.0], inside[6.0]), inside[-6.0]))
     assert keep_f.size < 400 and keep_m.size < 400  # still a cut: points outside every round's box are left out
+
+
+def test_label_image_surfaces_are_drawn_well_spread_by_default():
+    """Label-image inputs: the registered surface points of an organ keep apart (farthest-point draws, the
+    default) instead of clumping as uniformly random draws of the same number do (``spread_sampling=False``):
+    the 5th percentile of each point's distance to its nearest neighbour (measured 2.6 mm against 0.3–0.7 mm
+    over seeds 0–2)."""
+    from scipy.spatial import cKDTree
+
+    image = _sphere_image([(1, (-8.0, 0.0, 0.0), 13.0), (2, (14.0, 0.0, 0.0), 7.0)], direction=np.eye(3))
+    close = {}
+    for spread in (True, False):
+        result = _register(image, image, points_per_organ=150, max_iterations=3, min_iterations=1,
+                           spread_sampling=spread)
+        pts = result.fixed_points
+        assert pts.counts() == {1: 150, 2: 150}
+        organ = pts.points[pts.labels == 1]
+        close[spread] = float(np.percentile(cKDTree(organ).query(organ, k=2)[0][:, 1], 5))
+    assert close[True] > 2.0 * close[False] and close[True] > 1.5, close
