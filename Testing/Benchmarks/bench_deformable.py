@@ -43,7 +43,7 @@ import numpy as np
 import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, require_shared_data, update_benchmarks_md  # noqa: E402
+from common import busy_cpu_seconds, markdown_table, require_shared_data, update_benchmarks_md  # noqa: E402
 
 SPACING = 1.5
 CLI = [sys.executable, "-m", "RegistrationSuiteLib"]
@@ -263,17 +263,6 @@ TIMING_CASES = (("T1", 2, 0), ("T2", 2, 0))  # (moving contrast, RegNet class, c
 TIMING_THREADS = (0, 1)  # our --threads: 0 = torch's default (every core), 1 = one thread
 
 
-def _busy_cpu_s() -> float:
-    """CPU seconds all cores of this machine have spent busy since boot (Linux ``/proc/stat``; NaN elsewhere)."""
-    try:
-        fields = [float(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    except (OSError, ValueError, IndexError):
-        return float("nan")
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
-    guest = sum(fields[8:10]) if len(fields) > 9 else 0.0  # already counted in user and nice
-    return (sum(fields) - idle - guest) / os.sysconf("SC_CLK_TCK")
-
-
 def timing_run(args, out_dir: Path) -> dict:
     """``--timing-only N``: the delivered command (``registration-suite deformable`` with its defaults; with
     ``--model``, also with each model) run N times in fresh processes on one T1→T1 and one T1→T2 case of the
@@ -305,10 +294,10 @@ def timing_run(args, out_dir: Path) -> dict:
                         cmd = CLI + ["deformable", "--json", "--quiet", "--device", "cpu", "--threads", str(threads),
                                      "--fixed", f, "--moving", m, "--output", o, *extra]
                         time.sleep(args.timing_pause)  # this script's previous run leaves the load average
-                        load, busy = os.getloadavg()[0], _busy_cpu_s()
+                        load, busy = os.getloadavg()[0], busy_cpu_seconds()
                         res = run_measured(cmd, tmp)
                         # CPU time the rest of the machine used while our command ran (0 on a quiet machine)
-                        other = max(0.0, _busy_cpu_s() - busy - res["cpu_s"])
+                        other = max(0.0, busy_cpu_seconds() - busy - res["cpu_s"])
                         rec = {"pair": f"T1→{pair}", "class": k, "case": case, "command": name, "threads": threads,
                                "repeat": rep, "load_before": load, "other_cpu_s": other, "seconds": res["seconds"],
                                "cpu_s": res["cpu_s"], "peak_mb": res["peak_mb"], "rc": res["rc"]}

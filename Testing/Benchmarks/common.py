@@ -39,3 +39,15 @@ def update_benchmarks_md(section: str, body: str) -> None:
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     BENCHMARKS_MD.write_text(text)
+
+
+def busy_cpu_seconds() -> float:
+    """CPU seconds all cores of this machine have spent busy since boot (Linux ``/proc/stat``; NaN elsewhere).
+    The difference across a run, minus the run's own CPU time, is what the rest of the machine used meanwhile."""
+    try:
+        fields = [float(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    guest = sum(fields[8:10]) if len(fields) > 9 else 0.0  # already counted in user and nice
+    return (sum(fields) - idle - guest) / os.sysconf("SC_CLK_TCK")

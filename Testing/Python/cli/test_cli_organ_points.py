@@ -76,3 +76,17 @@ def test_organ_points_matrix_files(tmp_path):
     out = subprocess.run(CLI + ["--fixed", "f.nii.gz", "--moving", "f.nii.gz", "--output", "t.h5",
                                 "--labels", "1,2", "--coherence", "S.csv"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "symmetric" in out.stderr
+
+
+@pytest.mark.parametrize("extra, spread", [([], True), (["--sampling", "random"], False), (["--sampling", "spread"], True)])
+def test_organ_points_sampling_option_reaches_the_config(extra, spread):
+    import argparse
+
+    from RegistrationSuiteLib.cli import organ_points
+
+    parser = argparse.ArgumentParser()
+    organ_points.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["organ-points", "--fixed", "f.nii.gz", "--moving", "m.nii.gz", "--output", "t.h5", *extra])
+    assert organ_points.build_config(args).spread_sampling is spread
+    with pytest.raises(SystemExit):
+        parser.parse_args(["organ-points", "--fixed", "f", "--moving", "m", "--output", "t.h5", "--sampling", "grid"])

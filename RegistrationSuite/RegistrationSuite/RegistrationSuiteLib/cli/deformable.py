@@ -32,6 +32,12 @@ def add_parser(sub):
     init.add_argument("--init", choices=["none", "rigid-search"], default="none",
                       help="run the global rigid search first (default none: start from the scanner coordinates)")
     p.add_argument("--model", default="none", help="field network: model name, .pt file or 'none' (optimisation only; default)")
+    p.add_argument("--network-passes", type=int, default=None,
+                   help="with --model: apply the network this many times, each on the moving image warped so far "
+                        "(a cascade; default: the configuration's, see DeformableConfig.network_passes)")
+    p.add_argument("--network-skip-levels", type=int, default=None,
+                   help="with --model: the optimisation skips this many of its coarsest levels after the network's "
+                        "start (default: the configuration's, see DeformableConfig.network_skip_levels)")
     p.add_argument("--similarity", default="auto", choices=["auto", "ncc", "lncc", "mind", "ngf"],
                    help="auto (default): LNCC when the smoothed images correlate (same contrast), else MIND-SSC")
     p.add_argument("--io-steps", type=int, default=120, help="instance-optimisation Adam steps in all (0: network only)")
@@ -118,7 +124,10 @@ def run(args) -> int:
     config = DeformableConfig(spacing_mm=args.spacing, similarity=args.similarity, io_steps=args.io_steps,
                               regularization=args.regularization, regularizer=args.regularizer,
                               diffeomorphic=args.diffeomorphic, model=args.model, seed=args.seed,
-                              device=args.device, max_memory_gb=args.max_memory_gb)
+                              device=args.device, max_memory_gb=args.max_memory_gb,
+                              **{name: value for name, value in (("network_passes", args.network_passes),
+                                                                 ("network_skip_levels", args.network_skip_levels))
+                                 if value is not None})
     model = None
     if config.model is not None:  # before reading images: a bad model fails fast
         from ..methods.deformable import load_deformable_model

@@ -51,6 +51,9 @@ def add_parser(sub):
     p.add_argument("--common-fov", default="on", choices=["on", "off"],
                    help="label-image inputs: register only the organ parts inside the field of view both scans "
                         "share (default on; not in the paper)")
+    p.add_argument("--sampling", default="spread", choices=["spread", "random"],
+                   help="how surface points and EM subsets are drawn: spread = farthest-point per organ (default; "
+                        "not in the paper), random = uniformly at random")
     p.add_argument("--grid-spacing", type=float, default=3.0, help="spacing of the output field in mm (default 3)")
     p.add_argument("--seed", type=int, default=0,
                    help=f"random seed of the surface sampling and the eigensolver (default 0); {SEED_PROMISE}")
@@ -104,6 +107,7 @@ def build_config(args):
         labels=labels, points_per_organ=args.points_per_organ, lambda_mm=args.lambda_mm, beta_mm=args.beta_mm,
         coherence=coherence, label_transition=transition, omega=args.omega, grid_spacing_mm=args.grid_spacing,
         seed=args.seed, device=args.device, organ_prealign=args.organ_prealign, common_fov=args.common_fov == "on",
+        spread_sampling=args.sampling == "spread",
     )
 
 

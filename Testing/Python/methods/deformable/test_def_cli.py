@@ -88,6 +88,8 @@ BAD = {
     "memory": (["--spacing", "0.3", "--max-memory-gb", "0.5"], "needs about"),
     "output_suffix": (["--output", "t.tfm"], "stored as .h5"),
     "threads": (["--threads", "-1"], "--threads"),
+    "network_passes": (["--network-passes", "0"], "network_passes"),
+    "network_skip_levels": (["--network-skip-levels", "-1"], "network_skip_levels"),
 }
 
 

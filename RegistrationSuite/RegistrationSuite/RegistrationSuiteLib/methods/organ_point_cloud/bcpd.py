@@ -43,6 +43,7 @@ from .config import LabelModel, OrganPointCloudConfig
 from .estep import EStepStats, SparseState, Workspace, build_groups, e_step
 from .kernel import KernelBasis, KernelParams, describe_basis, lowrank_kernel
 from .organ_prealign import apply_organ_affine, fit_organ_similarities, fold_into_fixed
+from .sampling import label_shares, spread_subset
 
 # The dense E-step works with exponents of size |x||y|/σ²; float32 keeps them to ~1e-3 only while
 # eps32 · R² / σ² stays below this, after which that E-step runs in float64.
@@ -332,16 +333,20 @@ def _check_shapes(x, lx, y, ly) -> None:
 def stratified_subset(labels: np.ndarray, target: Optional[int], seed: int, minimum: int = 4) -> np.ndarray:
     """Sorted indices of at most about ``target`` points, each label keeping its share (at least ``minimum``
     or all it has), drawn without replacement with ``seed``; all indices when ``target`` is None or larger."""
-    n = labels.shape[0]
-    if target is None or n <= target:
-        return np.arange(n)
+    if target is None or labels.shape[0] <= target:
+        return np.arange(labels.shape[0])
     rng = np.random.default_rng(seed)
-    keep = []
-    for lab in np.unique(labels).tolist():
-        idx = np.nonzero(labels == lab)[0]
-        k = min(idx.size, max(minimum, int(round(idx.size * target / n))))
-        keep.append(rng.choice(idx, size=k, replace=False))
-    return np.sort(np.concatenate(keep))
+    return np.sort(np.concatenate([rng.choice(idx, size=k, replace=False)
+                                   for idx, k in label_shares(labels, target, minimum)]))
+
+
+def em_subset(points: np.ndarray, labels: np.ndarray, target: Optional[int], seed: int,
+              config: OrganPointCloudConfig, minimum: int = 4) -> np.ndarray:
+    """The EM's subset of a point set: :func:`.sampling.spread_subset` (farthest-point, per label) with
+    ``config.spread_sampling``, else :func:`stratified_subset` (uniformly random, per label)."""
+    if config.spread_sampling:
+        return spread_subset(points, labels, target, seed, minimum)
+    return stratified_subset(labels, target, seed, minimum)
 
 
 def fit_similarity(x: np.ndarray, lx: np.ndarray, y: np.ndarray, ly: np.ndarray, model: LabelModel,
@@ -356,8 +361,8 @@ def fit_similarity(x: np.ndarray, lx: np.ndarray, y: np.ndarray, ly: np.ndarray,
 
 def _prealign(x, lx, y, ly, model, config, centres, progress: Progress):
     """Similarity-only EM on subsets (7 parameters need few points); returns (Similarity, iterations)."""
-    xs = stratified_subset(lx, _PREALIGN_POINTS, config.seed + 11)
-    ys = stratified_subset(ly, _PREALIGN_POINTS, config.seed + 13)
+    xs = em_subset(x, lx, _PREALIGN_POINTS, config.seed + 11, config)
+    ys = em_subset(y, ly, _PREALIGN_POINTS, config.seed + 13, config)
     sub = _prepare(x[xs], lx[xs], y[ys], ly[ys], model, config, [], centres=centres, with_basis=False)
     run = _Run(Similarity(1.0, np.eye(x.shape[1]), np.zeros(x.shape[1])), _zero_deformation(sub),
                initial_sigma2(sub.x, sub.y, config.gamma, sub.groups), [SparseState() for _ in sub.groups])
