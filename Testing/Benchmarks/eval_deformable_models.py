@@ -266,8 +266,10 @@ def describe(args, models, candidates) -> str:
             f"seed {args.seed}. Models: {names}{extra}. In-process `register_deformable` (default settings, "
             f"`io_steps` as listed), 1 torch thread, {platform.processor() or platform.machine()}, torch "
             f"{torch.__version__}; wall times on a shared 2-core machine under load (upper bounds). Written by "
-            f"`{command}`. \"untrained\" rows: the same architecture with its initial weights (its fixed MIND-SSC "
-            f"correlation layer and soft-argmin alone), so the difference to the trained rows is what training adds.")
+            f"`{command}`."
+            + (" \"untrained\" rows: the same architecture with its initial weights (its fixed MIND-SSC "
+               "correlation layer and soft-argmin alone), so the difference to the trained rows is what training adds."
+               if args.untrained_baseline else ""))
 
 
 def write_card_section(model, body) -> None:
