@@ -74,6 +74,9 @@ def main(argv=None) -> int:
     ap.add_argument("--render-only", action="store_true",
                     help="measure nothing: rebuild the tables (and with --write the sections) from OUTPUT_DIR/records.json "
                          "of an earlier run with the same arguments")
+    ap.add_argument("--section", default=SECTION,
+                    help=f"BENCHMARKS.md section to write (default {SECTION}; another name keeps that one untouched)")
+    ap.add_argument("--title", default="", help="a '## ' heading for the section (a new section needs one)")
     ap.add_argument("--write", action="store_true", help="write BENCHMARKS.md and the model cards")
     args = ap.parse_args(argv)
 
@@ -147,13 +150,17 @@ def main(argv=None) -> int:
         (out_dir / "records.json").write_text(json.dumps(records, indent=1))
     table = summary_table(records)
     savings = savings_table(records)
+    verdicts = network_verdicts(records, [m.name for m in models.values()], [m.name for m in candidates.values()])
     print(table)
     print(savings)
+    print(verdicts)
     if args.write:
         body = (describe(args, models, candidates)
                 + (" Tables rebuilt from that run's records.json with `--render-only` (nothing re-measured)."
-                   if args.render_only else "") + "\n\n" + table + "\n\n" + SAVINGS_INTRO + "\n\n" + savings)
-        update_benchmarks_md(SECTION, body)
+                   if args.render_only else "") + "\n\n" + table
+                + ("\n\n" + SAVINGS_INTRO + "\n\n" + savings if "+ optimisation" in savings else "")
+                + ("\n\n" + verdicts if verdicts else ""))
+        update_benchmarks_md(args.section, (f"## {args.title}\n\n" if args.title else "") + body)
         for model in models.values():
             write_card_section(model, body)
     return 0
@@ -211,6 +218,33 @@ def savings_table(records) -> str:
                            "optimisation alone needs (steps)", "its error (mm) / CPU s", "steps saved"], rows)
 
 
+def network_verdicts(records, names, others) -> str:
+    """Network alone (``<name> only``, 0 steps), per pair: does it halve the identity error (mean over the same
+    cases), and is it more accurate than each other network evaluated in the same run?"""
+    lines = []
+    pairs = list(dict.fromkeys(r["pair"] for r in records))
+
+    def mean_of(pair, method):
+        rs = [r["mean"] for r in records if r["pair"] == pair and r["method"] == method and r["io_steps"] == 0]
+        return (float(np.mean(rs)), len(rs)) if rs else (None, 0)
+
+    for name in names:
+        for pair in pairs:
+            err, n = mean_of(pair, f"{name} only")
+            ident, _ = mean_of(pair, "identity")
+            if err is None or ident is None:
+                continue
+            text = (f"- {pair}, {name} alone: {err:.2f} mm against identity {ident:.2f} mm ({n} cases): "
+                    f"{'halves' if err <= 0.5 * ident else '**does not halve**'} the identity error")
+            for other in others:
+                o, _ = mean_of(pair, f"{other} only")
+                if o is not None:
+                    text += (f"; {'more' if err < o else '**less**' if err > o else 'as'} accurate than {other} alone "
+                             f"({o:.2f} mm, same cases)")
+            lines.append(text)
+    return "\n".join(lines)
+
+
 def describe(args, models, candidates) -> str:
     import platform
 
@@ -222,16 +256,20 @@ def describe(args, models, candidates) -> str:
                + (f"--network-steps {args.network_steps} " if args.network_steps is not None else "")
                + f"--network-variants {args.network_variants} "
                + f"--classes {args.classes} --seed {args.seed}"
-               + (" --untrained-baseline" if args.untrained_baseline else "") + " --write")
+               + (" --untrained-baseline" if args.untrained_baseline else "")
+               + (f" --section {args.section}" if args.section != SECTION else "")
+               + (f" --title '{args.title}'" if args.title else "") + " --write")
     names = ", ".join(m.name for m in models.values())
-    extra = f"; network only, not shipped: {', '.join(m.name for m in candidates.values())}" if candidates else ""
+    extra = f"; compared network only: {', '.join(m.name for m in candidates.values())}" if candidates else ""
     return (f"Held-out subject `brain/stroke` (never in training), RegNet synthetic-field protocol of "
             f"`bench_deformable.py` at {SPACING} mm, classes {args.classes}, {args.cases} case(s) per class and pair, "
             f"seed {args.seed}. Models: {names}{extra}. In-process `register_deformable` (default settings, "
             f"`io_steps` as listed), 1 torch thread, {platform.processor() or platform.machine()}, torch "
             f"{torch.__version__}; wall times on a shared 2-core machine under load (upper bounds). Written by "
-            f"`{command}`. \"untrained\" rows: the same architecture with its initial weights (its fixed MIND-SSC "
-            f"correlation layer and soft-argmin alone), so the difference to the trained rows is what training adds.")
+            f"`{command}`."
+            + (" \"untrained\" rows: the same architecture with its initial weights (its fixed MIND-SSC "
+               "correlation layer and soft-argmin alone), so the difference to the trained rows is what training adds."
+               if args.untrained_baseline else ""))
 
 
 def write_card_section(model, body) -> None:

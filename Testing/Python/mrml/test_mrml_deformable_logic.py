@@ -108,8 +108,9 @@ def test_model_list_keeps_deformable_models_only(tmp_path):
     torch.save({"kind": "tspm_patch_position", "state_dict": {"w": torch.zeros(3)}}, tmp_path / "other.pt")
     (tmp_path / "broken.pt").write_bytes(b"not a zip")
     names = {name: source for name, source, _path in deformable_models(tmp_path)}
-    # the shipped deformable model is listed; the shipped TSPM model (another kind) is left out
-    assert names == {"mine": "user", "broken": "user", "deformable_mr_synthetic": "shipped"}
+    # the shipped deformable models are listed; the shipped TSPM model (another kind) is left out
+    assert names == {"mine": "user", "broken": "user", "deformable_mr_synthetic": "shipped",
+                     "deformable_mr_multimodal": "shipped"}
     code = ("import sys; sys.modules['torch'] = None\n"
             "from RegistrationSuiteLib.mrml.deformable_logic import read_model_kind\n"
             f"print(read_model_kind({str(tmp_path / 'mine.pt')!r}), read_model_kind({str(tmp_path / 'other.pt')!r}))")

@@ -1,6 +1,11 @@
 """The shipped deformable field networks: found by name, small, carded with their held-out metrics, refused
 for the wrong dimension, and useful on their own (network only) on a known synthetic field."""
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -12,7 +17,7 @@ from RegistrationSuiteLib.models.model_file import CARD_KEYS, load_model
 from RegistrationSuiteLib.models.registry import list_models, resolve_model
 from RegistrationSuiteLib.sample_data import sample_path
 
-SHIPPED = ["deformable_mr_synthetic"]
+SHIPPED = ["deformable_mr_synthetic", "deformable_mr_multimodal"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -59,3 +64,32 @@ def test_network_alone_reduces_a_known_field_error(name):
     assert ident > 3.0
     assert err < 0.6 * ident, (err, ident)
     assert res.diagnostics["network"] == name and res.diagnostics["folding_fraction"] < 1e-3
+
+
+def _field_error(transform, fixed, truth, mask):
+    est = sitk.GetArrayFromImage(sitk.TransformToDisplacementField(
+        transform, sitk.sitkVectorFloat64, fixed.GetSize(), fixed.GetOrigin(), fixed.GetSpacing(),
+        fixed.GetDirection()))
+    return np.linalg.norm(est - truth, axis=-1)[mask].mean(), np.linalg.norm(truth, axis=-1)[mask].mean()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SHIPPED)
+def test_cli_network_alone_across_contrasts(name, tmp_path):
+    """``deformable --model NAME --io-steps 0`` through the CLI: the sample T1 seen through a known field as the
+    fixed image, the co-registered sample T2 as the moving one (cross contrast)."""
+    fixed, _, truth, mask = _case(12)
+    sitk.WriteImage(fixed, str(tmp_path / "fixed.nii.gz"))
+    proc = subprocess.run([sys.executable, "-m", "RegistrationSuiteLib", "deformable", "--fixed", "fixed.nii.gz",
+                           "--moving", str(sample_path("T2")), "--output", "t.h5", "--model", name, "--io-steps", "0",
+                           "--device", "cpu", "--output-diagnostics", "d.json"],
+                          cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    diagnostics = json.loads((tmp_path / "d.json").read_text())["diagnostics"]
+    assert diagnostics["network"] == name and diagnostics["folding_fraction"] < 1e-3
+    err, ident = _field_error(sitk.ReadTransform(str(tmp_path / "t.h5")), fixed, truth, mask)
+    assert ident > 3.0
+    # across contrasts on the blurred 8-bit 2 mm sample the network alone removes less than on the same contrast
+    # (about 0.6 x identity left when this test was written); identity (a network doing nothing) leaves 1.0
+    assert err < 0.7 * ident, (err, ident)
