@@ -148,3 +148,16 @@ def test_init_rigid_search_recovers_a_large_rotation(tmp_path):
     # tolerance of the rigid-search CLI test (measured: 4.2 mm here, against 21 mm for the identity)
     assert error < 5.0, (error, identity_error)
     assert json.loads((tmp_path / "d.json").read_text())["diagnostics"]["folding_fraction"] < 1e-3
+
+
+def test_cli_defaults_come_from_the_config():
+    """The parser's defaults are the configuration's (one source): a default typed into the parser drifts."""
+    from RegistrationSuiteLib.cli.main import build_parser
+    from RegistrationSuiteLib.methods.deformable import DeformableConfig
+
+    args = build_parser().parse_args(["deformable", "--fixed", "f.nii.gz", "--moving", "m.nii.gz", "--output", "t.h5"])
+    cfg = DeformableConfig()
+    assert (args.io_steps, args.regularization, args.regularizer) == (cfg.io_steps, cfg.regularization, cfg.regularizer)
+    assert (args.similarity, args.seed, args.max_memory_gb, args.spacing) == \
+        (cfg.similarity, cfg.seed, cfg.max_memory_gb, cfg.spacing_mm)
+    assert (cfg.model or "none") == args.model
