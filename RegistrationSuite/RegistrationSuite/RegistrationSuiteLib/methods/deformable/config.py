@@ -40,6 +40,10 @@ class DeformableConfig:
             (cosine), so the field settles instead of jittering by about one step around the optimum.
         regularization: weight of the regulariser.
         regularizer: ``"diffusion"`` or ``"bending"``.
+        lncc_radius: LNCC window radius (voxels of each pyramid level; window ``2r + 1`` per axis).
+        lncc_eps: LNCC variance floor relative to the product of the images' mean local variances (see
+            :func:`RegistrationSuiteLib.deform.lncc_loss`): a larger floor quiets flat, noise-only regions.
+        field_smoothing: σ (voxels of each level) of the Gaussian applied to the optimised field before use.
         diffeomorphic: optimise a stationary velocity field integrated by scaling and squaring.
         model: model name or ``.pt`` path, or ``None``/``"none"`` for optimisation only.
         auto_ncc_threshold, auto_smoothing_mm: see ``similarity``.
@@ -62,6 +66,9 @@ class DeformableConfig:
     final_lr_fraction: float = 1.0
     regularization: float = 0.1
     regularizer: str = "diffusion"
+    lncc_radius: int = 2
+    lncc_eps: float = 1e-5
+    field_smoothing: float = 1.0
     diffeomorphic: bool = False
     model: Optional[str] = None
     auto_ncc_threshold: float = 0.8
@@ -80,7 +87,7 @@ class DeformableConfig:
         """Check every field; raises :class:`InputError` naming the field, what was expected and what came."""
         if isinstance(self.spacing_mm, str) and self.spacing_mm.lower() == "auto":
             self.spacing_mm = None
-        names = ("learning_rate", "auto_smoothing_mm", "max_memory_gb", "auto_spacing_mm")
+        names = ("learning_rate", "auto_smoothing_mm", "max_memory_gb", "auto_spacing_mm", "lncc_eps")
         for name in names + (("spacing_mm",) if self.spacing_mm is not None else ()):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
@@ -91,7 +98,10 @@ class DeformableConfig:
             raise InputError(f"similarity: expected one of {', '.join(SIMILARITY_CHOICES)}, got {self.similarity!r}")
         if self.regularizer not in REGULARIZER_CHOICES:
             raise InputError(f"regularizer: expected one of {', '.join(REGULARIZER_CHOICES)}, got {self.regularizer!r}")
-        for name, low in (("io_steps", 0), ("min_size", 4), ("seed", 0), ("auto_max_voxels", 1000)):
+        if isinstance(self.field_smoothing, bool) or not isinstance(self.field_smoothing, (int, float)) \
+                or not (math.isfinite(self.field_smoothing) and self.field_smoothing >= 0):
+            raise InputError(f"field_smoothing: expected a number >= 0, got {self.field_smoothing!r}")
+        for name, low in (("io_steps", 0), ("min_size", 4), ("seed", 0), ("auto_max_voxels", 1000), ("lncc_radius", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise InputError(f"{name}: expected an integer >= {low}, got {value!r}")
