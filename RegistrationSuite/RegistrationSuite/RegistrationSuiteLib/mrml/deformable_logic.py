@@ -20,9 +20,8 @@ from __future__ import annotations
 import math
 
 from ..errors import InputError
+from ..methods.deformable.config import PRESETS  # noqa: F401  preset → (io_steps, regularization); torch-free
 
-#: preset → (io_steps, regularization). "balanced" is the CLI's default.
-PRESETS = {"fast": (60, 0.1), "balanced": (120, 0.1), "accurate": (300, 0.1)}
 #: config fields that ``deformable_run_spec`` passes to the CLI (anything else changed would be dropped).
 CLI_FIELDS = ("spacing_mm", "similarity", "io_steps", "regularization", "regularizer", "diffeomorphic", "model",
               "seed", "device", "max_memory_gb")
