@@ -40,6 +40,15 @@ def test_help_on_every_command(command, capsys):
     assert "usage: registration-suite" in capsys.readouterr().out
 
 
+def test_building_the_parser_does_not_import_torch():
+    """Every command builds every sub-parser: help texts must not pull in torch (1 s of start-up per run)."""
+    code = ("import sys\nfrom RegistrationSuiteLib.cli.main import build_parser\nbuild_parser()\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
 def test_python_m_entry_point():
     out = subprocess.run(CLI + ["--version"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "registration-suite" in out.stdout

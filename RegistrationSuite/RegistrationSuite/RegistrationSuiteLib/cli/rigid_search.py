@@ -47,7 +47,7 @@ def add_parser(sub):
 
 
 def _doubtful_threshold() -> float:
-    from ..methods.global_rigid.register import DOUBTFUL_CONFIDENCE
+    from ..methods.global_rigid.config import DOUBTFUL_CONFIDENCE
 
     return DOUBTFUL_CONFIDENCE
 

@@ -7,6 +7,13 @@ from typing import Optional
 
 from ...errors import InputError
 
+#: A result whose confidence is below this is flagged doubtful (``diagnostics["doubtful"]``, a warning): in
+#: practice a confidence of 0, i.e. a pose more than 45° away scored at least as well at the coarsest level.
+#: Chosen on the shipped sample brain by ``Testing/Benchmarks/calibrate_confidence.py`` (best balanced accuracy
+#: there); BENCHMARKS.md reports how well it separates successes from failures. Partial fields of view give
+#: low confidences even when correct, so the flag asks for a look, it does not say the result is wrong.
+DOUBTFUL_CONFIDENCE = 0.002
+
 
 @dataclass
 class GlobalRigidConfig:

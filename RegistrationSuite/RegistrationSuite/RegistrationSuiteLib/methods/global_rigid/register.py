@@ -15,7 +15,7 @@ from ...geometry import Grid
 from ...io import read_image, read_mask
 from ...progress import as_progress
 from ...result import RegistrationResult
-from .config import GlobalRigidConfig
+from .config import DOUBTFUL_CONFIDENCE, GlobalRigidConfig
 from .overlap import check_overlap_possible
 from .refine import refine_candidates
 from .rotations import rotation_distance_deg
@@ -25,12 +25,6 @@ from .search import Candidate, LevelData, SearchOutcome, search_rotations
 # beyond _FAR_DEG a different one (the gap leaves out the flank of the solution's own basin).
 _NEAR_DEG = 25.0
 _FAR_DEG = 45.0
-#: A result whose confidence is below this is flagged doubtful (``diagnostics["doubtful"]``, a warning): in
-#: practice a confidence of 0, i.e. a pose more than 45° away scored at least as well at the coarsest level.
-#: Chosen on the shipped sample brain by ``Testing/Benchmarks/calibrate_confidence.py`` (best balanced accuracy
-#: there); BENCHMARKS.md reports how well it separates successes from failures. Partial fields of view give
-#: low confidences even when correct, so the flag asks for a look, it does not say the result is wrong.
-DOUBTFUL_CONFIDENCE = 0.002
 
 
 def register_global_rigid(
