@@ -37,10 +37,11 @@ SECTION = "deformable-models"
 CARD_BEGIN, CARD_END = "<!-- BEGIN held-out evaluation -->", "<!-- END held-out evaluation -->"
 
 
-def run_one(fixed, moving, truth, mask, *, model, io_steps):
+def run_one(fixed, moving, truth, mask, *, model, io_steps, passes=1, skip=0):
     from RegistrationSuiteLib.methods.deformable import DeformableConfig, register_deformable
 
-    cfg = DeformableConfig(io_steps=int(io_steps), device="cpu")
+    cfg = DeformableConfig(io_steps=int(io_steps), device="cpu", network_passes=int(passes),
+                           network_skip_levels=int(skip))
     t, c = time.perf_counter(), time.process_time()
     res = register_deformable(fixed, moving, cfg, model=model)
     wall, cpu = time.perf_counter() - t, time.process_time() - c
@@ -63,6 +64,10 @@ def main(argv=None) -> int:
     ap.add_argument("--untrained-baseline", action="store_true",
                     help="also run each model's architecture with its initial (untrained) weights, network only: "
                          "what the training adds beyond the fixed correlation layer")
+    ap.add_argument("--network-variants", default="1:0",
+                    help="how each --models model is used, comma-separated PASSES:SKIP pairs: network passes "
+                         "(cascade) and coarsest optimisation levels skipped after the network start "
+                         "(DeformableConfig.network_passes / network_skip_levels); 1:0 = the optimiser's own schedule")
     ap.add_argument("--write", action="store_true", help="write BENCHMARKS.md and the model cards")
     args = ap.parse_args(argv)
 
@@ -82,6 +87,7 @@ def main(argv=None) -> int:
             torch.manual_seed(0)
             net = FieldUNet(**model.network.config).eval()
             baselines[name] = DeformableModel(net, model.spacing_mm, model.modality, {}, f"{model.name} untrained")
+    variants = [tuple(int(v) for v in text.split(":")) for text in args.network_variants.split(",") if text]
     pairs = [p for p in args.pairs.split(",") if p]
     steps = [int(s) for s in args.steps.split(",") if s]
     classes = [int(k) for k in args.classes.split(",") if k]
@@ -99,22 +105,32 @@ def main(argv=None) -> int:
                 base = {"pair": f"T1→{pair}", "class": k, "case": case}
                 ident = evaluate(dense(sitk.Transform(3, sitk.sitkIdentity), fixed), truth, mask)
                 records.append({**base, "method": "identity", "io_steps": 0, **ident, "seconds": 0.0, "cpu_seconds": 0.0})
+                print(f"{base['pair']} class {k} case {case} identity mean {ident['mean']:.2f}", flush=True)
+
+                def add(method, n_steps, **kw):
+                    r = {**base, "method": method, "io_steps": n_steps,
+                         **run_one(fixed, moving, truth, mask, io_steps=n_steps, **kw)}
+                    records.append(r)
+                    print(f"{r['pair']} class {k} case {case} {method:<52} steps {n_steps:>4} mean {r['mean']:.2f} "
+                          f"p95 {r['p95']:.2f} fold {r['folding']:.4%} cpu {r['cpu_seconds']:.1f}s", flush=True)
+
                 for model in [*baselines.values(), *candidates.values()]:
-                    records.append({**base, "method": f"{model.name} only", "io_steps": 0,
-                                    **run_one(fixed, moving, truth, mask, model=model, io_steps=0)})
+                    add(f"{model.name} only", 0, model=model)
                 for n_steps in steps:
                     if n_steps > 0:
-                        records.append({**base, "method": "optimisation only", "io_steps": n_steps,
-                                        **run_one(fixed, moving, truth, mask, model=None, io_steps=n_steps)})
+                        add("optimisation only", n_steps, model=None)
                     for name, model in models.items():
-                        method = f"{model.name} only" if n_steps == 0 else f"{model.name} + optimisation"
-                        records.append({**base, "method": method, "io_steps": n_steps,
-                                        **run_one(fixed, moving, truth, mask, model=model, io_steps=n_steps)})
-                for r in records[-(1 + len(baselines) + len(candidates) + len(steps) * (1 + len(models))):]:
-                    if r["pair"] == base["pair"] and r["class"] == k and r["case"] == case:
-                        print(f"{r['pair']} class {k} case {case} {r['method']:<40} steps {r['io_steps']:>4} "
-                              f"mean {r['mean']:.2f} p95 {r['p95']:.2f} fold {r['folding']:.4%} cpu {r['cpu_seconds']:.1f}s",
-                              flush=True)
+                        done = set()
+                        for passes, skip in variants:
+                            if n_steps == 0:
+                                skip = 0
+                            if (passes, skip) in done:
+                                continue
+                            done.add((passes, skip))
+                            label = "".join([f", {passes} passes" if passes > 1 else "",
+                                             f", skip {skip} coarse level{'s' if skip > 1 else ''}" if skip else ""])
+                            method = (f"{model.name} only" if n_steps == 0 else f"{model.name} + optimisation") + label
+                            add(method, n_steps, model=model, passes=passes, skip=skip)
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "records.json").write_text(json.dumps(records, indent=1))
@@ -150,7 +166,8 @@ def describe(args, models, candidates) -> str:
 
     command = (f"Testing/Benchmarks/eval_deformable_models.py --models {args.models} --pairs {args.pairs} "
                + (f"--network-only-models {args.network_only_models} " if candidates else "")
-               + f"--cases {args.cases} --steps {args.steps}"
+               + f"--cases {args.cases} --steps {args.steps} --network-variants {args.network_variants} "
+               + f"--classes {args.classes} --seed {args.seed}"
                + (" --untrained-baseline" if args.untrained_baseline else "") + " --write")
     names = ", ".join(m.name for m in models.values())
     extra = f"; network only, not shipped: {', '.join(m.name for m in candidates.values())}" if candidates else ""

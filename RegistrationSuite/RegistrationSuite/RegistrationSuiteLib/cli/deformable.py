@@ -36,6 +36,12 @@ def add_parser(sub):
     p.add_argument("--model", default=defaults.model or "none",
                    help="field network: model name, .pt file or 'none' (optimisation only; default "
                         f"{defaults.model or 'none'})")
+    p.add_argument("--network-passes", type=int, default=defaults.network_passes,
+                   help="with --model: apply the network this many times, each on the moving image warped so far "
+                        f"(a cascade; default {defaults.network_passes})")
+    p.add_argument("--network-skip-levels", type=int, default=defaults.network_skip_levels,
+                   help="with --model: the optimisation skips this many of its coarsest levels after the network's "
+                        f"start (default {defaults.network_skip_levels})")
     p.add_argument("--similarity", default=defaults.similarity, choices=list(SIMILARITY_CHOICES),
                    help=f"default {defaults.similarity}; auto: LNCC when the smoothed images correlate (same "
                         "contrast), else MIND-SSC")
@@ -127,7 +133,10 @@ def run(args) -> int:
     config = DeformableConfig(spacing_mm=args.spacing, similarity=args.similarity, io_steps=args.io_steps,
                               regularization=args.regularization, regularizer=args.regularizer,
                               diffeomorphic=args.diffeomorphic, model=args.model, seed=args.seed,
-                              device=args.device, max_memory_gb=args.max_memory_gb)
+                              device=args.device, max_memory_gb=args.max_memory_gb,
+                              **{name: value for name, value in (("network_passes", args.network_passes),
+                                                                 ("network_skip_levels", args.network_skip_levels))
+                                 if value is not None})
     model = None
     if config.model is not None:  # before reading images: a bad model fails fast
         from ..methods.deformable import load_deformable_model

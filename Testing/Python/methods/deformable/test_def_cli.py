@@ -88,6 +88,8 @@ BAD = {
     "memory": (["--spacing", "0.3", "--max-memory-gb", "0.5"], "needs about"),
     "output_suffix": (["--output", "t.tfm"], "stored as .h5"),
     "threads": (["--threads", "-1"], "--threads"),
+    "network_passes": (["--network-passes", "0"], "network_passes"),
+    "network_skip_levels": (["--network-skip-levels", "5"], "network_skip_levels"),
 }
 
 
@@ -161,3 +163,4 @@ def test_cli_defaults_come_from_the_config():
     assert (args.similarity, args.seed, args.max_memory_gb, args.spacing) == \
         (cfg.similarity, cfg.seed, cfg.max_memory_gb, cfg.spacing_mm)
     assert (cfg.model or "none") == args.model
+    assert (args.network_passes, args.network_skip_levels) == (cfg.network_passes, cfg.network_skip_levels)

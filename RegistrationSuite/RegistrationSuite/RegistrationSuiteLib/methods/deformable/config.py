@@ -53,6 +53,11 @@ class DeformableConfig:
             fills the textureless white matter and the fixed image's background better.
         diffeomorphic: optimise a stationary velocity field integrated by scaling and squaring.
         model: model name or ``.pt`` path, or ``None``/``"none"`` for optimisation only.
+        network_passes: with a model, how many times it is applied (a cascade: each pass sees the moving
+            image warped by the field so far and its estimate is composed with it).
+        network_skip_levels: with a model, the optimisation skips this many of the coarsest ``levels`` (their
+            share of ``io_steps`` goes to the remaining levels in proportion), since the network's start already
+            holds the coarse field; 0 = the same schedule as optimisation alone.
         auto_ncc_threshold, auto_smoothing_mm: see ``similarity``.
         min_overlap: fraction of the fixed field of view (or fixed mask) that must map into the moving image
             after the initial transform; less is an input error ("the pair does not overlap").
@@ -78,6 +83,8 @@ class DeformableConfig:
     field_smoothing_mm: float = 4.5
     diffeomorphic: bool = False
     model: Optional[str] = None
+    network_passes: int = 1
+    network_skip_levels: int = 0
     auto_ncc_threshold: float = 0.8
     auto_smoothing_mm: float = 4.0
     min_overlap: float = 0.1
@@ -108,7 +115,8 @@ class DeformableConfig:
         if isinstance(self.field_smoothing_mm, bool) or not isinstance(self.field_smoothing_mm, (int, float)) \
                 or not (math.isfinite(self.field_smoothing_mm) and self.field_smoothing_mm >= 0):
             raise InputError(f"field_smoothing_mm: expected a number >= 0, got {self.field_smoothing_mm!r}")
-        for name, low in (("io_steps", 0), ("min_size", 4), ("seed", 0), ("auto_max_voxels", 1000), ("lncc_radius", 1)):
+        for name, low in (("io_steps", 0), ("min_size", 4), ("seed", 0), ("auto_max_voxels", 1000), ("lncc_radius", 1),
+                          ("network_passes", 1), ("network_skip_levels", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise InputError(f"{name}: expected an integer >= {low}, got {value!r}")
@@ -117,6 +125,9 @@ class DeformableConfig:
         if len(self.level_fractions) != len(self.levels) or any(f < 0 for f in self.level_fractions) \
                 or sum(self.level_fractions) <= 0:
             raise InputError(f"level_fractions: expected {len(self.levels)} non-negative shares, got {self.level_fractions}")
+        if self.network_skip_levels >= len(self.levels):
+            raise InputError(f"network_skip_levels: expected fewer than the {len(self.levels)} levels, "
+                             f"got {self.network_skip_levels}")
         if not 0 < self.final_lr_fraction <= 1:
             raise InputError(f"final_lr_fraction: expected a number in (0, 1], got {self.final_lr_fraction}")
         if not 0 <= self.auto_ncc_threshold <= 1:
@@ -143,10 +154,17 @@ class DeformableConfig:
             spacing *= 1.02
         return round(spacing, 4)
 
-    def steps_per_level(self) -> list:
-        """``io_steps`` split over the levels (largest remainder, so the sum is exact)."""
-        total = float(sum(self.level_fractions))
-        raw = [self.io_steps * f / total for f in self.level_fractions]
+    def steps_per_level(self, network: bool = False) -> list:
+        """``io_steps`` split over the levels (largest remainder, so the sum is exact). ``network``: the run
+        starts from a network's field, so the ``network_skip_levels`` coarsest levels get 0 steps and the
+        others share ``io_steps`` in proportion to their ``level_fractions``."""
+        fractions = list(self.level_fractions)
+        if network and self.network_skip_levels:
+            fractions[: self.network_skip_levels] = [0.0] * self.network_skip_levels
+            if sum(fractions) <= 0:  # every remaining level had share 0: give them equal shares
+                fractions[self.network_skip_levels:] = [1.0] * (len(fractions) - self.network_skip_levels)
+        total = float(sum(fractions))
+        raw = [self.io_steps * f / total for f in fractions]
         steps = [int(math.floor(r)) for r in raw]
         for i in sorted(range(len(raw)), key=lambda i: raw[i] - steps[i], reverse=True)[: self.io_steps - sum(steps)]:
             steps[i] += 1

@@ -213,22 +213,31 @@ def load_deformable_model(name_or_path, *, dim: int = 3) -> DeformableModel:
 
 
 def predict_field(model: DeformableModel, fixed: torch.Tensor, moving: torch.Tensor,
-                  spacing_mm: Optional[float] = None) -> torch.Tensor:
+                  spacing_mm: Optional[float] = None, passes: int = 1) -> torch.Tensor:
     """The network's displacement ``(1, d, *S)`` in voxels of the input grid.
 
     Args:
         fixed, moving: ``(1, 1, *S)`` normalised images on the working grid.
         spacing_mm: the working grid's spacing; when it differs from the model's, the images are resized
             (corner-aligned) to the model's spacing and the field is resized back.
+        passes: cascade depth. Pass ``k > 1`` sees the moving image warped by the field ``u`` so far (on the
+            working grid) and estimates the rest ``r``; the two compose as ``u ← r + u∘(x + r)`` (since
+            ``moving(x + u(x + r(x)) + r(x)) ≈ fixed(x)``).
     """
-    from ...deform import level_shape, resize_field, resize_image
+    from ...deform import level_shape, resize_field, resize_image, warp_image
 
+    if int(passes) < 1:
+        raise InputError(f"passes: expected an integer >= 1, got {passes}")
     shape = tuple(fixed.shape[2:])
-    x = torch.cat([fixed, moving], 1)
     factor = 1.0 if spacing_mm is None else model.spacing_mm / float(spacing_mm)
-    if abs(factor - 1.0) > 1e-3:
-        x = resize_image(x, level_shape(shape, factor))
-    net = model.network.to(x.device)
+    net = model.network.to(fixed.device)
+    u = None
     with torch.no_grad():
-        u = net(x)
-    return resize_field(u, shape)
+        for _ in range(int(passes)):
+            warped = moving if u is None else warp_image(moving, u)
+            x = torch.cat([fixed, warped], 1)
+            if abs(factor - 1.0) > 1e-3:
+                x = resize_image(x, level_shape(shape, factor))
+            r = resize_field(net(x), shape)
+            u = r if u is None else r + warp_image(u, r)
+    return u

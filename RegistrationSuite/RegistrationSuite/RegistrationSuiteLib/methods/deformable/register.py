@@ -169,7 +169,8 @@ def register_deformable(
         from .network import predict_field
 
         prog.report(0.08, "network field estimate")
-        u0 = predict_field(net, data["fixed"], data["moving"], spacing_mm=config.spacing_mm)
+        u0 = predict_field(net, data["fixed"], data["moving"], spacing_mm=config.spacing_mm,
+                           passes=config.network_passes)
         timings["network"] = time.perf_counter() - t
     io = _optimise(data, sim_name, u0, config, prog.sub(0.1, 0.92))
     timings["optimisation"] = io["seconds"]
@@ -189,6 +190,7 @@ def register_deformable(
         "jacobian_max": float(det_in.max()) if det_in.numel() else float("nan"),
         "working_grid": {"size": list(ref.GetSize()), "spacing_mm": config.spacing_mm},
         "network": None if net is None else net.name,
+        "network_passes": None if net is None else config.network_passes,
         "io": {"steps_per_level": io["steps"], "levels": list(config.levels), "history": io["history"]},
         "overlap": data["overlap"],
         "diffeomorphic": bool(config.diffeomorphic),
@@ -289,7 +291,7 @@ def _optimise(data, sim_name, u0, config, prog) -> dict:
 
     from ...deform import InstanceOptimisationConfig, optimise_field, score_field
 
-    steps = config.steps_per_level()
+    steps = config.steps_per_level(network=u0 is not None)
     fixed, moving = data["fixed"], data["moving"]
     if sum(steps) == 0:
         u = u0 if u0 is not None else fixed.new_zeros((1, 3, *fixed.shape[2:]))
