@@ -595,7 +595,7 @@ def summarise(result: dict) -> str:
     lines = [
         "## Deformable registration — RegNet synthetic-field protocol (`bench_deformable.py`)",
         "",
-        f"Held-out subject `brain/stroke` at {SPACING} mm (never used in training or tuning); for each pair type and "
+        f"Held-out subject `brain/stroke` at {SPACING} mm (never used in training); for each pair type and "
         "RegNet class (σ, P, θ) ∈ {(35, 80, 8), (25, 100, 8), (20, 100, 8)} mm, cases drawn with seed "
         f"{cfg['seed']} (one generator per pair, class and case); fixed = T1 through the synthetic field + 1 % noise, "
         "moving = T1/T2/FLAIR + 1 % noise. Error = |estimated − true fixed→moving map| inside the fixed image's "
@@ -606,8 +606,12 @@ def summarise(result: dict) -> str:
         "comparison with earlier tables. "
         "folding = det J ≤ 0 of the estimated map on the fixed grid, inside the same mask (mean over cases, max in brackets); wall and CPU "
         "= the whole command in a fresh process (CPU = user + system time; start-up and torch import included); "
-        "peak MB = that process's peak resident memory. The deformable defaults were tuned on other cases "
-        "(seed 100 of the same generator, classes 0 and 2), never on these.",
+        "peak MB = that process's peak resident memory. How the defaults were chosen: on tuning cases of the "
+        "same generator and subject drawn with seed 100 instead of 0 (other synthetic fields and noise, never these "
+        "cases; `Testing/Benchmarks/tune_deformable.py`, which refuses seed 0): T1→T1 classes 0–2 and T1→T2/T1→FLAIR "
+        "class 2, one case each; the tuning cases share this subject's images, so they are not an independent "
+        "subject.",
+        "",
         "Command" + ("s (runs of this script on the same cases, resumed with --resume or combined with --merge "
                      "into this section; each adds rows, cases or checks the others lack)"
                      if len({tuple(a) for a in cfg.get("argv_history", [])}) > 1 else "") + ": "
@@ -742,7 +746,8 @@ def targets_text(result: dict) -> list:
         if cpu:
             out.append(f"- {method}, whole command ≤ 20 s per pair on 2 cores: CPU time {np.mean(cpu):.1f} s mean, "
                        f"{max(cpu):.1f} s worst (one thread; the wall times of this loaded machine say nothing "
-                       f"about an idle one): {verdict(max(cpu) <= 20.0)} as CPU time")
+                       f"about an idle one, and CPU time also grows under contention; the quiet-machine wall time "
+                       f"is in the section deformable-timing): {verdict(max(cpu) <= 20.0)} as CPU time")
     for method in dict.fromkeys(r["method"] for r in recs):
         if not method.startswith("network only"):
             continue
