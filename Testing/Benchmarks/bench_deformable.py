@@ -782,7 +782,8 @@ def main(argv=None) -> int:
     p.add_argument("--case-start", type=int, default=0,
                    help="first case index (cases --case-start .. --cases-1; parallel runs split the cases this way)")
     p.add_argument("--pairs", default="T1,T2,FLAIR", help="moving contrasts (fixed is always T1)")
-    p.add_argument("--model", action="append", default=[], help="field network (.pt or name): network rows (repeat)")
+    p.add_argument("--model", action="append", default=[],
+                   help="field network (.pt or name): network rows (repeat); 'shipped': every shipped deformable model")
     p.add_argument("--peers", default="elastix,ants", help="comma list of peers: elastix, ants")
     p.add_argument("--classes", default="", help="comma list of RegNet class indices 0-2 (default: all)")
     p.add_argument("--abdomen", action="store_true", help="also the real CT pair (organ Dice)")
@@ -810,6 +811,11 @@ def main(argv=None) -> int:
         return 0
     argv_used = list(sys.argv[1:] if argv is None else argv)
     args.argv = argv_used
+    if "shipped" in args.model:  # every deformable model shipped with the package (the registry's list)
+        from RegistrationSuiteLib.models.registry import list_models
+
+        shipped = [m.name for m in list_models("deformable_field") if m.source == "shipped"]
+        args.model = list(dict.fromkeys(n for m in args.model for n in (shipped if m == "shipped" else [m])))
     args.pairs = [s for s in args.pairs.split(",") if s]
     args.peers = [s for s in args.peers.split(",") if s]
     args.classes = [int(s) for s in args.classes.split(",") if s]

@@ -164,3 +164,7 @@ def test_cli_defaults_come_from_the_config():
         (cfg.similarity, cfg.seed, cfg.max_memory_gb, cfg.spacing_mm)
     assert (cfg.model or "none") == args.model
     assert (args.network_passes, args.network_skip_levels) == (cfg.network_passes, cfg.network_skip_levels)
+    from RegistrationSuiteLib.methods.deformable.config import PRESETS
+
+    assert PRESETS["balanced"] == (cfg.io_steps, cfg.regularization)  # the module's default preset = the CLI's
+    assert PRESETS["fast"][0] < cfg.io_steps < PRESETS["accurate"][0]
