@@ -56,6 +56,9 @@ def main(argv=None) -> int:
     ap.add_argument("--pairs", default="T1,T2,FLAIR")
     ap.add_argument("--cases", type=int, default=1, help="cases per class and pair")
     ap.add_argument("--steps", default="40,120", help="instance-optimisation budgets to compare (0 = none)")
+    ap.add_argument("--network-steps", default=None,
+                    help="budgets for the network + optimisation rows (default: --steps); optimisation alone runs "
+                         "at every budget of both lists")
     ap.add_argument("--classes", default="0,1,2")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--output-dir", default=str(Path(__file__).resolve().parent / "output" / "eval_deformable_models"))
@@ -89,7 +92,8 @@ def main(argv=None) -> int:
             baselines[name] = DeformableModel(net, model.spacing_mm, model.modality, {}, f"{model.name} untrained")
     variants = [tuple(int(v) for v in text.split(":")) for text in args.network_variants.split(",") if text]
     pairs = [p for p in args.pairs.split(",") if p]
-    steps = [int(s) for s in args.steps.split(",") if s]
+    net_steps = [int(s) for s in (args.steps if args.network_steps is None else args.network_steps).split(",") if s]
+    steps = sorted({int(s) for s in args.steps.split(",") if s} | set(net_steps))
     classes = [int(k) for k in args.classes.split(",") if k]
     root = require_shared_data("brain", "stroke")
     names = sorted({"T1", *pairs})
@@ -119,7 +123,7 @@ def main(argv=None) -> int:
                 for n_steps in steps:
                     if n_steps > 0:
                         add("optimisation only", n_steps, model=None)
-                    for name, model in models.items():
+                    for name, model in (models.items() if n_steps in net_steps else []):
                         done = set()
                         for passes, skip in variants:
                             if n_steps == 0:
@@ -135,9 +139,11 @@ def main(argv=None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "records.json").write_text(json.dumps(records, indent=1))
     table = summary_table(records)
+    savings = savings_table(records)
     print(table)
+    print(savings)
     if args.write:
-        body = describe(args, models, candidates) + "\n\n" + table
+        body = (describe(args, models, candidates) + "\n\n" + table + "\n\n" + SAVINGS_INTRO + "\n\n" + savings)
         update_benchmarks_md(SECTION, body)
         for model in models.values():
             write_card_section(model, body)
@@ -159,6 +165,40 @@ def summary_table(records) -> str:
                            "p95 (mm)", "max folding", "CPU s", "wall s"], rows)
 
 
+SAVINGS_INTRO = (
+    "Does the network save optimisation steps? For each network + optimisation row (mean over the cases of its "
+    "pair), the smallest measured budget at which optimisation alone is at least as accurate (mean error), with "
+    "that row's CPU time; \"more than N\" = no measured budget of optimisation alone reached it. Steps saved = "
+    "that budget − the network row's budget (only the budgets measured here, so an upper bound on what "
+    "optimisation alone needs is not claimed).")
+
+
+def savings_table(records) -> str:
+    opt = {}
+    for r in records:
+        if r["method"] == "optimisation only":
+            opt.setdefault((r["pair"], r["io_steps"]), []).append(r)
+    rows = []
+    groups = {}
+    for r in records:
+        if " + optimisation" in r["method"]:
+            groups.setdefault((r["pair"], r["method"], r["io_steps"]), []).append(r)
+    for (pair, method, k), rs in groups.items():
+        err, cpu = np.mean([r["mean"] for r in rs]), np.mean([r["cpu_seconds"] for r in rs])
+        budgets = sorted(n for (p, n) in opt if p == pair)
+        match = next((n for n in budgets if np.mean([r["mean"] for r in opt[(pair, n)]]) <= err + 1e-9), None)
+        if match is None:
+            rows.append([pair, method, k, f"{err:.2f}", f"{cpu:.1f}", f"more than {max(budgets)}" if budgets else "-",
+                         "-", f"> {max(budgets) - k}" if budgets else "-"])
+        else:
+            o = opt[(pair, match)]
+            rows.append([pair, method, k, f"{err:.2f}", f"{cpu:.1f}", match,
+                         f"{np.mean([r['mean'] for r in o]):.2f} / {np.mean([r['cpu_seconds'] for r in o]):.1f}",
+                         match - k])
+    return markdown_table(["pair", "network row", "IO steps", "mean error (mm)", "CPU s",
+                           "optimisation alone needs (steps)", "its error (mm) / CPU s", "steps saved"], rows)
+
+
 def describe(args, models, candidates) -> str:
     import platform
 
@@ -166,7 +206,9 @@ def describe(args, models, candidates) -> str:
 
     command = (f"Testing/Benchmarks/eval_deformable_models.py --models {args.models} --pairs {args.pairs} "
                + (f"--network-only-models {args.network_only_models} " if candidates else "")
-               + f"--cases {args.cases} --steps {args.steps} --network-variants {args.network_variants} "
+               + f"--cases {args.cases} --steps {args.steps} "
+               + (f"--network-steps {args.network_steps} " if args.network_steps is not None else "")
+               + f"--network-variants {args.network_variants} "
                + f"--classes {args.classes} --seed {args.seed}"
                + (" --untrained-baseline" if args.untrained_baseline else "") + " --write")
     names = ", ".join(m.name for m in models.values())

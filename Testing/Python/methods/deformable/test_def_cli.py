@@ -89,7 +89,7 @@ BAD = {
     "output_suffix": (["--output", "t.tfm"], "stored as .h5"),
     "threads": (["--threads", "-1"], "--threads"),
     "network_passes": (["--network-passes", "0"], "network_passes"),
-    "network_skip_levels": (["--network-skip-levels", "5"], "network_skip_levels"),
+    "network_skip_levels": (["--network-skip-levels", "-1"], "network_skip_levels"),
 }
 
 

@@ -52,16 +52,20 @@ def test_cascade_reaches_beyond_one_pass_and_composes_in_the_right_direction():
 
 def test_network_start_skips_the_coarse_levels_only_with_a_network():
     cfg = DeformableConfig(io_steps=120, network_skip_levels=1)
+    assert DeformableConfig().network_skip_levels == 1 and DeformableConfig().network_passes == 1
     assert cfg.steps_per_level() == [60, 42, 18]  # optimisation alone: the optimiser's own schedule
     assert cfg.steps_per_level(network=True) == [0, 84, 36]  # 0.35 : 0.15 of all 120 steps
     assert DeformableConfig(io_steps=7, network_skip_levels=2).steps_per_level(network=True) == [0, 0, 7]
-    assert DeformableConfig(io_steps=120).steps_per_level(network=True) == [60, 42, 18]  # default: no skip
+    assert DeformableConfig(io_steps=120).steps_per_level(network=True) == [0, 84, 36]  # default: skip 1
+    assert DeformableConfig(io_steps=120, network_skip_levels=0).steps_per_level(network=True) == [60, 42, 18]
+    single = DeformableConfig(io_steps=5, levels=(1,), level_fractions=(1.0,), network_skip_levels=3)
+    assert single.steps_per_level(network=True) == [5]  # the finest level is never skipped
     zero_rest = DeformableConfig(io_steps=10, level_fractions=(1.0, 0.0, 0.0), network_skip_levels=1)
     assert zero_rest.steps_per_level(network=True) == [0, 5, 5]
 
 
 @pytest.mark.parametrize("field,value", [("network_passes", 0), ("network_skip_levels", -1),
-                                         ("network_skip_levels", 3), ("network_passes", 1.5)])
+                                         ("network_skip_levels", 1.5), ("network_passes", 1.5)])
 def test_network_settings_are_validated(field, value):
     with pytest.raises(InputError, match=field):
         DeformableConfig(**{field: value})
