@@ -55,7 +55,13 @@ def add_parser(sub):
                    help="also search mirrored sections (default auto)")
     p.add_argument("--iterations", type=int, default=3, help="network passes (only with --model; default 3)")
     p.add_argument("--io-steps", type=int, default=None,
-                   help="non-rigid instance optimisation steps per level (0 = affine only)")
+                   help="non-rigid instance optimisation steps per level (0 = affine only, the default)")
+    p.add_argument("--io-similarity", choices=["mind", "ngf", "lncc", "ncc"], default=None,
+                   help="similarity of the instance optimisation (default mind: MIND-SSC on the optical density)")
+    p.add_argument("--io-smoothness", type=float, default=None,
+                   help="bending-energy weight of the instance optimisation (default 2)")
+    p.add_argument("--io-size", type=int, default=None,
+                   help="longest side in pixels of the instance optimisation's grid (default 512)")
     p.add_argument("--output-resampled", help="write the moving slide warped onto the fixed one (colours kept)")
     add_output_report_argument(p)
     p.add_argument("--output-checkerboard", "--output-qa", dest="output_checkerboard",
@@ -124,8 +130,9 @@ def build_config(args):
     from ..methods.histology import HistologyConfig
 
     kw = {"search_size": min(HistologyConfig.search_size, args.working_size)}
-    if args.io_steps is not None:
-        kw["io_steps"] = args.io_steps
+    for name in ("io_steps", "io_similarity", "io_smoothness", "io_size"):
+        if getattr(args, name, None) is not None:
+            kw[name] = getattr(args, name)
     if getattr(args, "net_grid_size", None):
         kw["model"] = args.model
         kw["network_stages"] = args.network_stages
@@ -141,7 +148,7 @@ def run(args) -> int:
 
     outputs = check_arguments(args)
     config = build_config(args)
-    target = max(config.working_size, getattr(args, "net_grid_size", None) or 0)
+    target = max(config.read_size, getattr(args, "net_grid_size", None) or 0)
     fixed = read_slide(args.fixed, "fixed", level=config.level, resolution_um=config.resolution_um,
                        target_size=target)
     moving = read_slide(args.moving, "moving", level=config.level, resolution_um=config.resolution_um,

@@ -176,6 +176,16 @@ def test_model_with_instance_optimisation_refused(pair, capsys, tiny_model):
     _refused(capsys, pair[3], _base(pair, model=str(tiny_model), io_steps=5), "--io-steps: the instance optimisation")
 
 
+def test_io_size_too_small(pair, capsys):
+    _refused(capsys, pair[3], _base(pair, io_steps=5, io_size=16), "io_size: expected an integer >= 32")
+
+
+def test_unknown_io_similarity(pair, capsys):
+    with pytest.raises(SystemExit) as exc:  # argparse choices: usage line and exit 2
+        main(_base(pair, io_steps=5, io_similarity="mi"))
+    assert exc.value.code == 2 and list(pair[3].iterdir()) == []
+
+
 def test_bad_output_suffix(pair, capsys):
     argv = _base(pair)
     argv[argv.index("--output") + 1] = str(pair[3] / "t.png")

@@ -30,9 +30,18 @@ def test_defaults_valid_and_torch_free_import():
     ({"io_steps": -1}, "io_steps"),
     ({"io_smoothness": float("nan")}, "io_smoothness"),
     ({"io_similarity": "mi"}, "io_similarity"),
+    ({"io_size": 16}, "io_size"),
     ({"iterations": 0}, "iterations"),
     ({"num_threads": 0}, "num_threads"),
 ])
 def test_invalid_fields_are_named(kwargs, field):
     with pytest.raises(InputError, match=f"^{field}:"):
         HistologyConfig(**kwargs)
+
+
+def test_read_size_covers_the_instance_optimisation_grid():
+    """The slide level read must be fine enough for the finest enabled stage's grid."""
+    assert HistologyConfig(working_size=256, io_size=512).read_size == 256  # stage off (default)
+    assert HistologyConfig(working_size=256, io_size=512, io_steps=10).read_size == 512
+    assert HistologyConfig(working_size=256, io_size=128, io_steps=10).read_size == 256
+    assert HistologyConfig(working_size=256, io_size=512, io_steps=10, model="m").read_size == 256

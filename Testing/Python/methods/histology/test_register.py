@@ -32,6 +32,29 @@ def test_rotation_mirror_scale_recovered_fixed_to_moving(mirrored):
         assert np.abs(predicted - reverse).max() > 50
 
 
+def test_dark_background_slides_are_inverted():
+    """Bright tissue on a black background (dark-field / fluorescence-like, e.g. the FAIR HNSP images): treated
+    as absorbing tissue on glass, so the mask finds the tissue (not the background) and the known rotation is
+    recovered. Without the inversion the mask is the background and the search fails."""
+    from RegistrationSuiteLib.methods.histology.preprocess import dark_background, tissue_mask
+    import torch
+
+    d = tissue_density(256)
+    matrix = rotation(35.0)
+    offset = about_centre(matrix, (128, 128), (7.0, -5.0))
+    bright_f = stain(d, HE_OD)
+    dark_f = 255 - bright_f
+    dark_m = 255 - stain(moving_density(d, matrix, offset), DAB_OD, 1.2)
+    as_t = lambda a: torch.from_numpy(a.astype(np.float32) / 255).permute(2, 0, 1)  # noqa: E731
+    assert dark_background(as_t(dark_f)) and not dark_background(as_t(bright_f))
+    dark_mask, bright_mask = tissue_mask(as_t(dark_f)), tissue_mask(as_t(bright_f))
+    assert (dark_mask == bright_mask).float().mean() > 0.98 and bright_mask.float().mean() < 0.8
+    result = register_histology(from_array(dark_f, name="fixed"), from_array(dark_m, name="moving"),
+                                HistologyConfig(**FAST, mirror="no"))
+    assert np.abs(transfer_landmarks(result, POINTS) - (POINTS @ matrix.T + offset)).max() < 1.0
+    assert result.diagnostics["rotation_deg"] == pytest.approx(35.0, abs=1.0)
+
+
 def test_physical_units_with_different_pixel_sizes():
     """Fixed at 2 µm/px, moving at 1 µm/px (twice as many pixels): the mapping is in µm."""
     d = tissue_density(256)

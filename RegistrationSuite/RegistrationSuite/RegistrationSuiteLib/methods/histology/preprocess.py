@@ -114,9 +114,29 @@ def optical_density(rgb: torch.Tensor) -> torch.Tensor:
     return -torch.log(rgb.clamp(min=1.0 / 256.0)) / float(np.log(256.0))
 
 
+def dark_background(rgb: torch.Tensor) -> bool:
+    """True when the image's outer frame (2 % of each side, at least 2 pixels) is dark (median luminance
+    < 0.25) and darker than half the image's bright end (98th percentile): bright tissue on a black background.
+    Brightfield slides have bright glass at their border; brightfield tissue dense enough to reach every border
+    is still far above 0.25."""
+    grey = rgb.mean(0)
+    h, w = grey.shape
+    k = max(2, int(round(0.02 * min(h, w))))
+    frame = torch.cat([grey[:k].reshape(-1), grey[-k:].reshape(-1), grey[:, :k].reshape(-1), grey[:, -k:].reshape(-1)])
+    flat = grey.reshape(-1)
+    bright = torch.quantile(flat[:: max(1, flat.numel() // 200_000)], 0.98)
+    edge = torch.median(frame)
+    return bool(edge < 0.25 and edge < 0.5 * bright)
+
+
 def glass_normalised(rgb: torch.Tensor) -> torch.Tensor:
     """``rgb`` divided by the glass (background) colour, estimated as the 98th percentile per channel, so that
-    empty glass has optical density 0 whatever the scanner's white balance."""
+    empty glass has optical density 0 whatever the scanner's white balance.
+
+    Dark-background images (dark-field or fluorescence-like: bright tissue on black, see
+    :func:`dark_background`) are inverted first, so that tissue again absorbs relative to the background."""
+    if dark_background(rgb):
+        rgb = 1.0 - rgb
     flat = rgb.reshape(rgb.shape[0], -1)
     stride = max(1, flat.shape[1] // 200_000)
     white = torch.quantile(flat[:, ::stride], 0.98, dim=1).clamp(min=0.05)

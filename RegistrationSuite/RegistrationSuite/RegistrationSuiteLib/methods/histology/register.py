@@ -11,7 +11,8 @@ Pipeline (METHOD_NOTES §4 and the multi-magnification paper):
 3. centres of mass + full rotation search (0–359°, optional mirror) + coarse-to-fine affine refinement;
 4. with a model (``config.model``): the multi-magnification local affine network, then the non-rigid network,
    applied ``config.iterations`` times on the model's grid (:mod:`.networks`), each result composed with the
-   previous mapping; otherwise the optional non-rigid instance optimisation on the fixed working grid;
+   previous mapping; otherwise the optional non-rigid instance optimisation on its own, finer fixed grid
+   (``config.io_size``, :mod:`.nonrigid`);
 5. one displacement field (physical units) on the fixed grid used last, padded by two pixels.
 """
 
@@ -34,6 +35,7 @@ from ...progress import as_progress
 from ...result import RegistrationResult
 from .align import Candidate, affine_angle_deg, initial_alignment, moved_points, ncc_channels, sample_with_domain
 from .config import HistologyConfig
+from .nonrigid import refine_nonrigid
 from .preprocess import Plane, Prepared, prepare, working_spacing
 from .slides import Slide, read_slide
 
@@ -98,7 +100,8 @@ def register_histology(fixed: SlideInput, moving: SlideInput, config: Optional[H
         with torch_threads(cfg.num_threads), torch.no_grad():
             pf, pm, displacement, net_info = _networks(f_slide, m_slide, best, cfg, device, prog.sub(0.6, 0.95))
     elif cfg.io_steps > 0:
-        displacement, io_info = _instance_optimisation(pf, pm, best, cfg, prog.sub(0.6, 0.95))
+        with torch_threads(cfg.num_threads):
+            pf, pm, displacement, io_info = refine_nonrigid(f_slide, m_slide, best, cfg, prog.sub(0.6, 0.95), device)
     t_io = time.perf_counter()
     transform, field_grid = displacement_transform(pf.features, best, displacement)
     with torch.no_grad():
@@ -157,7 +160,7 @@ def _as_slide(source: SlideInput, name: str, cfg: HistologyConfig) -> Slide:
         return source
     if isinstance(source, (str, os.PathLike)):
         return read_slide(source, name, level=cfg.level, resolution_um=cfg.resolution_um,
-                          target_size=cfg.working_size)
+                          target_size=cfg.read_size)
     raise InputError(f"{name}: expected a Slide or a slide file path, got {type(source).__name__}")
 
 
@@ -175,15 +178,6 @@ def _initial(pf: Prepared, pm: Prepared, cfg: HistologyConfig, prog) -> tuple:
                                  pf.pyramid[:n][::-1], pm.pyramid[:n][::-1], step_deg=cfg.rotation_step_deg,
                                  mirror=cfg.mirror, keep=cfg.candidates, pixels=cfg.search_size,
                                  iterations=cfg.affine_iterations, progress=prog)
-
-
-def _instance_optimisation(pf: Prepared, pm: Prepared, best: Candidate, cfg: HistologyConfig, prog) -> tuple:
-    """Non-rigid refinement on the fixed working grid; returns the displacement ``(2, H, W)`` in fixed-grid
-    pixels (x, y) and diagnostics. Uses the shared dimension-generic instance optimisation."""
-    from .nonrigid import refine_nonrigid
-
-    with torch_threads(cfg.num_threads):
-        return refine_nonrigid(pf, pm, best, cfg, prog)
 
 
 def _networks(f_slide: Slide, m_slide: Slide, best: Candidate, cfg: HistologyConfig, device, prog) -> tuple:
