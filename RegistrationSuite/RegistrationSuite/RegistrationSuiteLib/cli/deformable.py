@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InputError
+from ..methods.deformable.config import REGULARIZER_CHOICES, SIMILARITY_CHOICES, DeformableConfig
 from ..seeding import SEED_PROMISE
 from .common import add_device_argument, add_summary_arguments, check_output_paths, print_result
 from .progress_lines import progress_for
@@ -18,7 +19,7 @@ def add_parser(sub):
     p = sub.add_parser(
         "deformable", help=HELP,
         description=(
-            "Dense deformable registration on a working grid (default 2 mm) covering the fixed image: an optional "
+            "Dense deformable registration on a working grid (default: automatic, see --spacing) covering the fixed image: an optional "
             "field network (RegNet / Cao et al.) followed by instance optimisation (Adam, coarse to fine, NCC/LNCC "
             "for one contrast, MIND-SSC or NGF across contrasts, diffusion or bending regularisation). Writes one "
             "ITK displacement-field transform mapping fixed points to moving points (LPS; the initial transform "
@@ -31,22 +32,29 @@ def add_parser(sub):
     init.add_argument("--initial-transform", help="ITK transform file fixed → moving to start from (e.g. rigid-search output)")
     init.add_argument("--init", choices=["none", "rigid-search"], default="none",
                       help="run the global rigid search first (default none: start from the scanner coordinates)")
-    p.add_argument("--model", default="none", help="field network: model name, .pt file or 'none' (optimisation only; default)")
-    p.add_argument("--network-passes", type=int, default=None,
+    defaults = DeformableConfig()  # every default below comes from the configuration (one source)
+    p.add_argument("--model", default=defaults.model or "none",
+                   help="field network: model name, .pt file or 'none' (optimisation only; default "
+                        f"{defaults.model or 'none'})")
+    p.add_argument("--network-passes", type=int, default=defaults.network_passes,
                    help="with --model: apply the network this many times, each on the moving image warped so far "
-                        "(a cascade; default: the configuration's, see DeformableConfig.network_passes)")
-    p.add_argument("--network-skip-levels", type=int, default=None,
+                        f"(a cascade; default {defaults.network_passes})")
+    p.add_argument("--network-skip-levels", type=int, default=defaults.network_skip_levels,
                    help="with --model: the optimisation skips this many of its coarsest levels after the network's "
-                        "start (default: the configuration's, see DeformableConfig.network_skip_levels)")
-    p.add_argument("--similarity", default="auto", choices=["auto", "ncc", "lncc", "mind", "ngf"],
-                   help="auto (default): LNCC when the smoothed images correlate (same contrast), else MIND-SSC")
-    p.add_argument("--io-steps", type=int, default=120, help="instance-optimisation Adam steps in all (0: network only)")
-    p.add_argument("--regularization", type=float, default=0.1, help="regulariser weight (default 0.1)")
-    p.add_argument("--regularizer", default="diffusion", choices=["diffusion", "bending"])
+                        f"start (default {defaults.network_skip_levels})")
+    p.add_argument("--similarity", default=defaults.similarity, choices=list(SIMILARITY_CHOICES),
+                   help=f"default {defaults.similarity}; auto: LNCC when the smoothed images correlate (same "
+                        "contrast), else MIND-SSC")
+    p.add_argument("--io-steps", type=int, default=defaults.io_steps,
+                   help=f"instance-optimisation Adam steps in all (0: network only; default {defaults.io_steps})")
+    p.add_argument("--regularization", type=float, default=defaults.regularization,
+                   help=f"regulariser weight (default {defaults.regularization:g})")
+    p.add_argument("--regularizer", default=defaults.regularizer, choices=list(REGULARIZER_CHOICES),
+                   help=f"default {defaults.regularizer}")
     p.add_argument("--diffeomorphic", action="store_true", help="optimise a stationary velocity field (scaling and squaring)")
-    p.add_argument("--spacing", type=spacing, default=None,
-                   help="working-grid spacing in mm, or 'auto' (default): 1.5 mm, coarsened so the grid holds at "
-                        "most 3 million voxels (large images)")
+    p.add_argument("--spacing", type=spacing, default=defaults.spacing_mm,
+                   help=f"working-grid spacing in mm, or 'auto' (default): {defaults.auto_spacing_mm:g} mm, coarsened so "
+                        f"the grid holds at most {defaults.auto_max_voxels / 1e6:g} million voxels (large images)")
     p.add_argument("--fixed-mask", help="fixed mask (non-zero = use)")
     p.add_argument("--moving-mask", help="moving mask (non-zero = use)")
     p.add_argument("--output-resampled", help="write moving resampled onto the fixed grid")
@@ -55,10 +63,11 @@ def add_parser(sub):
     p.add_argument("--output-scene", help="write a Slicer scene bundle (.mrb)")
     p.add_argument("--output-qa", help="write a before/after checkerboard picture (.png) of the middle slice")
     add_output_report_argument(p)
-    p.add_argument("--max-memory-gb", type=float, default=4.0, help="refuse working grids needing more (default 4)")
+    p.add_argument("--max-memory-gb", type=float, default=defaults.max_memory_gb,
+                   help=f"refuse working grids needing more (default {defaults.max_memory_gb:g})")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads for torch (default 0: torch's choice, all cores; 1 is faster on a busy machine)")
-    p.add_argument("--seed", type=int, default=0, help=f"random seed (default 0); {SEED_PROMISE}")
+    p.add_argument("--seed", type=int, default=defaults.seed, help=f"random seed (default {defaults.seed}); {SEED_PROMISE}")
     add_device_argument(p)
     add_summary_arguments(p)
     p.set_defaults(run=run)

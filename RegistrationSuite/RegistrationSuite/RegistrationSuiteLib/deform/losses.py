@@ -168,12 +168,12 @@ SIMILARITIES = ("ncc", "lncc", "mind", "ngf")
 
 
 def make_similarity(name: str, *, lncc_radius: int = 2, mind_radius: int = 1, mind_dilation: int = 2,
-                    ngf_eps: Optional[float] = None) -> Similarity:
+                    ngf_eps: Optional[float] = None, lncc_eps: float = 1e-5) -> Similarity:
     """One of :data:`SIMILARITIES` as a :class:`Similarity`."""
     if name == "ncc":
         return Similarity("ncc", ncc_loss)
     if name == "lncc":
-        return Similarity("lncc", lambda f, w, m=None: lncc_loss(f, w, m, radius=lncc_radius))
+        return Similarity("lncc", lambda f, w, m=None: lncc_loss(f, w, m, radius=lncc_radius, eps=lncc_eps))
     if name == "mind":
         return Similarity("mind", mind_loss, lambda x: mind_ssc(x, mind_radius, mind_dilation), offset=0.0)
     if name == "ngf":

@@ -38,6 +38,9 @@ class InstanceOptimisationConfig:
         diffeomorphic: optimise a stationary velocity field and integrate it by scaling and squaring.
         integration_steps: squaring steps when ``diffeomorphic``.
         lncc_radius, mind_radius, mind_dilation: similarity parameters (voxels of the current level).
+        lncc_eps: LNCC's variance floor, relative to the product of the two images' mean local variances
+            (:func:`~.losses.lncc_loss`): windows of flat, noise-only background, whose local correlation is
+            noise, weigh less as it grows.
         smoothing: σ (voxels of the level) of a Gaussian applied to the optimised parameters before use:
             Adam's first steps move every voxel by about ``learning_rate`` whatever its gradient, and the
             smoothing keeps that noise out of the field (ConvexAdam smooths its field the same way).
@@ -56,6 +59,7 @@ class InstanceOptimisationConfig:
     diffeomorphic: bool = False
     integration_steps: int = 7
     lncc_radius: int = 2
+    lncc_eps: float = 1e-5
     mind_radius: int = 1
     mind_dilation: int = 2
     smoothing: float = 1.0
@@ -81,6 +85,8 @@ class InstanceOptimisationConfig:
             raise ValueError(f"final_lr_fraction: expected a number in (0, 1], got {self.final_lr_fraction}")
         if not self.smoothing >= 0:
             raise ValueError(f"smoothing: expected a number >= 0, got {self.smoothing}")
+        if not self.lncc_eps > 0:
+            raise ValueError(f"lncc_eps: expected a positive number, got {self.lncc_eps}")
         if not self.weight >= 0:
             raise ValueError(f"weight: expected a number >= 0, got {self.weight}")
 
@@ -186,7 +192,7 @@ def optimise_field(fixed: torch.Tensor, moving: torch.Tensor, config: Optional[I
     d, shape = fixed.dim() - 2, tuple(fixed.shape[2:])
     prog = as_progress(progress, cancel)
     sim = make_similarity(config.similarity, lncc_radius=config.lncc_radius, mind_radius=config.mind_radius,
-                          mind_dilation=config.mind_dilation)
+                          mind_dilation=config.mind_dilation, lncc_eps=config.lncc_eps)
     reg = REGULARIZERS[config.regularizer]
     param = (initial.detach().clone() if initial is not None
              else fixed.new_zeros((fixed.shape[0], d, *shape)))

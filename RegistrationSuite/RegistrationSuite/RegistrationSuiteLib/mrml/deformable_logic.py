@@ -8,11 +8,8 @@ moving nodes; the initial transform is folded into it), optional Jacobian-determ
 colour map around 1) and optional resampled moving volume.
 
 Presets set the number of instance-optimisation steps and the regularisation weight (balanced = the CLI
-defaults); the working spacing is a separate parameter (default automatic, 1.5 mm). What was measured to choose
-them (tuning cases of ``bench_deformable``'s generator with seed 100, never the benchmark's cases): the weight 0.1
-beat 0.03 and 0.3 (T1→T1, 2 mm grid: 0.49 mm against 0.52 and 0.60 mm mean field error), and 300 steps did not
-beat 120 (0.49 against 0.48 mm) while costing 2.2 times the CPU, so "accurate" spends more steps only for large
-deformations and "fast" halves the steps; neither was measured at 1.5 mm.
+defaults); they are defined with the configuration (``methods.deformable.config.PRESETS``, where the measurements
+that chose them are listed). The working spacing is a separate parameter (default automatic, 1.5 mm).
 """
 
 from __future__ import annotations
@@ -20,9 +17,8 @@ from __future__ import annotations
 import math
 
 from ..errors import InputError
+from ..methods.deformable.config import PRESETS  # noqa: F401  preset → (io_steps, regularization); torch-free
 
-#: preset → (io_steps, regularization). "balanced" is the CLI's default.
-PRESETS = {"fast": (60, 0.1), "balanced": (120, 0.1), "accurate": (300, 0.1)}
 #: config fields that ``deformable_run_spec`` passes to the CLI (anything else changed would be dropped).
 CLI_FIELDS = ("spacing_mm", "similarity", "io_steps", "regularization", "regularizer", "diffeomorphic", "model",
               "seed", "device", "max_memory_gb")

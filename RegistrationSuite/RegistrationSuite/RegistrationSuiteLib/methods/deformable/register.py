@@ -301,7 +301,9 @@ def _optimise(data, sim_name, u0, config, prog) -> dict:
                 "after": score_field(sim_name, fixed, moving, u, **kw), "steps": steps, "history": [], "seconds": 0.0}
     io_config = InstanceOptimisationConfig(
         similarity=sim_name, levels=tuple(config.levels), steps=tuple(steps), learning_rate=config.learning_rate,
-        final_lr_fraction=config.final_lr_fraction, regularizer=config.regularizer, weight=config.regularization, diffeomorphic=config.diffeomorphic)
+        final_lr_fraction=config.final_lr_fraction, regularizer=config.regularizer, weight=config.regularization,
+        diffeomorphic=config.diffeomorphic, lncc_radius=config.lncc_radius, lncc_eps=config.lncc_eps,
+        smoothing=config.field_smoothing_mm / config.spacing_mm)
     res = optimise_field(fixed, moving, io_config, initial=u0, fixed_mask=data["fixed_mask"],
                          moving_mask=data["moving_mask"], progress=prog)
     before = res.similarity_before
