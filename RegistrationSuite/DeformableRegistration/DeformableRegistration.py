@@ -50,8 +50,9 @@ Aligns a moving volume to a fixed volume with a dense displacement field, after 
 the output of Global Rigid Search or Partial-Volume Preregistration). The field lives on a working grid (default
 automatic: 1.5 mm, coarser for large volumes; 0 in the spacing box) covering the fixed volume and is found by
 instance optimisation (Adam, coarse to fine; LNCC for one contrast, MIND-SSC or NGF across contrasts; diffusion or
-bending regularisation), optionally started from a field network's estimate. One field network ships
-(deformable_mr_synthetic); the default is optimisation only. The preset sets the number of optimisation steps and
+bending regularisation), optionally started from a field network's estimate. Two field networks ship
+(deformable_mr_synthetic, RegNet scheme; deformable_mr_multimodal, Cao et al. scheme); the default is optimisation
+only. The preset sets the number of optimisation steps and
 the regularisation weight.
 <br><br>
 Output: a grid transform (moving to fixed; the initial transform is included), optionally the Jacobian determinant
