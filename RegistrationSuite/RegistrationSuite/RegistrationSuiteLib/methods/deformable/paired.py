@@ -18,6 +18,10 @@ field is known and reported, never used by the loss). Partners come from, per vo
 - tissue probability maps on the image's grid (e.g. the ICBM 2009a GM/WM maps with the ICBM T1): random
   contrasts drawn by :func:`RegistrationSuiteLib.methods.partial_prereg.synthetic_contrast` (SynthSeg-style
   domain randomisation), so the real image and a synthetic one, or two synthetic ones, form a pair;
+- a real partner image of another contrast (``partner`` with its rigid ``partner_transform``, ITK,
+  mapping the image's points to the partner's), resampled onto the image's grid: used with probability
+  ``REAL_PARTNER_P`` when tissue maps exist too, always otherwise; the loss weight is restricted to the
+  partner's field of view;
 - otherwise a random intensity mapping of the image itself (:func:`.volumes.random_intensity_map`).
 """
 
@@ -32,6 +36,7 @@ from .volumes import OUTSIDE_WEIGHT, TrainVolume, VolumeSampler, VolumeSamplerCo
 
 LAMBDA_BENDING = 0.5
 LAMBDA_L2 = 0.01
+REAL_PARTNER_P = 0.5  # probability of the real partner for volumes that also have tissue maps
 
 
 def paired_loss(field, fixed, moving, fixed_partner, moving_partner, weight=None, *, radius: int = 3,
@@ -68,26 +73,58 @@ class PairedVolume(TrainVolume):
     """A training volume with optional tissue probability maps ``(K, *S)`` on its grid (class 0 = background)."""
 
     tissue: Optional[np.ndarray] = None
+    partner: Optional[np.ndarray] = None  # real partner contrast on the same grid, scaled to [0, 1]
+    partner_fov: Optional[np.ndarray] = None  # where the partner has data (bool)
 
 
-def load_paired_volume(path, fine_spacing_mm: float, *, tissue_maps=None, mask=None, split="train", licence=""):
+def load_paired_volume(path, fine_spacing_mm: float, *, tissue_maps=None, mask=None, split="train", licence="",
+                       partner=None, partner_transform=None):
     """:func:`.volumes.load_volume` plus tissue maps (paths, same physical space) resampled onto its grid and
-    stacked with a CSF class (inside the filled brain mask, not GM or WM) and a background class."""
+    stacked with a CSF class (inside the filled brain mask, not GM or WM) and a background class, and
+    optionally a real ``partner`` image of another contrast resampled onto the same grid through
+    ``partner_transform`` (ITK transform file mapping points of this image to points of the partner, so
+    ``Resample(partner, image_grid, transform)``; identity when not given)."""
+    from pathlib import Path
+
     import SimpleITK as sitk
 
+    from ...errors import InputError
     from ...io import read_image
     from ..partial_prereg.synth import tissue_stack
-    from .volumes import load_volume
+    from .register import _smooth_for
+    from .volumes import load_volume, robust_unit
 
+    if partner is not None and not Path(partner).is_file():
+        raise InputError(f"training partner image not found: {partner}")
+    if partner_transform is not None and partner is None:
+        raise InputError(f"partner_transform {partner_transform} given without a partner image")
     vol = load_volume(path, fine_spacing_mm, mask=mask, split=split, licence=licence)
+    img = read_image(path, "training image").image
+    size = [max(2, int(round((n - 1) * s / fine_spacing_mm)) + 1) for n, s in zip(img.GetSize(), img.GetSpacing())]
+    ref = sitk.Image(size, sitk.sitkFloat32)
+    ref.SetOrigin(img.GetOrigin())
+    ref.SetDirection(img.GetDirection())
+    ref.SetSpacing([fine_spacing_mm] * 3)
+    partner_arr = partner_fov = None
+    if partner is not None:
+        from ...io.transforms import read_transform
+
+        tx = read_transform(partner_transform) if partner_transform is not None else sitk.Transform()
+        pim = read_image(partner, "training partner image").image
+        if pim.GetDimension() != 3 or pim.GetNumberOfComponentsPerPixel() != 1:
+            raise InputError(f"training partner image {partner}: expected a 3D scalar image")
+        pim = sitk.Cast(pim, sitk.sitkFloat32)
+        res = sitk.Resample(_smooth_for(pim, fine_spacing_mm), ref, tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        ones = sitk.Image(pim.GetSize(), sitk.sitkFloat32) + 1.0
+        ones.CopyInformation(pim)
+        partner_fov = sitk.GetArrayFromImage(sitk.Resample(ones, ref, tx, sitk.sitkLinear, 0.0,
+                                                           sitk.sitkFloat32)) > 0.99
+        if partner_fov.sum() < 1000:
+            raise InputError(f"training partner image {partner}: fewer than 1000 voxels overlap {path} "
+                             f"through {partner_transform}")
+        partner_arr = robust_unit(np.maximum(sitk.GetArrayFromImage(res), 0.0)).astype(np.float32)
     tissue = None
     if tissue_maps:
-        img = read_image(path, "training image").image
-        size = [max(2, int(round((n - 1) * s / fine_spacing_mm)) + 1) for n, s in zip(img.GetSize(), img.GetSpacing())]
-        ref = sitk.Image(size, sitk.sitkFloat32)
-        ref.SetOrigin(img.GetOrigin())
-        ref.SetDirection(img.GetDirection())
-        ref.SetSpacing([fine_spacing_mm] * 3)
         maps = []
         for p in tissue_maps:
             m = sitk.Cast(read_image(p, "tissue map").image, sitk.sitkFloat32)
@@ -96,7 +133,8 @@ def load_paired_volume(path, fine_spacing_mm: float, *, tissue_maps=None, mask=N
         brain = vol.brain if vol.brain is not None else vol.foreground
         csf = np.clip(brain.astype(np.float32) - sum(maps), 0.0, 1.0)
         tissue = tissue_stack(*maps, csf)
-    return PairedVolume(vol.name, vol.array, vol.foreground, vol.brain, vol.split, vol.licence, tissue)
+    return PairedVolume(vol.name, vol.array, vol.foreground, vol.brain, vol.split, vol.licence, tissue,
+                        partner_arr, partner_fov)
 
 
 class PairedSampler(VolumeSampler):
@@ -117,6 +155,8 @@ class PairedSampler(VolumeSampler):
         region = vol.brain if vol.brain is not None else vol.foreground
         centre = np.argwhere(region).mean(0) + rng.uniform(-1, 1, 3) * cfg.jitter_mm / cfg.fine_spacing_mm
         tissue = getattr(vol, "tissue", None)
+        partner = getattr(vol, "partner", None)
+        use_partner = partner is not None and (tissue is None or rng.random() < REAL_PARTNER_P)
         crops = crop_box([vol.array, vol.foreground, vol.brain], centre, self.fine_shape)
         arr, fg, brain = crops
         strip = brain is not None and rng.random() < cfg.skull_strip
@@ -124,7 +164,11 @@ class PairedSampler(VolumeSampler):
             arr = arr * brain
         region = brain if brain is not None else fg
         images = [arr]
-        if tissue is not None:
+        if use_partner:
+            p_arr, p_fov = crop_box([partner, vol.partner_fov], centre, self.fine_shape)
+            images.append(p_arr * brain if strip else p_arr)
+            region = region & p_fov
+        elif tissue is not None:
             stack = np.stack(crop_box(list(tissue), centre, self.fine_shape))
             if strip:
                 stack = stack * brain[None]

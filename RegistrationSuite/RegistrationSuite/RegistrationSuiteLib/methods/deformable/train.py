@@ -16,7 +16,9 @@ Images list: a CSV with a column ``image`` (paths relative to the CSV) and optio
 are only evaluated), ``licence``, ``mask`` (a brain mask in the image's physical space, or several
 probability maps joined by ``+`` that are summed; used for skull stripping and to place the field's points)
 and ``tissue`` (scheme B: tissue probability maps exactly aligned with the image, joined by ``+``, from which
-partner contrasts are drawn; see :mod:`.paired`).
+partner contrasts are drawn; see :mod:`.paired`), ``partner`` (scheme B: a real image of another contrast
+of the same subject) with ``partner_transform`` (ITK transform file mapping the image's points to the
+partner's, e.g. from ``rigid-search --fixed IMAGE --moving PARTNER``; identity when empty).
 """
 
 from __future__ import annotations
@@ -122,8 +124,20 @@ def read_images_csv(path) -> List[dict]:
             raise InputError(f"--images: {path}: image not found: {image}")
         out.append({"image": image, "split": (row.get("split") or "train").strip(),
                     "licence": row.get("licence", "") or "", "mask": _paths(row.get("mask"), path, "mask"),
-                    "tissue": _paths(row.get("tissue"), path, "tissue map")})
+                    "tissue": _paths(row.get("tissue"), path, "tissue map"),
+                    "partner": _one_path(row.get("partner"), path, "partner"),
+                    "partner_transform": _one_path(row.get("partner_transform"), path, "partner_transform")})
+        if out[-1]["partner_transform"] is not None and out[-1]["partner"] is None:
+            raise InputError(f"--images: {path}: partner_transform without a partner for {image}")
     return out
+
+
+def _one_path(text, csv_path: Path, what: str):
+    """One path (relative to the CSV) that must exist, or ``None`` when empty."""
+    paths = _paths(text, csv_path, what) if (text or "").strip() else None
+    if paths and len(paths) > 1:
+        raise InputError(f"--images: {csv_path}: expected one {what} path, got {text!r}")
+    return paths[0] if paths else None
 
 
 def _paths(text, csv_path: Path, what: str):
@@ -248,7 +262,8 @@ def train_deformable_model(images_csv, output, config: Optional[DeformableTrainC
         from .paired import PairedSampler, load_paired_volume, paired_training_loss
 
         images = [load_paired_volume(r["image"], config.fine_spacing_mm, tissue_maps=r["tissue"], mask=r["mask"],
-                                     split=r["split"], licence=r["licence"]) for r in rows]
+                                     split=r["split"], licence=r["licence"], partner=r.get("partner"),
+                                     partner_transform=r.get("partner_transform")) for r in rows]
         batches = PairedSampler(images, volume_sampler_config(config), config.optim.batch_size, config.pool)
         loss_fn = paired_training_loss(config.ncc_radius)
     elif config.sampling == "volume":
@@ -267,7 +282,8 @@ def train_deformable_model(images_csv, output, config: Optional[DeformableTrainC
                                                             "images": [str(r["image"]) for r in rows],
                                                             "masks": [[str(m) for m in r["mask"] or []] for r in rows],
                                                             **({"scheme": "paired", "init_model": init_name,
-                                                                "tissue": [[str(m) for m in r["tissue"] or []] for r in rows]}
+                                                                "tissue": [[str(m) for m in r["tissue"] or []] for r in rows],
+                                                                "partners": [_partner_entry(r) for r in rows]}
                                                                if scheme == "paired" else {})},
                     progress=progress, cancel=cancel, log=log)
     net.eval()
@@ -291,7 +307,8 @@ def train_deformable_model(images_csv, output, config: Optional[DeformableTrainC
                                                       if config.sampling == "volume" else "")),
         "scheme": scheme,
         "initialised_from": init_name,
-        "training_data": [{"image": str(r["image"]), "split": r["split"], "licence": r["licence"]} for r in rows],
+        "training_data": [{"image": str(r["image"]), "split": r["split"], "licence": r["licence"],
+                           **(_partner_entry(r) if scheme == "paired" and r.get("partner") else {})} for r in rows],
         "data_licence": sorted({r["licence"] for r in rows if r["licence"]}) or "see ../shared/data/MANIFEST.md",
         "licence_notes": licence_notes([r["licence"] for r in rows]),
         "command": " ".join(shlex.quote(a) for a in ["registration-suite", *_without_notes(sys.argv[1:])]),
@@ -308,6 +325,14 @@ def train_deformable_model(images_csv, output, config: Optional[DeformableTrainC
     save_model(model_file_for(net, spacing_mm=config.spacing_mm, modality="mr", card=card), output)
     Path(output).with_suffix(".md").write_text(card_markdown(card))
     return card
+
+
+def _partner_entry(row) -> dict:
+    """The real partner of a paired-training row (empty when it has none)."""
+    if not row.get("partner"):
+        return {}
+    return {"partner": str(row["partner"]),
+            "partner_transform": str(row["partner_transform"]) if row.get("partner_transform") else None}
 
 
 def evaluate_synthetic(net, images: List[TrainImage], config: DeformableTrainConfig, *, seed: int, n: int = 4) -> dict:
