@@ -39,29 +39,23 @@ SECTION = "tspm_patch_diagnosis"
 def diagnose(pairs: Path, model, patches: int, seed: int) -> list:
     import torch
 
-    from RegistrationSuiteLib.methods.partial_prereg.network import load_tspm_model, predict_positions
-    from RegistrationSuiteLib.methods.partial_prereg.patches import PATCH_SIZE, normalize
-    from RegistrationSuiteLib.methods.partial_prereg.train import read_pairs_csv, volume_on_canvas
+    from RegistrationSuiteLib.methods.partial_prereg.network import load_tspm_model
+    from RegistrationSuiteLib.methods.partial_prereg.train import (predict_patch_positions, read_pairs_csv,
+                                                                   volume_on_canvas)
 
     torch.set_num_threads(1)
     tspm = load_tspm_model(model)
     t = tspm.template
-    n, sp, p = t.canvas_size, t.spacing_mm, PATCH_SIZE
+    n, sp = t.canvas_size, t.spacing_mm
     brain = sitk.GetArrayFromImage(t.foreground_mask()).astype(bool)
     trained_on = {d["name"] for d in tspm.card.get("training_data", []) if d.get("split") == "train"}
     rows = []
     for case in read_pairs_csv(pairs):
         vol = volume_on_canvas(case, t, brain, 0.6, tspm.intensity)
-        rng = np.random.default_rng(seed)
-        pick = vol.candidates[rng.choice(len(vol.candidates), size=min(patches, len(vol.candidates)),
-                                         replace=False)].astype(int)
-        lo, hi = tspm.intensity.value_range(vol.values[vol.valid])
-        norm = normalize(vol.values, lo, hi)
         t0 = time.process_time()
-        pred = predict_positions(tspm.net, np.stack([norm[z:z + p, y:y + p, x:x + p] for z, y, x in pick]),
-                                 device="cpu") * (n - 1) * sp
+        pred, truth = predict_patch_positions(tspm.net, vol, t, tspm.intensity, num_patches=patches, seed=seed,
+                                              device="cpu")
         cpu = time.process_time() - t0
-        truth = (pick[:, ::-1] + (p - 1) / 2.0) * sp
         err = pred - truth
         dist = np.linalg.norm(err, axis=1)
         mid = (n - 1) / 2.0 * sp
@@ -69,7 +63,7 @@ def diagnose(pairs: Path, model, patches: int, seed: int) -> list:
         mirrored[:, 0] = 2 * mid - truth[:, 0]
         lateral = np.abs(truth[:, 0] - mid) > 20.0
         rows.append(dict(
-            volume=case.name, trained_on=case.name in trained_on, split=case.split, patches=int(len(pick)),
+            volume=case.name, trained_on=case.name in trained_on, split=case.split, patches=int(len(pred)),
             median_mm=float(np.median(dist)),
             constant_median_mm=float(np.median(np.linalg.norm(truth - np.median(truth, axis=0), axis=1))),
             bias_mm=err.mean(axis=0).tolist(), spread_mm=err.std(axis=0).tolist(),

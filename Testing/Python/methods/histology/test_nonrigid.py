@@ -31,9 +31,8 @@ def _warped(density):
     return ndimage.map_coordinates(density, [sy, sx], order=1)
 
 
-@pytest.mark.slow
-def test_instance_optimisation_recovers_smooth_warp():
-    size = 256
+def _known_warp_case(size=256):
+    """H&E fixed, DAB moving under the known bump warp; tissue points in fixed and their true moving positions."""
     d = tissue_density(size, seed=3)
     fixed = from_array(stain(d, HE_OD), name="fixed")
     moving = from_array(stain(_warped(d), DAB_OD, 1.2), name="moving")
@@ -41,7 +40,12 @@ def test_instance_optimisation_recovers_smooth_warp():
     pts = np.stack([xx.ravel(), yy.ravel()], 1).astype(float)
     pts = pts[d[pts[:, 1].astype(int), pts[:, 0].astype(int)] > 0.2]
     dx, dy = _bump(pts[:, 0], pts[:, 1], size)
-    truth = pts + np.stack([dx, dy], 1)
+    return fixed, moving, pts, pts + np.stack([dx, dy], 1)
+
+
+@pytest.mark.slow
+def test_instance_optimisation_recovers_smooth_warp():
+    fixed, moving, pts, truth = _known_warp_case()
     base = dict(working_size=256, search_size=96, mirror="no")
     affine = register_histology(fixed, moving, HistologyConfig(io_steps=0, **base))
     full = register_histology(fixed, moving, HistologyConfig(io_steps=60, io_smoothness=1.0, **base))
@@ -58,15 +62,7 @@ def test_instance_optimisation_recovers_smooth_warp():
 def test_instance_optimisation_on_its_own_finer_grid(similarity):
     """The non-rigid stage runs on ``io_size`` (finer than the affine stage's 128-pixel grid): the field lives
     on that grid and the known non-affine warp is recovered, with the stain changed between the slides."""
-    size = 256
-    d = tissue_density(size, seed=3)
-    fixed = from_array(stain(d, HE_OD), name="fixed")
-    moving = from_array(stain(_warped(d), DAB_OD, 1.2), name="moving")
-    yy, xx = np.mgrid[70:190:12, 50:170:12]
-    pts = np.stack([xx.ravel(), yy.ravel()], 1).astype(float)
-    pts = pts[d[pts[:, 1].astype(int), pts[:, 0].astype(int)] > 0.2]
-    dx, dy = _bump(pts[:, 0], pts[:, 1], size)
-    truth = pts + np.stack([dx, dy], 1)
+    fixed, moving, pts, truth = _known_warp_case()
     base = dict(working_size=128, search_size=96, mirror="no", io_similarity=similarity)
     affine = register_histology(fixed, moving, HistologyConfig(io_steps=0, **base))
     full = register_histology(fixed, moving, HistologyConfig(io_steps=60, io_size=256, **base))

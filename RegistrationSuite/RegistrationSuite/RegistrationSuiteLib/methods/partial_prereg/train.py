@@ -317,9 +317,10 @@ class PatchSampler:
         return self.intensity.value_range(values if values.size else np.array([0.0, 1.0]))
 
 
-def evaluate_patch_error(net, volume: CanvasVolume, template: Template, intensity: IntensityConfig, *,
-                         num_patches: int = 256, seed: int = 0, device="cpu") -> dict:
-    """Position error (mm) of axis-aligned patches of a canvas volume (its own normalisation range)."""
+def predict_patch_positions(net, volume: CanvasVolume, template: Template, intensity: IntensityConfig, *,
+                            num_patches: int = 256, seed: int = 0, device="cpu"):
+    """Network and true template positions (canvas x, y, z in mm) of random axis-aligned patches of a canvas
+    volume (its own normalisation range); the same ``seed`` picks the same patches."""
     from .network import predict_positions
 
     rng = np.random.default_rng(seed)
@@ -331,7 +332,15 @@ def evaluate_patch_error(net, volume: CanvasVolume, template: Template, intensit
     patches = np.stack([norm[z:z + p, y:y + p, x:x + p] for z, y, x in pick])
     pred = predict_positions(net, patches, device=device) * (template.canvas_size - 1)
     truth = pick[:, ::-1] + (p - 1) / 2.0
-    err = np.linalg.norm(pred - truth, axis=1) * template.spacing_mm
+    return pred * template.spacing_mm, truth * template.spacing_mm
+
+
+def evaluate_patch_error(net, volume: CanvasVolume, template: Template, intensity: IntensityConfig, *,
+                         num_patches: int = 256, seed: int = 0, device="cpu") -> dict:
+    """Position error (mm) of axis-aligned patches of a canvas volume (:func:`predict_patch_positions`)."""
+    pred, truth = predict_patch_positions(net, volume, template, intensity, num_patches=num_patches, seed=seed,
+                                          device=device)
+    err = np.linalg.norm(pred - truth, axis=1)
     return {"median_mm": float(np.median(err)), "mean_mm": float(err.mean()),
             "within_15mm": float(np.mean(err < 15.0)), "patches": int(len(err))}
 
