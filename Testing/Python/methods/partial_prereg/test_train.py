@@ -111,3 +111,32 @@ def test_synthetic_contrasts_enter_the_batches(tmp_path, template):
     assert not np.array_equal(synth.synthetic[0].values, first)
     with pytest.raises(InputError, match="synthetic_fraction"):
         TSPMTrainConfig(synthetic_fraction=1.5)
+
+
+def test_mirror_crops_flip_patches_and_mirror_targets(tmp_path, template):
+    """mirror_prob = 1: every crop is the mirror image of the crop mirror_prob = 0 draws with the same generator
+    (patch flipped along canvas x, target x -> 1 - x); needs a symmetric template (the shipped one is)."""
+    from RegistrationSuiteLib.methods.partial_prereg.template import is_mirror_symmetric, template_from_image
+
+    sitk.WriteImage(sitk.ReadImage(str(sample_path("T1"))), str(tmp_path / "t1.nii.gz"))
+    case = read_pairs_csv(_pairs(tmp_path, ["t1.nii.gz,,train,MIT,t1"]))[0]
+    brain = sitk.GetArrayFromImage(template.foreground_mask()).astype(bool)
+    vol = volume_on_canvas(case, template, brain, 0.6, IntensityConfig())
+    plain = PatchSampler([vol], template, IntensityConfig(),
+                         TSPMTrainConfig(optim=TrainingConfig(batch_size=8), patches_per_crop=8))
+    mirror = PatchSampler([vol], template, IntensityConfig(),
+                          TSPMTrainConfig(optim=TrainingConfig(batch_size=8), patches_per_crop=8, mirror_prob=1.0))
+    x0, y0 = plain(np.random.default_rng(4), 0)
+    x1, y1 = mirror(np.random.default_rng(4), 0)
+    assert not np.allclose(x0.numpy(), x1.numpy())
+    np.testing.assert_array_equal(x1.numpy(), x0.numpy()[..., ::-1])
+    np.testing.assert_allclose(y1[:, 0].numpy(), 1.0 - y0[:, 0].numpy(), atol=1e-6)
+    np.testing.assert_array_equal(y1[:, 1:].numpy(), y0[:, 1:].numpy())
+    with pytest.raises(InputError, match="mirror_prob"):
+        TSPMTrainConfig(mirror_prob=2.0)
+    assert "mirror_prob" not in TSPMTrainConfig().to_dict()  # old checkpoints' run configuration unchanged
+    # the shipped canvas is symmetric about its mid-plane; a canvas shifted by 6 voxels in x is not
+    assert is_mirror_symmetric(template)
+    shifted = sitk.GetImageFromArray(np.roll(template.array(), 6, axis=2))
+    shifted.CopyInformation(template.image)
+    assert not is_mirror_symmetric(template_from_image(shifted, "shifted"))
