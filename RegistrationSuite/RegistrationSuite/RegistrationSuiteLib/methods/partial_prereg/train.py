@@ -332,9 +332,11 @@ class PatchSampler:
 
 
 def predict_patch_positions(net, volume: CanvasVolume, template: Template, intensity: IntensityConfig, *,
-                            num_patches: int = 256, seed: int = 0, device="cpu"):
+                            num_patches: int = 256, seed: int = 0, device="cpu", flip_x: bool = False):
     """Network and true template positions (canvas x, y, z in mm) of random axis-aligned patches of a canvas
-    volume (its own normalisation range); the same ``seed`` picks the same patches."""
+    volume (its own normalisation range); the same ``seed`` picks the same patches. ``flip_x``: the network is
+    given each patch mirrored along canvas x instead (the truth stays the unflipped patch's position), to
+    measure how far a network is from left-right equivariance."""
     from .network import predict_positions
 
     rng = np.random.default_rng(seed)
@@ -344,6 +346,8 @@ def predict_patch_positions(net, volume: CanvasVolume, template: Template, inten
     norm = normalize(volume.values, lo, hi)
     p = PATCH_SIZE
     patches = np.stack([norm[z:z + p, y:y + p, x:x + p] for z, y, x in pick])
+    if flip_x:
+        patches = np.ascontiguousarray(patches[..., ::-1])
     pred = predict_positions(net, patches, device=device) * (template.canvas_size - 1)
     truth = pick[:, ::-1] + (p - 1) / 2.0
     return pred * template.spacing_mm, truth * template.spacing_mm
