@@ -8,7 +8,9 @@ Layout (3³ convolutions, stride 1, padding 1; downsampling by max-pooling only)
 FC 2048→256 → Dropout(0.5) → FC 256→3``, LeakyReLU after every layer but the last: 3,846,531 parameters (paper Table 2).
 These are :class:`PatchNetConfig`'s defaults; the widths and the dropout are settings, and the shipped model uses a
 narrower network (channels 16-32-32-64-64, 128 hidden units, dropout 0.1: about 0.27 M parameters), which a CPU
-trains for many more steps in the same time (its model card says why and how).
+trains for many more steps in the same time (its model card says why and how), with ``mirror_average`` on: the
+prediction of a patch is averaged with the mirrored prediction of its left-right mirror image (the shipped
+template is symmetric), which removes a left-right drift the L1 loss leaves in near-symmetric anatomy.
 """
 
 from __future__ import annotations
