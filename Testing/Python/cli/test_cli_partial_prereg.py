@@ -177,3 +177,36 @@ def test_train_partial_prereg_narrower_network(tmp_path):
     assert code == 2
     assert main(base + ["--output", str(tmp_path / "d.pt"), "--dropout", "1.5"]) == 2
     assert main(base + ["--output", str(tmp_path / "c.pt"), "--channels", "8", "0", "16", "32", "32"]) == 2
+
+
+def test_train_partial_prereg_mirror_symmetric_and_cosine(tmp_path):
+    """--mirror-symmetric records mirror averaging in the network and mirrored crops in the schedule, and is
+    refused for a template that is not left-right symmetric; --lr-schedule cosine is recorded; the card carries
+    the CPU time of the training steps."""
+    import shutil
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    from RegistrationSuiteLib.methods.partial_prereg import load_tspm_model
+    from RegistrationSuiteLib.methods.partial_prereg.template import load_template
+
+    shutil.copyfile(sample_path("T1"), tmp_path / "t1.nii.gz")
+    (tmp_path / "PAIRS.csv").write_text("image,template_to_image,split,licence,name\nt1.nii.gz,,train,MIT,t1\n")
+    base = ["train-partial-prereg", "--pairs", str(tmp_path / "PAIRS.csv"), "--epochs", "2", "--steps-per-epoch",
+            "1", "--batch-size", "16", "--device", "cpu", "--quiet", "--channels", "4", "8", "8", "8", "8",
+            "--hidden", "16", "--mirror-symmetric", "--lr-schedule", "cosine"]
+    assert main(base + ["--output", str(tmp_path / "m.pt")]) == 0
+    model = load_tspm_model(str(tmp_path / "m.pt"))
+    assert model.net.config.mirror_average is True
+    card = model.card
+    assert card["schedule"]["mirror_prob"] == 0.5 and card["schedule"]["optim"]["lr_schedule"] == "cosine"
+    assert "--mirror-symmetric" in card["command"] and "--lr-schedule cosine" in card["command"]
+    assert "--mirror-symmetric True" not in card["command"]
+    assert card["training_cpu_s"] > 0 and len(card["metrics"]["history"]) == 2
+    template = load_template()
+    shifted = sitk.GetImageFromArray(np.roll(template.array(), 6, axis=2))
+    shifted.CopyInformation(template.image)
+    sitk.WriteImage(shifted, str(tmp_path / "shifted.nii.gz"))
+    assert main(base + ["--output", str(tmp_path / "s.pt"), "--template", str(tmp_path / "shifted.nii.gz")]) == 2
+    assert not (tmp_path / "s.pt").exists()

@@ -120,3 +120,21 @@ def test_cosine_schedule_values_and_resume(tmp_path):
     with pytest.raises(InputError, match="final_lr_fraction"):
         TrainingConfig(lr_schedule="cosine", final_lr_fraction=1.5)
     assert "lr_schedule" not in _cfg(1).to_dict()  # constant runs keep their old run configuration
+
+
+def test_checkpoint_without_schedule_keys_resumes_under_a_constant_schedule(tmp_path):
+    """A checkpoint whose run configuration predates ``lr_schedule`` (or that embeds the TrainingConfig through
+    ``dataclasses.asdict``, which lists the keys) resumes under the constant default; a cosine run does not."""
+    from dataclasses import asdict
+
+    cfg = _cfg(1)
+    train(_net(), _batch, _loss, cfg, checkpoint_path=tmp_path / "old.ckpt",
+          run_config={"deformable": {k: v for k, v in asdict(cfg).items() if k not in ("lr_schedule",
+                                                                                       "final_lr_fraction")}})
+    out = train(_net(), _batch, _loss, _cfg(2), checkpoint_path=tmp_path / "old.ckpt",
+                run_config={"deformable": asdict(_cfg(2))})
+    assert out.resumed_from_epoch == 1
+    cosine = TrainingConfig(**dict(asdict(_cfg(3)), lr_schedule="cosine"))
+    with pytest.raises(InputError, match="other settings"):
+        train(_net(), _batch, _loss, cosine, checkpoint_path=tmp_path / "old.ckpt",
+              run_config={"deformable": asdict(cosine)})

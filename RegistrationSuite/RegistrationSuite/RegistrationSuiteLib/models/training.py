@@ -203,9 +203,14 @@ def _maybe_resume(path, model, optimizer, run_config, outcome, device, epochs: i
 
 
 def _without_epochs(config):
-    """The run's settings except the epoch count: a run may be extended (or stopped) and resumed."""
+    """The run's settings except the epoch count: a run may be extended (or stopped) and resumed. A constant
+    learning-rate schedule equals no schedule keys (checkpoints written before ``lr_schedule`` existed, or by
+    configs that embed a :class:`TrainingConfig` through ``dataclasses.asdict``, stay resumable)."""
     if isinstance(config, dict):
-        return {k: _without_epochs(v) for k, v in config.items() if k != "epochs"}
+        drop = {"epochs"}
+        if config.get("lr_schedule", "constant") == "constant" and "learning_rate" in config:
+            drop |= {"lr_schedule", "final_lr_fraction"}
+        return {k: _without_epochs(v) for k, v in config.items() if k not in drop}
     return config
 
 
