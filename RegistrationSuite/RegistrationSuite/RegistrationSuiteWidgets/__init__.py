@@ -4,7 +4,8 @@ This package runs only inside 3D Slicer: it may import ``qt`` and ``slicer`` at 
 (``RegistrationSuiteLib``) must never import it. No threads here: runs go to a child process.
 
 - :mod:`.childrun`: run a registration in a child process (``RegistrationSuiteLib.mrml.runner.ChildRun``),
-  polled from a ``qt.QTimer``; ``ChildRunMixin`` is the widgets' Apply ↔ Cancel, progress and error display.
+  polled from a ``qt.QTimer``; ``ChildRunMixin`` is the widgets' Apply ↔ Cancel, progress and error display;
+  every run gets ``--threads`` from the user setting ``THREADS_SETTING`` (default: every core).
 - :mod:`.torchsupport`: torch status and installation through the PyTorch extension (``PyTorchUtils``).
 - :mod:`.sampledata`: register the volumes shipped in ``RegistrationSuiteLib/data`` with Sample Data.
 - :mod:`.results`: one-line summaries of a ``RegistrationResult`` for the modules' result labels.
@@ -13,7 +14,14 @@ Slicer APIs newer than the oldest supported Slicer, and the guard each call uses
 ``RegistrationSuiteLib.mrml.slicer_versions`` (checked in CI).
 """
 
-from .childrun import ChildRunMixin, reportErrors, setApplyButtonRunning, showError
+from .childrun import (
+    THREADS_SETTING,
+    ChildRunMixin,
+    childProcessThreads,
+    reportErrors,
+    setApplyButtonRunning,
+    showError,
+)
 from .results import formatResultSummary
 from .sampledata import registerSampleVolumes
 from .torchsupport import (
@@ -27,7 +35,9 @@ from .torchsupport import (
 
 __all__ = [
     "PYTORCH_EXTENSION_MISSING",
+    "THREADS_SETTING",
     "ChildRunMixin",
+    "childProcessThreads",
     "ensureTorch",
     "formatResultSummary",
     "pyTorchUtilsAvailable",
