@@ -33,7 +33,7 @@ from RegistrationSuiteLib.mrml.organ_logic import (
     organ_table_rows,
     parse_matrix,
 )
-from RegistrationSuiteWidgets import ChildRunMixin, formatResultSummary, torchSkipReason
+from RegistrationSuiteWidgets import ChildRunMixin, ParameterNodeWidgetMixin, formatResultSummary, torchSkipReason
 
 #: Columns of the organ table.
 USE_COLUMN, LABEL_COLUMN, NAME_COLUMN, LAMBDA_COLUMN, BETA_COLUMN = 0, 1, 2, 3, 4
@@ -113,7 +113,8 @@ class OrganPointCloudRegistrationParameterNode:
 #
 
 
-class OrganPointCloudRegistrationWidget(ChildRunMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+class OrganPointCloudRegistrationWidget(ChildRunMixin, ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget,
+                                        VTKObservationMixin):
     runName = "OrganPointCloudRegistration"
 
     def __init__(self, parent=None) -> None:
@@ -135,32 +136,10 @@ class OrganPointCloudRegistrationWidget(ChildRunMixin, ScriptedLoadableModuleWid
         self.ui.progressBar.visible = False
         setupOrganTable(self.ui.organsTable, self._onOrganTableEdited)
 
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.observeSceneClose()  # scene close: stop a run, release / retake the parameter node
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.refreshOrgansButton.connect("clicked(bool)", lambda: self._refreshOrganTable(force=True))
         self.initializeParameterNode()
-
-    def cleanup(self) -> None:
-        self._abandonRun()
-        self.removeObservers()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self._abandonRun()
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())

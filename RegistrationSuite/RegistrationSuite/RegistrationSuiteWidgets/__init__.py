@@ -6,6 +6,8 @@ This package runs only inside 3D Slicer: it may import ``qt`` and ``slicer`` at 
 - :mod:`.childrun`: run a registration in a child process (``RegistrationSuiteLib.mrml.runner.ChildRun``),
   polled from a ``qt.QTimer``; ``ChildRunMixin`` is the widgets' Apply ↔ Cancel, progress and error display;
   every run gets ``--threads`` from the user setting ``THREADS_SETTING`` (default: every core).
+- :mod:`.lifecycle`: ``ParameterNodeWidgetMixin``, the widgets' ``enter``/``exit``/``cleanup`` and scene-close
+  handling of the parameter node (Slicer's module template), once.
 - :mod:`.torchsupport`: torch status and installation through the PyTorch extension (``PyTorchUtils``).
 - :mod:`.sampledata`: register the volumes shipped in ``RegistrationSuiteLib/data`` with Sample Data.
 - :mod:`.results`: one-line summaries of a ``RegistrationResult`` for the modules' result labels.
@@ -22,6 +24,7 @@ from .childrun import (
     setApplyButtonRunning,
     showError,
 )
+from .lifecycle import ParameterNodeWidgetMixin
 from .results import formatResultSummary
 from .sampledata import registerSampleVolumes
 from .torchsupport import (
@@ -37,6 +40,7 @@ __all__ = [
     "PYTORCH_EXTENSION_MISSING",
     "THREADS_SETTING",
     "ChildRunMixin",
+    "ParameterNodeWidgetMixin",
     "childProcessThreads",
     "ensureTorch",
     "formatResultSummary",
