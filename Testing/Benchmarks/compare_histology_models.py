@@ -121,7 +121,8 @@ def summarise(results: dict, labels: list, seconds: float, argv: list) -> str:
                      f"`{d['command']}`")
     lines += ["", markdown_table(header, table), "",
               f"Decision: {labels[1]} {'is' if better else 'is not'} better than {labels[0]} (summed median error "
-              f"{new[0]:.2f} vs {old[0]:.2f} px, synthetic EPE {new[1]:.3f} vs {old[1]:.3f} px).", "",
+              f"{new[0]:.2f} vs {old[0]:.2f} px, synthetic EPE {new[1]:.3f} vs {old[1]:.3f} px); a shipped model is replaced "
+              "only by a better one.", "",
               f"Command: `python Testing/Benchmarks/compare_histology_models.py {shlex.join(argv)}`"
               + (f" ({seconds:.0f} s wall)." if np.isfinite(seconds) else ".")]
     return "\n".join(lines)
@@ -132,7 +133,7 @@ def main(argv=None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs=2, required=True, help="two model names or paths (reference, candidate)")
+    ap.add_argument("--models", nargs=2, help="two model names or paths (reference, candidate)")
     ap.add_argument("--labels", nargs=2, default=["reference", "candidate"])
     ap.add_argument("--images", default=str(Path(__file__).resolve().parent / "histology_train_images.csv"))
     ap.add_argument("--write", action="store_true", help="write the histology-models section of BENCHMARKS.md")
@@ -144,7 +145,7 @@ def main(argv=None) -> int:
         results = {k: v for k, v in saved.items() if not k.startswith("_")}
         labels = list(results)
         run_argv = saved.get("_argv") or (
-            ["--models"] + [str(Path(results[lab]["model"]["path"]).relative_to(REPO)) for lab in labels]
+            ["--models"] + [results[lab]["model"]["path"] for lab in labels]
             + ["--labels"] + labels)
         body = summarise(results, labels, saved.get("_seconds", float("nan")), run_argv)
         body += "\n\nRendered from that run's `output/histology_models/comparison.json` with `--render-only`."
@@ -152,6 +153,8 @@ def main(argv=None) -> int:
         if args.write:
             update_benchmarks_md("histology-models", body)
         return 0
+    if not args.models:
+        ap.error("--models: two models are needed (or --render-only)")
     torch.set_num_threads(1)
     OUT.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
