@@ -14,7 +14,8 @@ B-spline) from the images' centres or from our rotation search's candidate (a pu
 the tissue centres of mass, before our affine refinement), and elastix's default affine + B-spline parameter
 maps (itk-elastix). Peers see luminance images (SimpleITK's usual RGB handling). SimpleITK affine: Mattes MI
 (32 bins, 20 % of the pixels), regular-step gradient descent, 300 iterations per level, shrink 4/2/1; its
-B-spline: 8×8 mesh, L-BFGS-B, 50 iterations per level on 10 % of the pixels.
+B-spline: 8×8 mesh, L-BFGS-B, 50 iterations per level on 10 % of the pixels. The SimpleITK peers run ITK on one
+thread so that their seeded rows repeat exactly (``sitk_register``).
 
 Usage::
 
@@ -75,6 +76,7 @@ METHODS = {
 }
 OUT = REPO / "Testing" / "Benchmarks" / "output" / "histology"
 BSPLINE_ITERATIONS = 50  # per level (3 levels); 8x8 mesh, Mattes MI on 10 % of the pixels
+PEER_ITK_THREADS = 1  # SimpleITK peers single-threaded: reproducible rows (see sitk_register)
 
 
 # ------------------------------------------------------------------------------------------- one method
@@ -170,8 +172,6 @@ def _search_init(pair: str):
 def _sitk(pair: str, bspline: bool, rotation_search: bool) -> np.ndarray:
     import SimpleITK as sitk
 
-    from RegistrationSuiteLib.seeding import itk_seed
-
     fixed_p, moving_p, fixed_lm, _ = _paths(pair)
     fixed, moving = _grey(fixed_p), _grey(moving_p)
     if rotation_search:
@@ -179,23 +179,42 @@ def _sitk(pair: str, bspline: bool, rotation_search: bool) -> np.ndarray:
     else:
         init = sitk.CenteredTransformInitializer(fixed, moving, sitk.AffineTransform(2),
                                                  sitk.CenteredTransformInitializerFilter.GEOMETRY)
+    final = sitk_register(fixed, moving, init, bspline)
+    pts = _read_lm(fixed_lm)
+    return np.array([final.TransformPoint(tuple(p)) for p in pts])
+
+
+def sitk_register(fixed, moving, init, bspline: bool):
+    """The SimpleITK peer from ``init``: affine (Mattes MI), then optionally an 8×8 B-spline; fixed → moving.
+
+    Runs ITK on one thread (``SetGlobalDefaultNumberOfThreads(1)``, left set: each row is its own process). On the
+    machine's two threads the same seeded run from the same start ended elsewhere from one call to the next (ITK's
+    multithreaded evaluation does not round identically run to run, and the regular-step descent amplifies it):
+    the lesion row from our rotation search gave 2.61 % and 1.10 % median rTRE in two full runs, 2.28 % and
+    2.48 % (landmarks up to 15 px apart) in two fresh processes; the search's start itself was identical. On one
+    thread two fresh processes gave identical landmarks. The registration method's own ``SetNumberOfThreads(1)``
+    alone did not make two runs agree.
+    """
+    import SimpleITK as sitk
+
+    from RegistrationSuiteLib.seeding import itk_seed
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(PEER_ITK_THREADS)
     reg = _sitk_method(300)
     reg.SetOptimizerScalesFromPhysicalShift()
     reg.SetInitialTransform(init, inPlace=False)
     affine = reg.Execute(fixed, moving)
-    final = affine
-    if bspline:
-        mesh = [8, 8]
-        bs = sitk.BSplineTransformInitializer(fixed, mesh)
-        reg = _sitk_method(BSPLINE_ITERATIONS)
-        reg.SetMetricSamplingPercentage(0.1, seed=itk_seed(0))
-        reg.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=BSPLINE_ITERATIONS)
-        reg.SetMovingInitialTransform(affine)
-        reg.SetInitialTransform(bs, inPlace=True)
-        reg.Execute(fixed, moving)
-        final = sitk.CompositeTransform([affine, bs])  # applied last-added first: B-spline, then affine
-    pts = _read_lm(fixed_lm)
-    return np.array([final.TransformPoint(tuple(p)) for p in pts])
+    if not bspline:
+        return affine
+    mesh = [8, 8]
+    bs = sitk.BSplineTransformInitializer(fixed, mesh)
+    reg = _sitk_method(BSPLINE_ITERATIONS)
+    reg.SetMetricSamplingPercentage(0.1, seed=itk_seed(0))
+    reg.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=BSPLINE_ITERATIONS)
+    reg.SetMovingInitialTransform(affine)
+    reg.SetInitialTransform(bs, inPlace=True)
+    reg.Execute(fixed, moving)
+    return sitk.CompositeTransform([affine, bs])  # applied last-added first: B-spline, then affine
 
 
 def _sitk_method(iterations: int):
@@ -430,7 +449,9 @@ def _notes(rows) -> list:
         "cropping rate 0.5, NCC + λ·curvature, unsupervised) with one adaptation for CPU budgets: Siamese encoders "
         "and a local cost volume in each branch. They were trained on self-supervised pairs from other slides "
         "(never these two pairs). Each row is one fresh process per pair; rows are cached per method in "
-        "output/histology/ and may come from separate invocations of this script (see the load range).",
+        "output/histology/ and may come from separate invocations of this script (see the load range). The SimpleITK "
+        "peers run ITK on one thread: on two threads the same seeded run ended at different optima from one run to "
+        "the next.",
         "",
         f"Landmark floors (section `histology-oracle` below, `oracle_histology.py`, computed again by this run): the "
         "lowest leave-one-out median rTRE of any model class fitted to the landmarks themselves (global rigid to "
