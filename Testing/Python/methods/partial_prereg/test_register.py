@@ -338,3 +338,18 @@ def test_widening_runs_only_after_a_poor_match_and_keeps_the_better_search(monke
         assert (out is first) == (kept == "first")
         chosen_score = diag["local_search"]["candidates"][next(iter(out))]["ngf_similarity"]
         assert chosen_score == max(first_score, score)
+
+
+def test_network_free_seeding_ablation_runs_the_same_search_without_the_network():
+    fixed = load_sample("T2")
+    moving, truth = _moved_crop(load_sample("T1"), [8, 12, 20], [44, 48, 36], (8.0, -6.0, 10.0), (30.0, -25.0, 20.0))
+    result = register_partial_prereg(fixed, moving, dataclasses.replace(CPU, seeds="centre"))
+    d = result.diagnostics
+    assert d["seeding"] == "centre" and "patches" not in d and "ransac" not in d and "network_skipped" not in d
+    assert set(d["local_search"]["seeds"]) == {"centre"} or set(d["local_search_widened"]["first"]["seeds"]) == {
+        "centre"}
+    assert _anchor_error(moving, result.fixed_to_moving_matrix, truth) < 4.0  # an 88 mm crop: the centre suffices
+    with pytest.raises(InputError, match="seeds: expected 'tspm', 'centre' or 'scanner'"):
+        PartialPreregConfig(seeds="lattice")
+    with pytest.raises(InputError, match="needs local_search=True"):
+        PartialPreregConfig(seeds="scanner", local_search=False)

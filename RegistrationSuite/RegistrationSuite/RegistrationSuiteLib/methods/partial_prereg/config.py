@@ -74,6 +74,11 @@ class PartialPreregConfig:
             the normalised NGF similarity and the refinement shift that flag a result *doubtful* were calibrated
             after this refinement: without it (0) correct results scored 0.54-0.68 and moved 3-10 mm in the
             refinement, and were flagged. 10 iterations brought the similarity back to 0.75-0.78 on two crops.
+        seeds: where the local search starts: ``"tspm"`` (default) = the TSPM candidates (network + RANSAC,
+            orientation prior); the ablations ``"centre"`` = no network, the moving image's centre on the fixed
+            foreground's centre in scanner orientation (widened like the TSPM candidates when it matches poorly),
+            and ``"scanner"`` = no network, every scanner-orientation seed of :func:`~.seeds.scanner_seeds` (what a
+            moving image too small for the network gets). Needs ``local_search``.
         use_ransac: ablation switch: ``False`` fits the rigid transform to *all* patch predictions by least
             squares (the paper's "w/o RANSAC" variant; every prediction then counts as an inlier).
         fallback_to_global: when RANSAC finds no consensus, align moving → fixed by the global rigid search
@@ -109,6 +114,7 @@ class PartialPreregConfig:
     local_search_keep: int = 2
     local_search_refine_iterations: int = 10
     local_search_widen: bool = True
+    seeds: str = "tspm"
     local_search_fine_below_mm: float = 70.0
     local_search_fine_levels_mm: tuple = (2.5,)
     use_ransac: bool = True
@@ -127,6 +133,10 @@ class PartialPreregConfig:
             value = getattr(self, name)
             if value not in allowed:
                 raise InputError(f"{name}: expected one of {', '.join(allowed)}, got {value!r}")
+        if self.seeds not in ("tspm", "centre", "scanner"):
+            raise InputError(f"seeds: expected 'tspm', 'centre' or 'scanner', got {self.seeds!r}")
+        if self.seeds != "tspm" and not self.local_search:
+            raise InputError(f"seeds={self.seeds!r} seeds the local search: it needs local_search=True")
         if self.fixed_to_template_search not in ("scanner", "global"):
             raise InputError(f"fixed_to_template_search: expected 'scanner' or 'global', got "
                              f"{self.fixed_to_template_search!r}")

@@ -106,13 +106,26 @@ def register_partial_prereg(
     timings, diag, warnings = {"read": time.perf_counter() - t_start}, {"model": tspm.name}, []
     prog.report(0.0, "sampling patches")
     fixed_img, moving_img = fixed_in.image, moving_in.image
-    try:
-        a_mov, ransac = _moving_to_template(moving_img, tspm, cfg, timings, diag, prog)
-    except TooSmallForPatches as exc:  # a valid partial scan, only too small for the network: search without it
-        a_mov, ransac = None, None
-        diag["network_skipped"] = {"reason": str(exc).removeprefix("moving: ")}
+    if cfg.seeds != "tspm":  # ablation: the same search and refinement seeded without the network
+        t0 = time.perf_counter()
+        seeds = scanner_seeds(fixed_img, moving_img, cfg.local_search_window_mm)
+        seeds = {"centre": seeds["centre"]} if cfg.seeds == "centre" else seeds
+        diag["seeding"] = cfg.seeds
+        inits = _local_search(fixed_img, moving_img, seeds, fmask, cfg, diag, prog.sub(0.1, 0.7))
+        if cfg.local_search_widen and cfg.seeds == "centre":
+            inits = _widen_if_poor(fixed_img, moving_img, inits, seeds, fmask, cfg, diag, prog.sub(0.7, 0.8))
+        timings["local_search"] = time.perf_counter() - t0
+        a_mov = ransac = False
+    else:
+        try:
+            a_mov, ransac = _moving_to_template(moving_img, tspm, cfg, timings, diag, prog)
+        except TooSmallForPatches as exc:  # a valid partial scan, only too small for the network: search without
+            a_mov, ransac = None, None
+            diag["network_skipped"] = {"reason": str(exc).removeprefix("moving: ")}
     t0 = time.perf_counter()
-    if ransac is None:
+    if ransac is False:
+        pass
+    elif ransac is None:
         inits = _local_search(fixed_img, moving_img, scanner_seeds(fixed_img, moving_img, cfg.local_search_window_mm),
                               fmask, cfg, diag, prog.sub(0.1, 0.8))
         timings["local_search"] = time.perf_counter() - t0
