@@ -10,6 +10,10 @@ fixed → moving transform out (Xia et al., MICCAI 2022, Fig. 2).
 4. Local search (our addition, ``local_search``): the CSNGF search of the foundation restricted to the
    neighbourhood of the TSPM candidates (rotations within ``local_search_deg``, shifts within
    ``local_search_window_mm``, :func:`~..global_rigid.local.local_rigid_search`); its best candidate goes on.
+   Levels 5 then 2.5 mm; 2.5 mm alone for a moving image under ``local_search_fine_below_mm``. A best candidate
+   that matches poorly (normalised NGF similarity below :data:`DOUBTFUL_MIN_NGF_SIMILARITY`) triggers a second
+   search from each candidate's six neighbours and the centre seed; the better search is kept
+   (``local_search_widen``). ``seeds="centre"`` / ``"scanner"``: the same without the network (ablation).
 5. Local rigid refinement moving ↔ fixed with the metric measured only over the overlap (:mod:`.refine`).
 
 Further additions to the paper: with ``orientation_prior`` a second candidate keeps the moving image's
