@@ -437,7 +437,7 @@ def run_all(cases_per_class: int, seed: int, skip, log, modalities=FIXED_MODALIT
         for cls in classes:
             for k in range(cases_per_class):
                 info = dict(modality=modality, size_class=cls, moving_contrast=contrast, case=k, seed=seed,
-                            model=MODEL or "")
+                            model=model_id())
                 todo = [(name, fn) for name, (key, fn) in METHODS.items()
                         if key not in skip and row_key(dict(info, method=name)) not in done]
                 if not todo:
@@ -642,10 +642,10 @@ def main(argv=None) -> int:
 
         os.environ[ENV] = tempfile.mkdtemp(prefix="bench_tspm_inprocess_cache_")
     if args.from_json:  # summarise the rows of earlier runs (same arguments) without running again
-        rows = select_rows(read_rows(args.from_json), args)
+        rows = select_rows(read_rows(args.from_json), args, model_id())
     else:
         rows_path = Path(args.rows) if args.rows else out_dir / "partial_prereg_rows.jsonl"
-        previous = select_rows(read_rows(rows_path), args) if args.resume else []
+        previous = select_rows(read_rows(rows_path), args, model_id()) if args.resume else []
         if not args.resume:
             rows_path.write_text("")
         print(f"rows → {rows_path}" + (f" ({len(previous)} already there)" if args.resume else ""), flush=True)
@@ -660,13 +660,13 @@ def main(argv=None) -> int:
     return 0
 
 
-def select_rows(rows, args) -> list:
-    """The rows this invocation's arguments select (seed, model, rows, pairs, classes, case count); rows of older
-    files without a seed or model count as this run's."""
+def select_rows(rows, args, model="") -> list:
+    """The rows this invocation's arguments select (seed, ``model`` = :func:`model_id`, rows, pairs, classes, case
+    count); rows of older files without a seed or model count as this run's."""
     pairs = set(contrast_pairs(args.moving, args.fixed))
     names = {n for n, (k, _) in METHODS.items() if k not in set(args.skip)}
     return [r for r in rows
-            if int(r.get("seed", args.seed)) == args.seed and (r.get("model") or "") == (args.model or "")
+            if int(r.get("seed", args.seed)) == args.seed and r.get("model", model) == model
             and r["method"] in names and (r.get("moving_contrast", "T1"), r["modality"]) in pairs
             and r["size_class"] in args.classes and int(r["case"]) < args.cases_per_class]
 
@@ -747,6 +747,18 @@ def _model_card() -> dict:
     from RegistrationSuiteLib.models.registry import resolve_model
 
     return load_model(resolve_model(MODEL or DEFAULT_MODEL)).card
+
+
+def model_id() -> str:
+    """The TSPM model's name and the first 12 hex digits of its file's SHA-256: rows of another model (a
+    retrained default keeps its name) are never mixed into a resumed table."""
+    import hashlib
+
+    from RegistrationSuiteLib.methods.partial_prereg.network import DEFAULT_MODEL
+    from RegistrationSuiteLib.models.registry import resolve_model
+
+    path = Path(resolve_model(MODEL or DEFAULT_MODEL))
+    return f"{path.stem}@{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
 
 
 def model_name() -> str:
