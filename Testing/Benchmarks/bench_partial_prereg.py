@@ -436,15 +436,15 @@ def run_all(cases_per_class: int, seed: int, skip, log, modalities=FIXED_MODALIT
         fixed = sitk.ReadImage(str(data / f"{modality}.nii.gz"), sitk.sitkFloat32)
         for cls in classes:
             for k in range(cases_per_class):
-                info = dict(modality=modality, size_class=cls, moving_contrast=contrast, case=k, seed=seed,
-                            model=model_id())
+                info = dict(modality=modality, size_class=cls, moving_contrast=contrast, case=k, seed=seed)
                 todo = [(name, fn) for name, (key, fn) in METHODS.items()
-                        if key not in skip and row_key(dict(info, method=name)) not in done]
+                        if key not in skip and row_key(dict(info, method=name, model=row_model(key))) not in done]
                 if not todo:
                     continue
                 moving, truth, largest = make_case(source, fixed, cls, case_rng(seed, contrast, modality, cls, k))
                 for name, fn in todo:
-                    rows.append(_one(name, fn, fixed, moving, truth, dict(info, largest_mm=largest)))
+                    rows.append(_one(name, fn, fixed, moving, truth,
+                                     dict(info, model=row_model(METHODS[name][0]), largest_mm=largest)))
                     log(json.dumps({k_: v for k_, v in rows[-1].items() if k_ not in ("diagnostics", "timings")}))
                     if rows_path is not None:  # at once: a run stopped early resumes from here
                         with open(rows_path, "a") as fh:
@@ -660,13 +660,25 @@ def main(argv=None) -> int:
     return 0
 
 
+def row_model(key: str, model: str = None) -> str:
+    """The model a row depends on: :func:`model_id` (or ``model``) for the rows that run the TSPM network, "" for
+    the rest (peers, the network-free search), which a new model leaves valid."""
+    return (model_id() if model is None else model) if key in NETWORK_ROWS else ""
+
+
+NETWORK_ROWS = {"tspm", "tspm_prev", "tspm_nolocal", "tspm_noref", "tspm_noransac", "tspm_noprior", "tspm_paper_nmi",
+                "tspm_cli", "tspm_cli_cached"}
+
+
 def select_rows(rows, args, model="") -> list:
-    """The rows this invocation's arguments select (seed, ``model`` = :func:`model_id`, rows, pairs, classes, case
-    count); rows of older files without a seed or model count as this run's."""
+    """The rows this invocation's arguments select (seed, ``model`` = :func:`model_id` for the network rows, rows,
+    pairs, classes, case count); rows of older files without a seed or model count as this run's."""
+    keys = {n: k for n, (k, _) in METHODS.items()}
     pairs = set(contrast_pairs(args.moving, args.fixed))
     names = {n for n, (k, _) in METHODS.items() if k not in set(args.skip)}
     return [r for r in rows
-            if int(r.get("seed", args.seed)) == args.seed and r.get("model", model) == model
+            if int(r.get("seed", args.seed)) == args.seed and r["method"] in keys
+            and r.get("model", row_model(keys[r["method"]], model)) == row_model(keys[r["method"]], model)
             and r["method"] in names and (r.get("moving_contrast", "T1"), r["modality"]) in pairs
             and r["size_class"] in args.classes and int(r["case"]) < args.cases_per_class]
 

@@ -50,6 +50,9 @@ def test_select_rows_keeps_only_this_runs_selection_and_keys_identify_cases():
     assert kept == [rows[0], rows[-1]]
     assert len(bench.select_rows(rows, _args(moving=["T1", "T2"], skip=["centre"]))) == 3
     assert bench.row_key(rows[0]) != bench.row_key(rows[2]) != bench.row_key(rows[3])
+    # a new model: the network rows of the old one drop out, the network-free rows stay valid
+    renamed = [_row(tspm, model="m@1"), _row(tspm), _row(centre), _row(centre, model="m@1")]
+    assert bench.select_rows(renamed, _args(), "m@1") == [renamed[0], renamed[2]]
     legacy = {k: v for k, v in rows[0].items() if k not in ("seed", "model")}  # rows written before these keys
     assert bench.row_key(legacy) == bench.row_key(rows[0]) and bench.select_rows([legacy], _args()) == [legacy]
 
