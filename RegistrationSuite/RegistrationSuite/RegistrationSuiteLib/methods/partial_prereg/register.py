@@ -110,42 +110,10 @@ def register_partial_prereg(
     timings, diag, warnings = {"read": time.perf_counter() - t_start}, {"model": tspm.name}, []
     prog.report(0.0, "sampling patches")
     fixed_img, moving_img = fixed_in.image, moving_in.image
-    if cfg.seeds != "tspm":  # ablation: the same search and refinement seeded without the network
-        t0 = time.perf_counter()
-        seeds = scanner_seeds(fixed_img, moving_img, cfg.local_search_window_mm)
-        seeds = {"centre": seeds["centre"]} if cfg.seeds == "centre" else seeds
-        diag["seeding"] = cfg.seeds
-        inits = _local_search(fixed_img, moving_img, seeds, fmask, cfg, diag, prog.sub(0.1, 0.7))
-        if cfg.local_search_widen and cfg.seeds == "centre":
-            inits = _widen_if_poor(fixed_img, moving_img, inits, seeds, fmask, cfg, diag, prog.sub(0.7, 0.8))
-        timings["local_search"] = time.perf_counter() - t0
-        a_mov = ransac = False
+    if cfg.seeds != "tspm":
+        inits = _network_free_search(fixed_img, moving_img, fmask, cfg, diag, timings, prog.sub(0.1, 0.8))
     else:
-        try:
-            a_mov, ransac = _moving_to_template(moving_img, tspm, cfg, timings, diag, prog)
-        except TooSmallForPatches as exc:  # a valid partial scan, only too small for the network: search without
-            a_mov, ransac = None, None
-            diag["network_skipped"] = {"reason": str(exc).removeprefix("moving: ")}
-    t0 = time.perf_counter()
-    if ransac is False:
-        pass
-    elif ransac is None:
-        inits = _local_search(fixed_img, moving_img, scanner_seeds(fixed_img, moving_img, cfg.local_search_window_mm),
-                              fmask, cfg, diag, prog.sub(0.1, 0.8))
-        timings["local_search"] = time.perf_counter() - t0
-    elif ransac.consensus:
-        t_tf = _fixed_to_template(fixed_img, tspm.template, cfg, diag, prog.sub(0.25, 0.7))
-        inits = seeds = {name: np.linalg.inv(a) @ np.linalg.inv(t_tf) for name, a in a_mov.items()}
-        timings["fixed_to_template"] = time.perf_counter() - t0
-        if cfg.local_search:
-            t0 = time.perf_counter()
-            inits = _local_search(fixed_img, moving_img, inits, fmask, cfg, diag, prog.sub(0.7, 0.8))
-            if cfg.local_search_widen:
-                inits = _widen_if_poor(fixed_img, moving_img, inits, seeds, fmask, cfg, diag, prog.sub(0.8, 0.85))
-            timings["local_search"] = time.perf_counter() - t0
-    else:
-        inits = _no_consensus(fixed_img, moving_img, a_mov, tspm, fmask, cfg, diag, warnings, prog.sub(0.25, 0.8))
-        timings["no_consensus_search"] = time.perf_counter() - t0
+        inits = _tspm_search(fixed_img, moving_img, tspm, fmask, cfg, diag, timings, warnings, prog)
 
     t0 = time.perf_counter()
     final, score = _refine(fixed_in.image, moving_in.image, inits, fmask, cfg, diag, prog.sub(0.8, 1.0))
@@ -165,6 +133,49 @@ def register_partial_prereg(
         diagnostics=diag,
         warnings=fixed_in.warnings + moving_in.warnings + warnings,
     )
+
+
+def _network_free_search(fixed_img, moving_img, fmask, cfg, diag, timings, prog) -> dict:
+    """Ablation ``seeds="centre"`` / ``"scanner"``: TSPM's local search (and widening, from the centre) seeded
+    without the network; returns the refinement's start."""
+    t0 = time.perf_counter()
+    seeds = scanner_seeds(fixed_img, moving_img, cfg.local_search_window_mm)
+    seeds = {"centre": seeds["centre"]} if cfg.seeds == "centre" else seeds
+    diag["seeding"] = cfg.seeds
+    inits = _local_search(fixed_img, moving_img, seeds, fmask, cfg, diag, prog.sub(0.0, 0.8))
+    if cfg.local_search_widen and cfg.seeds == "centre":
+        inits = _widen_if_poor(fixed_img, moving_img, inits, seeds, fmask, cfg, diag, prog.sub(0.8, 1.0))
+    timings["local_search"] = time.perf_counter() - t0
+    return inits
+
+
+def _tspm_search(fixed_img, moving_img, tspm, fmask, cfg, diag, timings, warnings, prog) -> dict:
+    """Patches → network → RANSAC → fixed → template → local search (widened after a poor match), or the
+    fallbacks (network skipped for a tiny image, no RANSAC consensus); returns the refinement's start(s)."""
+    try:
+        a_mov, ransac = _moving_to_template(moving_img, tspm, cfg, timings, diag, prog)
+    except TooSmallForPatches as exc:  # a valid partial scan, only too small for the network: search without it
+        a_mov, ransac = None, None
+        diag["network_skipped"] = {"reason": str(exc).removeprefix("moving: ")}
+    t0 = time.perf_counter()
+    if ransac is None:
+        inits = _local_search(fixed_img, moving_img, scanner_seeds(fixed_img, moving_img, cfg.local_search_window_mm),
+                              fmask, cfg, diag, prog.sub(0.1, 0.8))
+        timings["local_search"] = time.perf_counter() - t0
+    elif ransac.consensus:
+        t_tf = _fixed_to_template(fixed_img, tspm.template, cfg, diag, prog.sub(0.25, 0.7))
+        inits = seeds = {name: np.linalg.inv(a) @ np.linalg.inv(t_tf) for name, a in a_mov.items()}
+        timings["fixed_to_template"] = time.perf_counter() - t0
+        if cfg.local_search:
+            t0 = time.perf_counter()
+            inits = _local_search(fixed_img, moving_img, inits, fmask, cfg, diag, prog.sub(0.7, 0.77))
+            if cfg.local_search_widen:
+                inits = _widen_if_poor(fixed_img, moving_img, inits, seeds, fmask, cfg, diag, prog.sub(0.77, 0.8))
+            timings["local_search"] = time.perf_counter() - t0
+    else:
+        inits = _no_consensus(fixed_img, moving_img, a_mov, tspm, fmask, cfg, diag, warnings, prog.sub(0.25, 0.8))
+        timings["no_consensus_search"] = time.perf_counter() - t0
+    return inits
 
 
 def _moving_to_template(moving, tspm, cfg, timings, diag, prog):
@@ -400,7 +411,8 @@ def _local_search(fixed, moving, inits: dict, fmask, cfg, diag, prog, *, window_
     diag["local_search"] = {"seeds": {n: {"csngf": s} for n, s in zip(names, res.diagnostics["seed_scores"])},
                             "candidates": {n: {"ngf_similarity": c["score"]} for n, c in zip(out, cands)},
                             "confidence": res.confidence, "first_level": res.diagnostics.get("first_level"),
-                            "seconds": res.timings.get("total"), "levels_mm": list(levels.get("level_spacing_mm", local_module.LOCAL_LEVELS_MM))}
+                            "seconds": res.timings.get("total"),
+                            "levels_mm": list(levels.get("level_spacing_mm", local_module.LOCAL_LEVELS_MM))}
     return out
 
 
