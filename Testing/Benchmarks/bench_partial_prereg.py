@@ -539,16 +539,16 @@ def _report(rows, args, table) -> str:
         f"card). {alone_text}the pipeline's "
         "accuracy comes from TSPM's rough position + the local CSNGF search of its neighbourhood (our addition, "
         "compare \"w/o local search\") + the overlap-restricted refinement. "
-        "The thresholds of the \"doubtful\" flags were chosen on 20 tiny crops drawn with seed 7, "
-        "not on these cases. Cases are seeded and identical across methods; SimpleITK's multi-threaded MI is "
+        + TUNING_NOTE + " Cases are seeded and identical across methods; SimpleITK's multi-threaded MI is "
         "not bit-reproducible, so a borderline case can flip between runs.",
     ] if args.section == "partial_prereg" else [
         "",
-        "Notes. A subset run of selected rows beside the full table (same script and case generator), with the "
+        "Notes. A subset run of selected rows beside the full table (same script), with the "
         "current code: the full table above may predate later changes (see its command and BENCHMARKS history). "
         f"Rows not run here: {', '.join(n for n, (k, _) in METHODS.items() if k in set(args.skip)) or 'none'}; "
         f"size classes not run: {', '.join(c for c in CLASSES if c not in args.classes) or 'none'}. "
-        "A handful of cases is far too few to rank methods, it shows what the rows measure. Timings are wall "
+        + TUNING_NOTE + " A handful of cases is far too few to rank methods, it shows what the rows measure. "
+        "Timings are wall "
         "clock on a machine shared with other jobs (see the load figures); the CLI rows' CPU time is the "
         "child process's own.",
     ]
@@ -696,6 +696,13 @@ def _cost_sentence(rows, args) -> str:
             + ", ".join(f"{n} {v:.1f} s" for n, v in per.items())
             + f"; one case through these {len(names)} rows: {case:.0f} CPU s, so these rows on all {n_cases} cases of "
             f"this selection: about {case * n_cases / 60:.0f} CPU minutes. ")
+
+
+TUNING_NOTE = ("The thresholds of the \"doubtful\" flags were chosen on 20 tiny crops drawn with seed 7, the "
+               "tiny-crop search levels (2.5 mm below 70 mm) and the widening after a poor match on 24 tiny crops "
+               "drawn with seeds 11 and 12 (diagnose_tspm_pipeline.py), not on these cases. Cases are drawn per "
+               "(seed, pair, size class, index) since the resumable version of this script, so they differ from "
+               "the cases of tables written before it.")
 
 
 def _in_process_sentence(cached, first) -> str:
