@@ -31,7 +31,7 @@ from slicer.util import VTKObservationMixin
 
 from RegistrationSuiteLib.errors import InputError
 from RegistrationSuiteLib.mrml import deformable_logic
-from RegistrationSuiteWidgets import ChildRunMixin, torchSkipReason
+from RegistrationSuiteWidgets import ChildRunMixin, ParameterNodeWidgetMixin, torchSkipReason
 
 #
 # DeformableRegistration
@@ -53,7 +53,8 @@ instance optimisation (Adam, coarse to fine; LNCC for one contrast, MIND-SSC or 
 bending regularisation), optionally started from a field network's estimate. Two field networks ship
 (deformable_mr_synthetic, RegNet scheme; deformable_mr_multimodal, Cao et al. scheme); the default is optimisation
 only. The preset sets the number of optimisation steps and
-the regularisation weight.
+the regularisation weight. With a model, Advanced sets how many times the network is applied (a cascade) and how
+many of the coarsest optimisation levels are skipped after its start.
 <br><br>
 Output: a grid transform (moving to fixed; the initial transform is included), optionally the Jacobian determinant
 of the mapping (values below 0 are folds) and the moving volume resampled onto the fixed grid. The result shows the
@@ -82,6 +83,9 @@ class DeformableRegistrationParameterNode:
     model: model name ("" = none: optimisation only).
     preset: fast / balanced / accurate: optimisation steps and regularisation weight.
     overrideRegularization: use ``regularization`` instead of the preset's weight.
+    networkPasses, networkSkipLevels: with a model, the network's passes (a cascade) and the coarsest
+    optimisation levels skipped after its start (``--network-passes``, ``--network-skip-levels``; defaults
+    from ``DeformableConfig``).
     """
 
     fixedVolume: vtkMRMLScalarVolumeNode
@@ -94,6 +98,10 @@ class DeformableRegistrationParameterNode:
     outputVolume: vtkMRMLScalarVolumeNode
     placeMovingUnderTransform: bool = True
     model: str = ""
+    networkPasses: Annotated[int, WithinRange(*deformable_logic.NETWORK_PASSES_RANGE)] = \
+        deformable_logic.DEFAULT_NETWORK_PASSES
+    networkSkipLevels: Annotated[int, WithinRange(*deformable_logic.NETWORK_SKIP_LEVELS_RANGE)] = \
+        deformable_logic.DEFAULT_NETWORK_SKIP_LEVELS
     preset: Annotated[str, Choice(["fast", "balanced", "accurate"])] = "balanced"
     similarity: Annotated[str, Choice(["auto", "lncc", "ncc", "mind", "ngf"])] = "auto"
     overrideRegularization: bool = False
@@ -110,7 +118,8 @@ class DeformableRegistrationParameterNode:
 #
 
 
-class DeformableRegistrationWidget(ChildRunMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+class DeformableRegistrationWidget(ChildRunMixin, ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget,
+                                   VTKObservationMixin):
     runName = "DeformableRegistration"
 
     def __init__(self, parent=None) -> None:
@@ -129,33 +138,11 @@ class DeformableRegistrationWidget(ChildRunMixin, ScriptedLoadableModuleWidget, 
         self.logic = DeformableRegistrationLogic()
         self.ui.progressBar.visible = False
 
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.observeSceneClose()  # scene close: stop a run, release / retake the parameter node
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.refreshModelsButton.connect("clicked(bool)", self.updateModels)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
         self.initializeParameterNode()
-
-    def cleanup(self) -> None:
-        self._abandonRun()
-        self.removeObservers()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self._abandonRun()
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
@@ -208,6 +195,9 @@ class DeformableRegistrationWidget(ChildRunMixin, ScriptedLoadableModuleWidget, 
             return  # the button is a Cancel button while running
         if self._parameterNode is not None:
             self.ui.regularizationSliderWidget.enabled = self._parameterNode.overrideRegularization
+            withModel = bool(self._parameterNode.model)  # the network options matter only with a model
+            self.ui.networkPassesSpinBox.enabled = withModel
+            self.ui.networkSkipLevelsSpinBox.enabled = withModel
         reason = self.logic.whyCannotRun(self._parameterNode)
         self.ui.applyButton.enabled = not reason
         self.ui.applyButton.toolTip = reason or _("Run the deformable registration (in a separate process).")
@@ -256,6 +246,7 @@ class DeformableRegistrationLogic(ScriptedLoadableModuleLogic):
             p.preset, similarity=p.similarity, model=p.model or None,
             regularization=float(p.regularization) if p.overrideRegularization else None,
             regularizer=p.regularizer, diffeomorphic=bool(p.diffeomorphic),
+            network_passes=int(p.networkPasses), network_skip_levels=int(p.networkSkipLevels),
             spacing_mm=float(p.spacing) if float(p.spacing) > 0 else None,
             seed=int(p.seed), device=p.device)
 
@@ -323,6 +314,8 @@ class DeformableRegistrationTest(ScriptedLoadableModuleTest):
         config = logic.configFromParameterNode(params)
         steps, weight = deformable_logic.PRESETS["balanced"]
         self.assertEqual((config.io_steps, config.regularization, config.model), (steps, weight, None))
+        self.assertEqual((config.network_passes, config.network_skip_levels),
+                         (deformable_logic.DEFAULT_NETWORK_PASSES, deformable_logic.DEFAULT_NETWORK_SKIP_LEVELS))
         params.preset, params.overrideRegularization, params.regularization = "fast", True, 0.7
         config = logic.configFromParameterNode(params)
         self.assertEqual((config.io_steps, config.regularization), (deformable_logic.PRESETS["fast"][0], 0.7))

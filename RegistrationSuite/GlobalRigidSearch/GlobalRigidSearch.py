@@ -26,7 +26,13 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from RegistrationSuiteLib.mrml.logic import GlobalRigidSearchLogic as GlobalRigidSearchNodeLogic
-from RegistrationSuiteWidgets import ChildRunMixin, formatResultSummary, registerSampleVolumes, torchSkipReason
+from RegistrationSuiteWidgets import (
+    ChildRunMixin,
+    ParameterNodeWidgetMixin,
+    formatResultSummary,
+    registerSampleVolumes,
+    torchSkipReason,
+)
 
 #
 # GlobalRigidSearch
@@ -114,7 +120,8 @@ class GlobalRigidSearchParameterNode:
 #
 
 
-class GlobalRigidSearchWidget(ChildRunMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+class GlobalRigidSearchWidget(ChildRunMixin, ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget,
+                              VTKObservationMixin):
     runName = "GlobalRigidSearch"
 
     def __init__(self, parent=None) -> None:
@@ -133,31 +140,9 @@ class GlobalRigidSearchWidget(ChildRunMixin, ScriptedLoadableModuleWidget, VTKOb
         self.logic = GlobalRigidSearchLogic()
         self.ui.progressBar.visible = False
 
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.observeSceneClose()  # scene close: stop a run, release / retake the parameter node
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.initializeParameterNode()
-
-    def cleanup(self) -> None:
-        self._abandonRun()
-        self.removeObservers()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self._abandonRun()
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())

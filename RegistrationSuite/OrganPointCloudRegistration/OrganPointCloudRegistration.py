@@ -26,8 +26,14 @@ from slicer.util import VTKObservationMixin
 
 from RegistrationSuiteLib.errors import InputError
 from RegistrationSuiteLib.mrml.organ_logic import OrganPointCloudLogic as OrganPointCloudNodeLogic
-from RegistrationSuiteLib.mrml.organ_logic import organ_rows_from_table, organ_table_rows, parse_matrix
-from RegistrationSuiteWidgets import ChildRunMixin, formatResultSummary, torchSkipReason
+from RegistrationSuiteLib.mrml.organ_logic import (
+    DEFAULT_SAMPLING,
+    SAMPLING_CHOICES,
+    organ_rows_from_table,
+    organ_table_rows,
+    parse_matrix,
+)
+from RegistrationSuiteWidgets import ChildRunMixin, ParameterNodeWidgetMixin, formatResultSummary, torchSkipReason
 
 #: Columns of the organ table.
 USE_COLUMN, LABEL_COLUMN, NAME_COLUMN, LAMBDA_COLUMN, BETA_COLUMN = 0, 1, 2, 3, 4
@@ -49,7 +55,8 @@ Deformable registration of organ surfaces (multi-organ Bayesian coherent point d
 segmentation (one organ per segment), a labelmap volume (one organ per label) or a model; organs are matched by
 label. Each organ gets its own expected deformation Λ and coherence bandwidth B (organ table); the coherence
 preset says how organs move together: <i>independent</i> (organs slide along each other), <i>global</i> (one smooth
-field, like BCPD) or a <i>custom</i> matrix.
+field, like BCPD) or a <i>custom</i> matrix. Advanced: points are drawn <i>spread</i> (farthest-point per organ,
+the default; not in the paper) or <i>random</i>.
 <br><br>
 Segment labels: a segment tag <code>label</code>, else the segment's value in the labelmap (segmentations imported
 from a label file keep its values), else a number in its name ("Label_3"), else its position + 1.
@@ -77,6 +84,8 @@ class OrganPointCloudRegistrationParameterNode:
 
     organTable: JSON list of the organ table's rows ({label, name, lambda_mm, beta_mm, include, inBoth}).
     coherenceMatrix: custom S, rows separated by ';' and values by ',' (order of the used organs).
+    sampling: how surface points and EM subsets are drawn (``--sampling``): spread (farthest-point per organ,
+    the configuration's default) or random.
     """
 
     # A union of node types must include None: the wrapper writes None when it is created (Slicer's
@@ -94,6 +103,7 @@ class OrganPointCloudRegistrationParameterNode:
     pointsPerOrgan: Annotated[int, Minimum(4)] = 1500
     omega: Annotated[float, WithinRange(0.0, 0.99)] = 0.05  # the library default (paper: 0)
     gridSpacing: Annotated[float, WithinRange(0.5, 50.0)] = 3.0
+    sampling: Annotated[str, Choice(list(SAMPLING_CHOICES))] = DEFAULT_SAMPLING
     seed: Annotated[int, Minimum(0)] = 0
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
 
@@ -103,7 +113,8 @@ class OrganPointCloudRegistrationParameterNode:
 #
 
 
-class OrganPointCloudRegistrationWidget(ChildRunMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+class OrganPointCloudRegistrationWidget(ChildRunMixin, ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget,
+                                        VTKObservationMixin):
     runName = "OrganPointCloudRegistration"
 
     def __init__(self, parent=None) -> None:
@@ -125,32 +136,10 @@ class OrganPointCloudRegistrationWidget(ChildRunMixin, ScriptedLoadableModuleWid
         self.ui.progressBar.visible = False
         setupOrganTable(self.ui.organsTable, self._onOrganTableEdited)
 
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.observeSceneClose()  # scene close: stop a run, release / retake the parameter node
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.refreshOrgansButton.connect("clicked(bool)", lambda: self._refreshOrganTable(force=True))
         self.initializeParameterNode()
-
-    def cleanup(self) -> None:
-        self._abandonRun()
-        self.removeObservers()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self._abandonRun()
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
@@ -301,7 +290,8 @@ class OrganPointCloudRegistrationLogic(ScriptedLoadableModuleLogic, OrganPointCl
         p = parameterNode
         options = {"points_per_organ": int(p.pointsPerOrgan), "lambda_mm": float(p.defaultLambda),
                    "beta_mm": float(p.defaultBeta), "omega": float(p.omega), "grid_spacing_mm": float(p.gridSpacing),
-                   "seed": int(p.seed), "device": p.device, "coherence": p.coherence}
+                   "seed": int(p.seed), "device": p.device, "coherence": p.coherence,
+                   "spread_sampling": p.sampling == SAMPLING_CHOICES[0]}
         organs = self.organRows(p)
         if p.coherence == "custom":
             used = [r.label for r in organs or [] if r.include]

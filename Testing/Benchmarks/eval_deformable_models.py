@@ -11,6 +11,9 @@ Writes (with ``--write``): the section ``deformable-models`` of BENCHMARKS.md, a
 to the outputs, and the "Held-out evaluation" section of each evaluated shipped model's card
 (``RegistrationSuiteLib/data/models/<name>.md``).
 
+Rows are keyed by each model's identity (its resolved file), not its stored name: two evaluated files with the
+same name get the file in their row label (``name [path]``) and are never merged into one row.
+
 Usage::
 
     python Testing/Benchmarks/eval_deformable_models.py --models deformable_mr_synthetic \
@@ -35,6 +38,43 @@ from common import markdown_table, require_shared_data, update_benchmarks_md  # 
 
 SECTION = "deformable-models"
 CARD_BEGIN, CARD_END = "<!-- BEGIN held-out evaluation -->", "<!-- END held-out evaluation -->"
+
+
+class Evaluated:
+    """One evaluated model: the loaded model, its identity (resolved file; rows are keyed by it) and its row
+    label (its name, or ``name [identity]`` when another evaluated file has the same name)."""
+
+    def __init__(self, model, identity: str, label: str = ""):
+        self.model, self.identity, self.label = model, identity, label or model.name
+
+
+def model_identity(name_or_path) -> str:
+    """The resolved model file of a name or ``.pt`` path (what tells two models apart)."""
+    from RegistrationSuiteLib.models.registry import resolve_model
+
+    return str(Path(resolve_model(name_or_path)).resolve())
+
+
+def unique_labels(named) -> list:
+    """Row labels for ``[(name, identity)]``: the name, or ``name [identity]`` when different identities share
+    the name (the same identity listed twice keeps one label: it is the same model)."""
+    identities_of = {}
+    for name, identity in named:
+        identities_of.setdefault(name, set()).add(identity)
+    return [name if len(identities_of[name]) == 1 else f"{name} [{identity}]" for name, identity in named]
+
+
+def load_evaluated(groups, loader=None, identify=model_identity) -> list:
+    """``[[Evaluated, ...] per group]`` for comma-separated model lists (``--models``, ``--network-only-models``),
+    labelled uniquely across all groups."""
+    if loader is None:
+        from RegistrationSuiteLib.methods.deformable.network import load_deformable_model as loader
+    loaded = [[Evaluated(loader(arg), identify(arg)) for arg in dict.fromkeys(a for a in text.split(",") if a)]
+              for text in groups]
+    flat = [e for group in loaded for e in group]
+    for entry, label in zip(flat, unique_labels([(e.model.name, e.identity) for e in flat])):
+        entry.label = label
+    return loaded
 
 
 def run_one(fixed, moving, truth, mask, *, model, io_steps, passes=1, skip=0):
@@ -86,16 +126,17 @@ def main(argv=None) -> int:
     from RegistrationSuiteLib.methods.deformable.network import load_deformable_model
     from RegistrationSuiteLib.methods.deformable.synthetic import REGNET_CLASSES
 
-    models = {name: load_deformable_model(name) for name in args.models.split(",") if name}
-    candidates = {name: load_deformable_model(name) for name in args.network_only_models.split(",") if name}
-    baselines = {}
+    models, candidates = load_evaluated([args.models, args.network_only_models], load_deformable_model)
+    baselines = []
     if args.untrained_baseline:
         from RegistrationSuiteLib.methods.deformable.network import DeformableModel, FieldUNet
 
-        for name, model in models.items():
+        for entry in models:
             torch.manual_seed(0)
-            net = FieldUNet(**model.network.config).eval()
-            baselines[name] = DeformableModel(net, model.spacing_mm, model.modality, {}, f"{model.name} untrained")
+            net = FieldUNet(**entry.model.network.config).eval()
+            untrained = DeformableModel(net, entry.model.spacing_mm, entry.model.modality, {},
+                                        f"{entry.model.name} untrained")
+            baselines.append(Evaluated(untrained, f"{entry.identity} (untrained)", f"{entry.label} untrained"))
     variants = [tuple(int(v) for v in text.split(":")) for text in args.network_variants.split(",") if text]
     pairs = [p for p in args.pairs.split(",") if p]
     net_steps = [int(s) for s in (args.steps if args.network_steps is None else args.network_steps).split(",") if s]
@@ -121,19 +162,21 @@ def main(argv=None) -> int:
                 records.append({**base, "method": "identity", "io_steps": 0, **ident, "seconds": 0.0, "cpu_seconds": 0.0})
                 print(f"{base['pair']} class {k} case {case} identity mean {ident['mean']:.2f}", flush=True)
 
-                def add(method, n_steps, **kw):
+                def add(method, n_steps, entry=None, **kw):
                     r = {**base, "method": method, "io_steps": n_steps,
-                         **run_one(fixed, moving, truth, mask, io_steps=n_steps, **kw)}
+                         "model": entry.identity if entry is not None else None,
+                         **run_one(fixed, moving, truth, mask, io_steps=n_steps,
+                                   model=entry.model if entry is not None else None, **kw)}
                     records.append(r)
                     print(f"{r['pair']} class {k} case {case} {method:<52} steps {n_steps:>4} mean {r['mean']:.2f} "
                           f"p95 {r['p95']:.2f} fold {r['folding']:.4%} cpu {r['cpu_seconds']:.1f}s", flush=True)
 
-                for model in [*baselines.values(), *candidates.values()]:
-                    add(f"{model.name} only", 0, model=model)
+                for entry in [*baselines, *candidates]:
+                    add(f"{entry.label} only", 0, entry)
                 for n_steps in steps:
                     if n_steps > 0:
-                        add("optimisation only", n_steps, model=None)
-                    for name, model in (models.items() if n_steps in net_steps else []):
+                        add("optimisation only", n_steps)
+                    for entry in (models if n_steps in net_steps else []):
                         done = set()
                         for passes, skip in variants:
                             if n_steps == 0:
@@ -143,14 +186,14 @@ def main(argv=None) -> int:
                             done.add((passes, skip))
                             label = "".join([f", {passes} passes" if passes > 1 else "",
                                              f", skip {skip} coarse level{'s' if skip > 1 else ''}" if skip else ""])
-                            method = (f"{model.name} only" if n_steps == 0 else f"{model.name} + optimisation") + label
-                            add(method, n_steps, model=model, passes=passes, skip=skip)
+                            method = (f"{entry.label} only" if n_steps == 0 else f"{entry.label} + optimisation") + label
+                            add(method, n_steps, entry, passes=passes, skip=skip)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not args.render_only:
         (out_dir / "records.json").write_text(json.dumps(records, indent=1))
     table = summary_table(records)
     savings = savings_table(records)
-    verdicts = network_verdicts(records, [m.name for m in models.values()], [m.name for m in candidates.values()])
+    verdicts = network_verdicts(records, [e.label for e in models], [e.label for e in candidates])
     print(table)
     print(savings)
     print(verdicts)
@@ -161,17 +204,23 @@ def main(argv=None) -> int:
                 + ("\n\n" + SAVINGS_INTRO + "\n\n" + savings if "+ optimisation" in savings else "")
                 + ("\n\n" + verdicts if verdicts else ""))
         update_benchmarks_md(args.section, (f"## {args.title}\n\n" if args.title else "") + body)
-        for model in models.values():
-            write_card_section(model, body)
+        for entry in models:
+            write_card_section(entry.model, body)
     return 0
+
+
+def row_key(r) -> tuple:
+    """What makes one table row: pair, method, budget and the model's identity (records of an older run have
+    no ``model``: keyed by the method text alone, as then)."""
+    return r["pair"], r["method"], r["io_steps"], r.get("model")
 
 
 def summary_table(records) -> str:
     groups = {}
     for r in records:
-        groups.setdefault((r["pair"], r["method"], r["io_steps"]), []).append(r)
+        groups.setdefault(row_key(r), []).append(r)
     rows = []
-    for (pair, method, n_steps), rs in groups.items():
+    for (pair, method, n_steps, _model), rs in groups.items():
         ident = [x for x in records if x["pair"] == pair and x["method"] == "identity"]
         rows.append([pair, method, n_steps, len(rs), f"{np.mean([r['mean'] for r in rs]):.2f}",
                      f"{np.mean([r['mean'] for r in rs]) / np.mean([r['mean'] for r in ident]):.2f}",
@@ -201,8 +250,8 @@ def savings_table(records) -> str:
     groups = {}
     for r in records:
         if " + optimisation" in r["method"]:
-            groups.setdefault((r["pair"], r["method"], r["io_steps"]), []).append(r)
-    for (pair, method, k), rs in groups.items():
+            groups.setdefault(row_key(r), []).append(r)
+    for (pair, method, k, _model), rs in groups.items():
         err, cpu = np.mean([r["mean"] for r in rs]), np.mean([r["cpu_seconds"] for r in rs])
         budgets = sorted(n for (p, n) in opt if p == pair)
         match = next((n for n in budgets if np.mean([r["mean"] for r in opt[(pair, n)]]) <= err + 1e-9), None)
@@ -259,8 +308,8 @@ def describe(args, models, candidates) -> str:
                + (" --untrained-baseline" if args.untrained_baseline else "")
                + (f" --section {args.section}" if args.section != SECTION else "")
                + (f" --title '{args.title}'" if args.title else "") + " --write")
-    names = ", ".join(m.name for m in models.values())
-    extra = f"; compared network only: {', '.join(m.name for m in candidates.values())}" if candidates else ""
+    names = ", ".join(e.label for e in models)
+    extra = f"; compared network only: {', '.join(e.label for e in candidates)}" if candidates else ""
     return (f"Held-out subject `brain/stroke` (never in training), RegNet synthetic-field protocol of "
             f"`bench_deformable.py` at {SPACING} mm, classes {args.classes}, {args.cases} case(s) per class and pair, "
             f"seed {args.seed}. Models: {names}{extra}. In-process `register_deformable` (default settings, "

@@ -17,12 +17,22 @@ import qt
 import slicer
 from slicer.i18n import tr as _
 
+from RegistrationSuiteLib.device import thread_count_from_setting
 from RegistrationSuiteLib.mrml.runner import CANCELLED, FAILED, RUNNING, SUCCEEDED, ChildRun
 
 from .torchsupport import torchReadyForRun
 
 #: Poll period of the child process (ms).
 POLL_INTERVAL_MS = 100
+#: User setting with torch's CPU threads for the child process (``--threads``); unset: every core. Set it from
+#: Slicer's Python console, e.g. ``slicer.app.userSettings().setValue("RegistrationSuite/Threads", 4)``.
+THREADS_SETTING = "RegistrationSuite/Threads"
+
+
+def childProcessThreads():
+    """``--threads`` for a child run: the user setting :data:`THREADS_SETTING` when it holds a whole number
+    >= 1, else every CPU core Slicer may use (``RegistrationSuiteLib.device.default_thread_count``)."""
+    return thread_count_from_setting(slicer.app.userSettings().value(THREADS_SETTING, ""))
 
 
 def showError(message, details=""):
@@ -97,7 +107,7 @@ class ChildRunMixin:
         if not torchReadyForRun():
             return
         spec = self.logic.runSpecFromParameterNode(self._parameterNode)  # reads the parameter node
-        run = ChildRun(spec, base_environment=slicer.util.startupEnvironment())
+        run = ChildRun(spec, base_environment=slicer.util.startupEnvironment(), threads=childProcessThreads())
         slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
         try:
             run.start()  # exports the inputs, starts the child and returns at once

@@ -320,3 +320,22 @@ def test_organ_table_helpers_for_the_gui(headless_scene):
     for bad in ("", "1,0.5;0.5", "1,a;0,1"):
         with pytest.raises(ValueError, match="square matrix"):
             parse_matrix(bad)
+
+
+@pytest.mark.parametrize("spread", [True, False])
+def test_run_spec_passes_the_sampling_to_the_cli(headless_scene, spread):
+    """``spread_sampling`` becomes ``--sampling spread|random`` (before, a changed one was refused), and the child
+    parses it back to the same config value."""
+    from RegistrationSuiteLib.cli.main import build_parser
+    from RegistrationSuiteLib.mrml.organ_logic import DEFAULT_SAMPLING
+
+    image = organ_image()
+    fixed = volume_node_from_image(image, headless_scene, "fixed", labelmap=True)
+    moving = volume_node_from_image(image, headless_scene, "moving", labelmap=True)
+    spec = OrganPointCloudLogic().run_spec(fixed, moving, OrganPointCloudConfig(spread_sampling=spread))
+    options = [str(o) for o in spec.options]
+    assert options.count("--sampling") == 1
+    args = build_parser().parse_args(["organ-points", "--fixed", "f.nrrd", "--moving", "m.nrrd", "--output", "t.h5"]
+                                     + options)
+    assert (args.sampling == "spread") is spread
+    assert DEFAULT_SAMPLING == ("spread" if OrganPointCloudConfig().spread_sampling else "random")

@@ -36,7 +36,7 @@ from .fields import (
 )
 from .filters import box_filter, gaussian_smooth, level_shape, resize_image
 from .losses import SIMILARITIES, Similarity, lncc_loss, make_similarity, mind_loss, mind_ssc, ncc_loss, ngf_loss
-from .optimize import InstanceOptimisationConfig, InstanceOptimisationResult, optimise_field, score_field
+from .optimize import InstanceOptimisationConfig, InstanceOptimisationResult, optimise_field, score_field, score_fields
 from .regularizers import REGULARIZERS, bending_energy, diffusion_energy
 
 __all__ = [
@@ -67,6 +67,7 @@ __all__ = [
     "resize_field",
     "resize_image",
     "score_field",
+    "score_fields",
     "voxel_to_normalized",
     "warp_image",
 ]

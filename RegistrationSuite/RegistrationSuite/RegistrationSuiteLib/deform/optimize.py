@@ -110,6 +110,9 @@ class InstanceOptimisationResult:
             for the initial and the final field.
         history: per level, the total loss at its first and last step and the level's wall time.
         seconds: wall time.
+        similarity_identity: the score of no displacement (the zero field), from the same full-resolution
+            features: ``similarity_before`` when there is no ``initial`` field, else what the images score
+            before any registration (a caller starting from a network's field needs no second feature pass).
     """
 
     field: torch.Tensor
@@ -118,6 +121,7 @@ class InstanceOptimisationResult:
     similarity_after: float
     history: list = field(default_factory=list)
     seconds: float = 0.0
+    similarity_identity: float = float("nan")
 
 
 def _inside(u):
@@ -199,6 +203,8 @@ def optimise_field(fixed: torch.Tensor, moving: torch.Tensor, config: Optional[I
     with torch.no_grad():  # features at full resolution, computed once (scores and the finest level)
         full = (sim.features(fixed), sim.features(moving))
     before = _full_score(sim, fixed, moving, _displacement(param, config), fixed_mask, moving_mask, full)
+    identity = before if initial is None else _full_score(sim, fixed, moving, torch.zeros_like(param), fixed_mask,
+                                                          moving_mask, full)
     history, steps = [], config.steps_per_level()
     total = max(1, sum(steps))
     done = 0
@@ -213,14 +219,24 @@ def optimise_field(fixed: torch.Tensor, moving: torch.Tensor, config: Optional[I
     after = _full_score(sim, fixed, moving, u, fixed_mask, moving_mask, full)
     prog.report(1.0, "instance optimisation done")
     return InstanceOptimisationResult(u, param if config.diffeomorphic else None, before, after, history,
-                                      time.perf_counter() - start)
+                                      time.perf_counter() - start, similarity_identity=identity)
 
 
 def score_field(similarity: str, fixed: torch.Tensor, moving: torch.Tensor, u: torch.Tensor, *,
                 fixed_mask: Optional[torch.Tensor] = None, moving_mask: Optional[torch.Tensor] = None) -> float:
     """The score (higher is better) of ``similarity`` between ``fixed`` and ``moving`` warped by ``u``, over
     ``fixed_mask`` × warped ``moving_mask`` × overlap (same conventions as :func:`optimise_field`)."""
-    return _full_score(make_similarity(similarity), fixed, moving, u, fixed_mask, moving_mask)
+    return score_fields(similarity, fixed, moving, [u], fixed_mask=fixed_mask, moving_mask=moving_mask)[0]
+
+
+def score_fields(similarity: str, fixed: torch.Tensor, moving: torch.Tensor, fields: Sequence[torch.Tensor], *,
+                 fixed_mask: Optional[torch.Tensor] = None, moving_mask: Optional[torch.Tensor] = None) -> list:
+    """:func:`score_field` for several fields of the same pair, the similarity's features (MIND descriptors,
+    for ``"mind"``) computed once."""
+    sim = make_similarity(similarity)
+    with torch.no_grad():
+        features = (sim.features(fixed), sim.features(moving))
+    return [_full_score(sim, fixed, moving, u, fixed_mask, moving_mask, features) for u in fields]
 
 
 def _full_score(sim, fixed, moving, u, fixed_mask, moving_mask, features=None) -> float:

@@ -18,10 +18,18 @@ import math
 
 from ..errors import InputError
 from ..methods.deformable.config import PRESETS  # noqa: F401  preset → (io_steps, regularization); torch-free
+from ..methods.deformable.config import DeformableConfig
 
 #: config fields that ``deformable_run_spec`` passes to the CLI (anything else changed would be dropped).
 CLI_FIELDS = ("spacing_mm", "similarity", "io_steps", "regularization", "regularizer", "diffeomorphic", "model",
-              "seed", "device", "max_memory_gb")
+              "network_passes", "network_skip_levels", "seed", "device", "max_memory_gb")
+#: Defaults of the network options, from the configuration (one source with the CLI's defaults).
+DEFAULT_NETWORK_PASSES = DeformableConfig.network_passes
+DEFAULT_NETWORK_SKIP_LEVELS = DeformableConfig.network_skip_levels
+#: Range the module offers for ``network_passes``.
+NETWORK_PASSES_RANGE = (1, 5)
+#: Range the module offers for ``network_skip_levels``: 0 up to all but the finest of the default levels.
+NETWORK_SKIP_LEVELS_RANGE = (0, len(DeformableConfig.levels) - 1)
 #: Colour map of the Jacobian volume (Slicer's built-in diverging table: blue < 1 < red).
 JACOBIAN_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileDivergingBlueRed.txt"
 OUTPUT_NAME = "DeformableRegistration transform"
@@ -39,8 +47,6 @@ def preset_values(preset: str):
 def make_config(preset="balanced", similarity="auto", regularization=None, model=None, **kwargs):
     """A validated ``DeformableConfig`` from a preset; ``regularization=None`` keeps the preset's weight.
     ``model`` ``None``/``""``/``"none"``: optimisation only. torch is not imported."""
-    from ..methods.deformable.config import DeformableConfig
-
     steps, weight = preset_values(preset)
     return DeformableConfig(io_steps=steps, regularization=weight if regularization is None else float(regularization),
                             similarity=similarity, model=(model or None), **kwargs)
@@ -96,6 +102,8 @@ def cli_options(config) -> list:
     options = ["--spacing", spacing, "--similarity", config.similarity,
                "--io-steps", str(int(config.io_steps)), "--regularization", repr(float(config.regularization)),
                "--regularizer", config.regularizer, "--model", config.model or "none",
+               "--network-passes", str(int(config.network_passes)),
+               "--network-skip-levels", str(int(config.network_skip_levels)),
                "--seed", str(int(config.seed)), "--device", str(config.device),
                "--max-memory-gb", repr(float(config.max_memory_gb))]
     return options + (["--diffeomorphic"] if config.diffeomorphic else [])

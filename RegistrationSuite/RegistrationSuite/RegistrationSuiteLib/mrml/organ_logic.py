@@ -26,6 +26,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..io.points import LabeledPoints
+from ..methods.organ_point_cloud.config import OrganPointCloudConfig  # numpy only: no torch
 from ..result import RegistrationResult
 from .logic import RegistrationLogicBase, _describe
 from .rollback import rollback_on_error
@@ -33,6 +34,17 @@ from .points import MODEL_LABEL_ARRAY, apply_grid_transform_copy, registration_i
 from .volumes import image_from_volume_node
 
 _INPUT_CLASSES = ("vtkMRMLSegmentationNode", "vtkMRMLLabelMapVolumeNode", "vtkMRMLModelNode")
+#: ``--sampling`` values: ``OrganPointCloudConfig.spread_sampling`` True / False.
+SAMPLING_CHOICES = ("spread", "random")
+
+
+def sampling_name(spread_sampling: bool) -> str:
+    """The ``--sampling`` value of ``OrganPointCloudConfig.spread_sampling``."""
+    return SAMPLING_CHOICES[0] if spread_sampling else SAMPLING_CHOICES[1]
+
+
+#: The configuration's default sampling (the module's default; one source with the CLI's).
+DEFAULT_SAMPLING = sampling_name(OrganPointCloudConfig.spread_sampling)
 
 
 @dataclass
@@ -366,7 +378,8 @@ class OrganPointCloudLogic(RegistrationLogicBase):
         self._check_nodes(fixedNode, movingNode, outputTransformNode)
         config = self.resolve_config(config, organs)
         check_cli_expressible(config, ("labels", "points_per_organ", "lambda_mm", "beta_mm", "coherence", "omega",
-                                       "grid_spacing_mm", "seed", "device", "organ_prealign"), "organ-points")
+                                       "grid_spacing_mm", "seed", "device", "organ_prealign", "spread_sampling"),
+                              "organ-points")
         params = {"labels": config.labels, "points_per_organ": int(config.points_per_organ), "seed": int(config.seed)}
         options = ["--points-per-organ", str(int(config.points_per_organ)), "--lambda-mm", _mm_option(config.lambda_mm),
                    "--beta-mm", _mm_option(config.beta_mm), "--omega", repr(float(config.omega)),
@@ -374,7 +387,7 @@ class OrganPointCloudLogic(RegistrationLogicBase):
                    "--device", str(config.device)]
         if config.labels is not None:
             options += ["--labels", ",".join(str(int(v)) for v in config.labels)]
-        options += ["--organ-prealign", str(config.organ_prealign)]
+        options += ["--organ-prealign", str(config.organ_prealign), "--sampling", sampling_name(config.spread_sampling)]
         coherence = None
         if isinstance(config.coherence, str):
             options += ["--coherence", config.coherence]

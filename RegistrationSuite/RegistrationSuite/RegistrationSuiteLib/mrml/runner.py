@@ -50,6 +50,7 @@ becomes :attr:`ChildRun.error`, one line plus the child's last stderr lines as d
 
 from __future__ import annotations
 
+import operator
 import os
 import shutil
 import subprocess
@@ -76,8 +77,8 @@ from .runner_io import (  # noqa: F401 - register_exporter/register_importer are
 
 __all__ = [
     "CANCELLED", "FAILED", "NOT_STARTED", "RUNNING", "SUCCEEDED", "ChildRun", "NodeInput", "NodeOutput",
-    "NodeRollback", "RunError", "RunOutcome", "RunSpec", "child_environment", "python_executable",
-    "register_exporter", "register_importer", "result_from_summary", "run_blocking",
+    "NodeRollback", "RunError", "RunOutcome", "RunSpec", "THREADED_COMMANDS", "child_environment",
+    "python_executable", "register_exporter", "register_importer", "result_from_summary", "run_blocking",
 ]
 
 #: :meth:`ChildRun.poll` states.
@@ -86,6 +87,8 @@ NOT_STARTED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "not started", "running", "
 CANCEL_GRACE_SECONDS = 5.0
 #: stderr lines kept as an error's details.
 DETAIL_LINES = 20
+#: CLI commands that take ``--threads`` (torch's CPU threads in the child); a test compares it with the CLI parser.
+THREADED_COMMANDS = frozenset({"deformable", "histology", "partial-prereg", "train-histology"})
 
 
 @dataclass
@@ -176,6 +179,16 @@ def child_environment(base: Optional[dict] = None) -> dict:
     return env
 
 
+def _whole_number_at_least_one(value, name: str) -> int:
+    try:
+        number = operator.index(value)  # ints and numpy integers; not floats or text
+    except TypeError:
+        number = None
+    if number is None or isinstance(value, bool) or number < 1:
+        raise ValueError(f"{name}: expected a whole number >= 1 or None, got {value!r}")
+    return int(number)
+
+
 def result_from_summary(summary: dict, transform):
     """A :class:`~RegistrationSuiteLib.result.RegistrationResult` from the CLI's ``--json`` summary and the
     transform read from its output file (grids are not in the summary: ``None``)."""
@@ -201,6 +214,10 @@ class ChildRun:
         temp_parent: where the private temporary folder is made (default: the system's).
         cancel_grace_seconds: time between ``terminate()`` and ``kill()`` after :meth:`cancel`.
         base_environment: the child's environment before PYTHONPATH is set (:func:`child_environment`).
+        threads: torch's CPU threads in the child (``--threads``), passed only to the commands that take it
+            (:data:`THREADED_COMMANDS`) and only when ``spec.options`` has no ``--threads`` of its own;
+            ``None`` (default) leaves the command's own default. The Slicer widgets pass the user's setting
+            (default: every core, :func:`~RegistrationSuiteLib.device.default_thread_count`).
 
     Attributes:
         state: one of ``NOT_STARTED``, ``RUNNING``, ``SUCCEEDED``, ``FAILED``, ``CANCELLED``.
@@ -211,7 +228,9 @@ class ChildRun:
     """
 
     def __init__(self, spec: RunSpec, python: Optional[str] = None, temp_parent=None,
-                 cancel_grace_seconds: float = CANCEL_GRACE_SECONDS, base_environment: Optional[dict] = None):
+                 cancel_grace_seconds: float = CANCEL_GRACE_SECONDS, base_environment: Optional[dict] = None,
+                 threads: Optional[int] = None):
+        self.threads = None if threads is None else _whole_number_at_least_one(threads, "threads")
         self.spec = spec
         self.base_environment = base_environment
         self.python = python or python_executable()
@@ -243,7 +262,10 @@ class ChildRun:
                 args += [entry.option, str(self._inputs[entry_key(entry)]["path"])]
         for entry in self.spec.outputs:
             args += [entry.option, str(self._output_paths[entry_key(entry)])]
-        return args + [str(o) for o in self.spec.options] + ["--progress-json"]
+        options = [str(o) for o in self.spec.options]
+        if self.threads is not None and self.spec.command in THREADED_COMMANDS and "--threads" not in options:
+            options += ["--threads", str(self.threads)]
+        return args + options + ["--progress-json"]
 
     def start(self) -> "ChildRun":
         """Export the inputs into a private temporary folder and start the child (returns at once).

@@ -289,16 +289,15 @@ def _prepare(fixed_img, moving_img, fmask, mmask, t0, ref, config, device) -> di
 def _optimise(data, sim_name, u0, config, prog) -> dict:
     import torch
 
-    from ...deform import InstanceOptimisationConfig, optimise_field, score_field
+    from ...deform import InstanceOptimisationConfig, optimise_field, score_fields
 
     steps = config.steps_per_level(network=u0 is not None)
     fixed, moving = data["fixed"], data["moving"]
     if sum(steps) == 0:
         u = u0 if u0 is not None else fixed.new_zeros((1, 3, *fixed.shape[2:]))
-        zero = torch.zeros_like(u)
-        kw = {"fixed_mask": data["fixed_mask"], "moving_mask": data["moving_mask"]}
-        return {"field": u, "before": score_field(sim_name, fixed, moving, zero, **kw),
-                "after": score_field(sim_name, fixed, moving, u, **kw), "steps": steps, "history": [], "seconds": 0.0}
+        before, after = score_fields(sim_name, fixed, moving, [torch.zeros_like(u), u], fixed_mask=data["fixed_mask"],
+                                     moving_mask=data["moving_mask"])  # the features (MIND: costly) once
+        return {"field": u, "before": before, "after": after, "steps": steps, "history": [], "seconds": 0.0}
     io_config = InstanceOptimisationConfig(
         similarity=sim_name, levels=tuple(config.levels), steps=tuple(steps), learning_rate=config.learning_rate,
         final_lr_fraction=config.final_lr_fraction, regularizer=config.regularizer, weight=config.regularization,
@@ -306,11 +305,9 @@ def _optimise(data, sim_name, u0, config, prog) -> dict:
         smoothing=config.field_smoothing_mm / config.spacing_mm)
     res = optimise_field(fixed, moving, io_config, initial=u0, fixed_mask=data["fixed_mask"],
                          moving_mask=data["moving_mask"], progress=prog)
-    before = res.similarity_before
-    if u0 is not None:  # "before" means before any registration: the identity after the initial transform
-        before = score_field(sim_name, fixed, moving, torch.zeros_like(res.field),
-                             fixed_mask=data["fixed_mask"], moving_mask=data["moving_mask"])
-    return {"field": res.field, "before": before, "after": res.similarity_after, "steps": steps,
+    # "before" means before any registration (the identity after the initial transform), also after a network
+    # start: optimise_field scores it from the full-resolution features it computes anyway
+    return {"field": res.field, "before": res.similarity_identity, "after": res.similarity_after, "steps": steps,
             "history": res.history, "seconds": res.seconds}
 
 
