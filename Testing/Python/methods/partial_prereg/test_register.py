@@ -259,6 +259,8 @@ def test_config_validation():
     for bad in ((), (0.0,), (2.0, 4.0), ("2",)):
         with pytest.raises(InputError, match="local_search_fine_levels_mm: expected positive spacings"):
             PartialPreregConfig(local_search_fine_levels_mm=bad)
+    with pytest.raises(InputError, match="local_search_widen_below: expected a similarity in"):
+        PartialPreregConfig(local_search_widen_below=1.5)
     with pytest.raises(InputError, match="local_search_fine_below_mm"):
         PartialPreregConfig(local_search_fine_below_mm=-1)
     assert PartialPreregConfig(local_search_fine_levels_mm=[4, 2]).local_search_fine_levels_mm == (4.0, 2.0)

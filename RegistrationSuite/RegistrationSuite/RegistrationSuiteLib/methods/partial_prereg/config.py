@@ -61,8 +61,12 @@ class PartialPreregConfig:
         local_search_keep: candidates kept after the first level (and refined with NGF when
             ``local_search_refine_iterations`` > 0).
         local_search_widen: when the local search's best candidate matches poorly (normalised NGF similarity
-            below ``DOUBTFUL_MIN_NGF_SIMILARITY`` of :mod:`.register`), search again from each TSPM candidate's six
-            neighbours one window step away and the centre seed, and keep the better search.
+            below ``local_search_widen_below``), search again from each TSPM candidate's six neighbours one window
+            step away and the centre seed, and keep the better search.
+        local_search_widen_below: that similarity threshold (0.6, the "doubtful" flag's). 0.7 was tried on the
+            7 development crops (seeds 11-13) whose result scored 0.6-0.7: the 6 correct ones stayed correct, the
+            one failure (its true pose 22.6° from the seeds' rotation, outside the ±20° neighbourhood) was not
+            found either, at about twice the CPU time for those crops; so 0.6 stays.
         local_search_fine_below_mm: a moving image whose largest extent (mm) is below this is searched on the
             finer levels ``local_search_fine_levels_mm`` instead of 5 then 2.5 mm (a tiny crop is a handful of
             voxels at 5 mm; its first-level score then misleads); 0: never. Chosen on 12 tiny crops drawn with
@@ -114,6 +118,7 @@ class PartialPreregConfig:
     local_search_keep: int = 2
     local_search_refine_iterations: int = 10
     local_search_widen: bool = True
+    local_search_widen_below: float = 0.6
     seeds: str = "tspm"
     local_search_fine_below_mm: float = 70.0
     local_search_fine_levels_mm: tuple = (2.5,)
@@ -143,6 +148,9 @@ class PartialPreregConfig:
         for name in ("local_search_window_mm", "local_search_deg"):
             if not getattr(self, name) > 0:
                 raise InputError(f"{name}: expected a positive number, got {getattr(self, name)}")
+        if not 0 <= self.local_search_widen_below <= 1:
+            raise InputError(f"local_search_widen_below: expected a similarity in [0, 1], got "
+                             f"{self.local_search_widen_below}")
         if not self.local_search_fine_below_mm >= 0:
             raise InputError(f"local_search_fine_below_mm: expected a size in mm >= 0, got "
                              f"{self.local_search_fine_below_mm}")

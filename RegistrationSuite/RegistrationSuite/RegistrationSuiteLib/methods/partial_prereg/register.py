@@ -11,7 +11,7 @@ fixed → moving transform out (Xia et al., MICCAI 2022, Fig. 2).
    neighbourhood of the TSPM candidates (rotations within ``local_search_deg``, shifts within
    ``local_search_window_mm``, :func:`~..global_rigid.local.local_rigid_search`); its best candidate goes on.
    Levels 5 then 2.5 mm; 2.5 mm alone for a moving image under ``local_search_fine_below_mm``. A best candidate
-   that matches poorly (normalised NGF similarity below :data:`DOUBTFUL_MIN_NGF_SIMILARITY`) triggers a second
+   that matches poorly (normalised NGF similarity below ``local_search_widen_below``) triggers a second
    search from each candidate's six neighbours and the centre seed; the better search is kept
    (``local_search_widen``). ``seeds="centre"`` / ``"scanner"``: the same without the network (ablation).
 5. Local rigid refinement moving ↔ fixed with the metric measured only over the overlap (:mod:`.refine`).
@@ -418,14 +418,14 @@ def _local_search(fixed, moving, inits: dict, fmask, cfg, diag, prog, *, window_
 
 def _widen_if_poor(fixed, moving, found: dict, seeds: dict, fmask, cfg, diag, prog) -> dict:
     """When the local search's best candidate matches poorly (normalised NGF similarity below
-    :data:`DOUBTFUL_MIN_NGF_SIMILARITY`), search again from every seed's six neighbours one window step away
+    ``local_search_widen_below``), search again from every seed's six neighbours one window step away
     (:func:`~.seeds.neighbour_seeds`) and the centre seed (:func:`~.seeds.scanner_seeds`): the truth may lie
     beyond the window of a network estimate a few cm off. The better of the two searches by normalised NGF
     similarity is kept; ``diag["local_search_widened"]`` records both."""
     ((name, _),) = found.items()
     first = diag["local_search"]
     similarity = first["candidates"][name]["ngf_similarity"]
-    if similarity >= DOUBTFUL_MIN_NGF_SIMILARITY:
+    if similarity >= cfg.local_search_widen_below:
         return found
     wider = {}
     for seed_name, matrix in seeds.items():
@@ -437,7 +437,7 @@ def _widen_if_poor(fixed, moving, found: dict, seeds: dict, fmask, cfg, diag, pr
     kept = "widened" if similarity2 > similarity else "first"
     diag["local_search_widened"] = {"first": first, "widened": diag["local_search"], "kept": kept,
                                     "reason": f"the first search's best normalised NGF similarity {similarity:.2f} < "
-                                              f"{DOUBTFUL_MIN_NGF_SIMILARITY:g}"}
+                                              f"{cfg.local_search_widen_below:g}"}
     if kept == "first":
         diag["local_search"] = first
         return found
