@@ -28,7 +28,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from RegistrationSuiteWidgets import ChildRunMixin, formatResultSummary, torchSkipReason
+from RegistrationSuiteWidgets import ChildRunMixin, ParameterNodeWidgetMixin, formatResultSummary, torchSkipReason
 
 #
 # HistologyRegistration
@@ -99,7 +99,8 @@ class HistologyRegistrationParameterNode:
 #
 
 
-class HistologyRegistrationWidget(ChildRunMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+class HistologyRegistrationWidget(ChildRunMixin, ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget,
+                                  VTKObservationMixin):
     runName = "HistologyRegistration"
 
     def __init__(self, parent=None) -> None:
@@ -118,31 +119,9 @@ class HistologyRegistrationWidget(ChildRunMixin, ScriptedLoadableModuleWidget, V
         self.logic = HistologyRegistrationLogic()
         self.ui.progressBar.visible = False
 
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.observeSceneClose()  # scene close: stop a run, release / retake the parameter node
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.initializeParameterNode()
-
-    def cleanup(self) -> None:
-        self._abandonRun()
-        self.removeObservers()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self._abandonRun()
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())

@@ -27,6 +27,7 @@ from slicer.util import VTKObservationMixin
 from RegistrationSuiteLib.errors import InputError
 from RegistrationSuiteLib.mrml.organ_logic import OrganPointCloudLogic as OrganPointCloudNodeLogic
 from RegistrationSuiteLib.mrml.organ_logic import (
+    DEFAULT_COMMON_FOV,
     DEFAULT_SAMPLING,
     SAMPLING_CHOICES,
     organ_rows_from_table,
@@ -86,6 +87,8 @@ class OrganPointCloudRegistrationParameterNode:
     coherenceMatrix: custom S, rows separated by ';' and values by ',' (order of the used organs).
     sampling: how surface points and EM subsets are drawn (``--sampling``): spread (farthest-point per organ,
     the configuration's default) or random.
+    commonFieldOfView: label-image inputs: register only the organ parts inside the field of view both scans share
+    (``--common-fov``; the configuration's default, on).
     """
 
     # A union of node types must include None: the wrapper writes None when it is created (Slicer's
@@ -104,6 +107,7 @@ class OrganPointCloudRegistrationParameterNode:
     omega: Annotated[float, WithinRange(0.0, 0.99)] = 0.05  # the library default (paper: 0)
     gridSpacing: Annotated[float, WithinRange(0.5, 50.0)] = 3.0
     sampling: Annotated[str, Choice(list(SAMPLING_CHOICES))] = DEFAULT_SAMPLING
+    commonFieldOfView: bool = DEFAULT_COMMON_FOV
     seed: Annotated[int, Minimum(0)] = 0
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
 
@@ -291,7 +295,7 @@ class OrganPointCloudRegistrationLogic(ScriptedLoadableModuleLogic, OrganPointCl
         options = {"points_per_organ": int(p.pointsPerOrgan), "lambda_mm": float(p.defaultLambda),
                    "beta_mm": float(p.defaultBeta), "omega": float(p.omega), "grid_spacing_mm": float(p.gridSpacing),
                    "seed": int(p.seed), "device": p.device, "coherence": p.coherence,
-                   "spread_sampling": p.sampling == SAMPLING_CHOICES[0]}
+                   "spread_sampling": p.sampling == SAMPLING_CHOICES[0], "common_fov": bool(p.commonFieldOfView)}
         organs = self.organRows(p)
         if p.coherence == "custom":
             used = [r.label for r in organs or [] if r.include]

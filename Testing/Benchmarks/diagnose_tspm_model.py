@@ -12,7 +12,12 @@ following are reported (mm):
 - per axis: the slope of the least-squares line prediction ~ truth (1 = unshrunk; below 1 = predictions pulled
   towards the middle of the template, as an under-fitted regressor does);
 - left-right: for patches more than 20 mm from the canvas mid-plane in x, the fraction whose prediction lies
-  closer to the mirrored (x → −x about the mid-plane) true position than to the true one.
+  closer to the mirrored (x → −x about the mid-plane) true position than to the true one;
+- mirror drift of the bare network (its ``mirror_average`` switched off): the mean over patches of
+  (x̂(patch) + x̂(patch flipped along x)) / 2 − mid-plane. 0 for a left-right equivariant network (for the
+  symmetric template, a patch and its mirror image sit at mirrored positions); a shared shift of left-right
+  ambiguous patches (the flat region of the L1 loss between the two mirror positions) shows up here, on
+  training volumes as much as on held-out ones. Models with ``mirror_average`` cancel it by construction.
 
 Usage::
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +62,14 @@ def diagnose(pairs: Path, model, patches: int, seed: int) -> list:
         pred, truth = predict_patch_positions(tspm.net, vol, t, tspm.intensity, num_patches=patches, seed=seed,
                                               device="cpu")
         cpu = time.process_time() - t0
+        bare = tspm.net.config
+        tspm.net.config = replace(bare, mirror_average=False)
+        try:
+            raw, _ = predict_patch_positions(tspm.net, vol, t, tspm.intensity, num_patches=patches, seed=seed)
+            raw_flip, _ = predict_patch_positions(tspm.net, vol, t, tspm.intensity, num_patches=patches, seed=seed,
+                                                  flip_x=True)
+        finally:
+            tspm.net.config = bare
         err = pred - truth
         dist = np.linalg.norm(err, axis=1)
         mid = (n - 1) / 2.0 * sp
@@ -70,6 +84,8 @@ def diagnose(pairs: Path, model, patches: int, seed: int) -> list:
             slope=[float(np.polyfit(truth[:, a], pred[:, a], 1)[0]) for a in range(3)],
             mirror_closer=float(np.mean(np.linalg.norm(pred - mirrored, axis=1)[lateral] < dist[lateral]))
             if lateral.any() else float("nan"),
+            mirror_drift_mm=float(np.mean((raw[:, 0] + raw_flip[:, 0]) / 2.0) - (n - 1) / 2.0 * sp),
+            mirror_average=bool(bare.mirror_average),
             cpu_seconds=cpu,
         ))
         print(Path(str(model)).name, rows[-1], flush=True)
@@ -78,14 +94,16 @@ def diagnose(pairs: Path, model, patches: int, seed: int) -> list:
 
 def report(results: dict, args) -> str:
     header = ["model", "volume", "trained on it", "median error (constant guess)", "bias x, y, z",
-              "spread (SD) x, y, z", "slope pred~truth x, y, z", "lateral patches nearer the mirror position"]
+              "spread (SD) x, y, z", "slope pred~truth x, y, z", "lateral patches nearer the mirror position",
+              "mirror drift of the bare network x (mm)"]
     table = []
     for model, rows in results.items():
         for r in rows:
             table.append([Path(str(model)).name, r["volume"], "yes" if r["trained_on"] else "no (held out)",
                           f"{r['median_mm']:.1f} ({r['constant_median_mm']:.1f})",
                           ", ".join(f"{v:+.1f}" for v in r["bias_mm"]), ", ".join(f"{v:.1f}" for v in r["spread_mm"]),
-                          ", ".join(f"{v:.2f}" for v in r["slope"]), f"{r['mirror_closer']:.0%}"])
+                          ", ".join(f"{v:.2f}" for v in r["slope"]), f"{r['mirror_closer']:.0%}",
+                          f"{r['mirror_drift_mm']:+.1f}" + (" (averaged out)" if r.get("mirror_average") else "")])
     return "\n".join([
         "## TSPM patch placement diagnosis (`diagnose_tspm_model.py`)",
         "",
@@ -94,7 +112,9 @@ def report(results: dict, args) -> str:
         "Errors in mm on the canvas axes (x: left-right). \"Constant guess\": the median error of always "
         "answering the volume's median true position. Slope: least-squares slope of predicted on true "
         "coordinate (1 = unshrunk). Mirror: fraction of patches > 20 mm off the mid-plane whose prediction is "
-        "nearer their left-right mirrored position than their true one.",
+        "nearer their left-right mirrored position than their true one. Mirror drift: mean of (x̂(patch) + "
+        "x̂(patch flipped along x)) / 2 − mid-plane for the network without mirror averaging (0 = left-right "
+        "equivariant); \"(averaged out)\": the model averages each patch with its mirror image, which cancels it.",
         "",
         markdown_table(header, table),
         "",

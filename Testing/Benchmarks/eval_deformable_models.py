@@ -12,7 +12,9 @@ to the outputs, and the "Held-out evaluation" section of each evaluated shipped 
 (``RegistrationSuiteLib/data/models/<name>.md``).
 
 Rows are keyed by each model's identity (its resolved file), not its stored name: two evaluated files with the
-same name get the file in their row label (``name [path]``) and are never merged into one row.
+same name get the file in their row label (``name [path]``) and are never merged into one row. A file listed
+more than once (under ``--models`` and ``--network-only-models``, or by name and by path) is one model and each of
+its settings runs once per case (``planned_runs``).
 
 Usage::
 
@@ -69,12 +71,56 @@ def load_evaluated(groups, loader=None, identify=model_identity) -> list:
     labelled uniquely across all groups."""
     if loader is None:
         from RegistrationSuiteLib.methods.deformable.network import load_deformable_model as loader
-    loaded = [[Evaluated(loader(arg), identify(arg)) for arg in dict.fromkeys(a for a in text.split(",") if a)]
-              for text in groups]
-    flat = [e for group in loaded for e in group]
+    by_identity = {}  # one loaded model per file, however often and under whichever options it is listed
+
+    def get(arg):
+        identity = identify(arg)
+        if identity not in by_identity:
+            by_identity[identity] = Evaluated(loader(arg), identity)
+        return by_identity[identity]
+
+    loaded = [list({id(e): e for e in (get(a) for a in text.split(",") if a)}.values()) for text in groups]
+    flat = list({id(e): e for group in loaded for e in group}.values())
     for entry, label in zip(flat, unique_labels([(e.model.name, e.identity) for e in flat])):
         entry.label = label
     return loaded
+
+
+def planned_runs(models, candidates, baselines, steps, net_steps, variants) -> list:
+    """The registrations of one case, each once: ``[(method, io_steps, entry or None, {"passes", "skip"})]``.
+
+    Baselines and ``--network-only-models`` run network only; ``--models`` run with optimisation at the budgets
+    in ``net_steps`` (and network only when 0 is one of them) for each ``PASSES:SKIP`` variant; optimisation alone
+    runs at every budget > 0. A model listed under both options (or twice) gives the same run twice: it runs
+    once, so its rows are never two runs of one setting merged into one."""
+    runs, seen = [], set()
+
+    def plan(method, n_steps, entry=None, passes=1, skip=0):
+        key = (n_steps, entry.identity if entry is not None else None, passes, skip)
+        if key not in seen:
+            seen.add(key)
+            runs.append((method, n_steps, entry, {"passes": passes, "skip": skip}))
+
+    for entry in [*baselines, *candidates]:
+        plan(f"{entry.label} only", 0, entry)
+    for n_steps in steps:
+        if n_steps > 0:
+            plan("optimisation only", n_steps)
+        for entry in (models if n_steps in net_steps else []):
+            for passes, skip in variants:
+                if n_steps == 0:
+                    skip = 0
+                label = "".join([f", {passes} passes" if passes > 1 else "",
+                                 f", skip {skip} coarse level{'s' if skip > 1 else ''}" if skip else ""])
+                method = (f"{entry.label} only" if n_steps == 0 else f"{entry.label} + optimisation") + label
+                plan(method, n_steps, entry, passes, skip)
+    return runs
+
+
+def only_network(models, candidates) -> list:
+    """The ``--network-only-models`` entries that are not also ``--models`` entries (the others to compare with)."""
+    full = {e.identity for e in models}
+    return [e for e in candidates if e.identity not in full]
 
 
 def run_one(fixed, moving, truth, mask, *, model, io_steps, passes=1, skip=0):
@@ -171,29 +217,15 @@ def main(argv=None) -> int:
                     print(f"{r['pair']} class {k} case {case} {method:<52} steps {n_steps:>4} mean {r['mean']:.2f} "
                           f"p95 {r['p95']:.2f} fold {r['folding']:.4%} cpu {r['cpu_seconds']:.1f}s", flush=True)
 
-                for entry in [*baselines, *candidates]:
-                    add(f"{entry.label} only", 0, entry)
-                for n_steps in steps:
-                    if n_steps > 0:
-                        add("optimisation only", n_steps)
-                    for entry in (models if n_steps in net_steps else []):
-                        done = set()
-                        for passes, skip in variants:
-                            if n_steps == 0:
-                                skip = 0
-                            if (passes, skip) in done:
-                                continue
-                            done.add((passes, skip))
-                            label = "".join([f", {passes} passes" if passes > 1 else "",
-                                             f", skip {skip} coarse level{'s' if skip > 1 else ''}" if skip else ""])
-                            method = (f"{entry.label} only" if n_steps == 0 else f"{entry.label} + optimisation") + label
-                            add(method, n_steps, entry, passes=passes, skip=skip)
+                for method, n_steps, entry, kw in planned_runs(models, candidates, baselines, steps, net_steps,
+                                                                variants):
+                    add(method, n_steps, entry, **kw)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not args.render_only:
         (out_dir / "records.json").write_text(json.dumps(records, indent=1))
     table = summary_table(records)
     savings = savings_table(records)
-    verdicts = network_verdicts(records, [e.label for e in models], [e.label for e in candidates])
+    verdicts = network_verdicts(records, [e.label for e in models], [e.label for e in only_network(models, candidates)])
     print(table)
     print(savings)
     print(verdicts)
@@ -309,7 +341,8 @@ def describe(args, models, candidates) -> str:
                + (f" --section {args.section}" if args.section != SECTION else "")
                + (f" --title '{args.title}'" if args.title else "") + " --write")
     names = ", ".join(e.label for e in models)
-    extra = f"; compared network only: {', '.join(e.label for e in candidates)}" if candidates else ""
+    others = only_network(models, candidates)
+    extra = f"; compared network only: {', '.join(e.label for e in others)}" if others else ""
     return (f"Held-out subject `brain/stroke` (never in training), RegNet synthetic-field protocol of "
             f"`bench_deformable.py` at {SPACING} mm, classes {args.classes}, {args.cases} case(s) per class and pair, "
             f"seed {args.seed}. Models: {names}{extra}. In-process `register_deformable` (default settings, "

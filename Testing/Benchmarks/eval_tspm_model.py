@@ -7,7 +7,10 @@ Mattes-MI refinement; T2 and FLAIR share the T1's grid and transform). For each 
 axis-aligned 16³ patches of each contrast on the template canvas (foreground rule of inference, the volume's
 own intensity range) are placed by the network; the error is the distance (mm) between the predicted and the
 true template position of each patch centre (:func:`methods.partial_prereg.train.evaluate_patch_error`). The
-same patches (same seed) are used for every model.
+same patches (same seed) are used for every model. A model given as ``NAME+mirror`` is evaluated with mirror
+averaging switched on (``PatchNetConfig.mirror_average``: each patch's prediction averaged with the mirrored
+prediction of its left-right mirror image; weights unchanged), to show what that alone does for a model trained
+without it.
 
 Usage::
 
@@ -40,7 +43,12 @@ def evaluate(pairs: Path, models, patches: int, seed: int) -> dict:
         raise SystemExit(f"{pairs}: no validation rows")
     out = {}
     for name in models:
-        tspm = load_tspm_model(name)
+        base, mirror = (name[:-len("+mirror")], True) if name.endswith("+mirror") else (name, False)
+        tspm = load_tspm_model(base)
+        if mirror:
+            from dataclasses import replace
+
+            tspm.net.config = replace(tspm.net.config, mirror_average=True)
         brain = sitk.GetArrayFromImage(tspm.template.foreground_mask()).astype(bool)
         out[name] = {}
         for case in cases:

@@ -51,6 +51,7 @@ VOLUMES = [
     ("mni152_1mm", "brain/templates/mni152_t1_1mm.nii.gz", "mni", APACHE_ANTS, "train"),
     ("mni152_2mm_head", "brain/templates/MNI152_T1_2mm.nii.gz", "mni", NIIVUE, "train"),
     ("spm152", "brain/templates/spm152_t1.nii.gz", "mni", NIIVUE, "train"),
+    ("oasis_2mm", "brain/templates/oasis_template_2mm.nii.gz", "mni", APACHE_ANTS, "train"),
     ("t1_head", "brain/unaligned_session/T1_head.nii.gz", "search", NIIVUE, "train"),
     ("t1_gadolinium", "brain/other/T1_gadolinium_skullstripped.nii.gz", "search", NIIVUE, "train"),
     ("seg3d_mr", "brain/other/seg3d_MR.nii.gz", "search", MIT, "train"),

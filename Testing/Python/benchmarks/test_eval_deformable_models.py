@@ -1,5 +1,5 @@
 """``Testing/Benchmarks/eval_deformable_models.py``: rows of two evaluated models with the same stored name stay
-apart (keyed by the model's file, labelled ``name [file]``); nothing is measured here."""
+apart (keyed by the model's file, labelled ``name [file]``), and a file listed twice runs once; nothing is measured here."""
 
 import sys
 from pathlib import Path
@@ -58,3 +58,43 @@ def test_records_without_model_field_still_group_by_method():
         r.pop("model")
     rows = table_rows(ev.summary_table(old))
     assert len(rows) == 2 and rows[1].split("|")[5].strip() == "2.00"
+
+
+def _load(groups, names, files):
+    calls = []
+
+    def loader(arg):
+        calls.append(arg)
+        return SimpleNamespace(name=names[arg])
+
+    return ev.load_evaluated(groups, loader=loader, identify=files.get), calls
+
+
+def test_a_model_under_both_options_is_loaded_once_and_its_network_only_run_happens_once():
+    """The same file under ``--models`` and ``--network-only-models`` (and once more by another spelling): one
+    model, one network-only run per case (before: run twice and merged into one row of two "cases")."""
+    files = {"syn": "/models/syn.pt", "/models/syn.pt": "/models/syn.pt", "multi": "/models/multi.pt"}
+    names = {"syn": "deformable_mr_synthetic", "/models/syn.pt": "deformable_mr_synthetic",
+             "multi": "deformable_mr_multimodal"}
+    (models, candidates), calls = _load(["syn,/models/syn.pt", "multi,syn"], names, files)
+    assert sorted(calls) == ["multi", "syn"]  # each file loaded once
+    assert [e.label for e in models] == ["deformable_mr_synthetic"]
+    assert [e.label for e in candidates] == ["deformable_mr_multimodal", "deformable_mr_synthetic"]
+    assert candidates[1] is models[0]
+    assert [e.label for e in ev.only_network(models, candidates)] == ["deformable_mr_multimodal"]
+
+    runs = ev.planned_runs(models, candidates, [], steps=[0, 40], net_steps=[0, 40], variants=[(1, 0), (2, 1)])
+    settings = [(m, n, e.identity if e else None, kw["passes"], kw["skip"]) for m, n, e, kw in runs]
+    assert len(settings) == len(set(settings))
+    assert [s[:2] for s in settings].count(("deformable_mr_synthetic only", 0)) == 1
+    assert sorted(s[:2] for s in settings) == sorted([
+        ("deformable_mr_multimodal only", 0), ("deformable_mr_synthetic only", 0),
+        ("deformable_mr_synthetic only, 2 passes", 0),  # skip is forced to 0 without optimisation
+        ("optimisation only", 40), ("deformable_mr_synthetic + optimisation", 40),
+        ("deformable_mr_synthetic + optimisation, 2 passes, skip 1 coarse level", 40)])
+
+    # without a 0 budget the --models entry has no network-only row of its own: the --network-only-models one stays
+    runs = ev.planned_runs(models, candidates, [], steps=[40], net_steps=[40], variants=[(1, 0)])
+    assert [(m, n) for m, n, _, _ in runs] == [("deformable_mr_multimodal only", 0), ("deformable_mr_synthetic only", 0),
+                                               ("optimisation only", 40), ("deformable_mr_synthetic + optimisation", 40)]
+

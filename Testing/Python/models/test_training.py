@@ -86,3 +86,37 @@ def test_intensity_jitter_range_and_determinism():
     b = intensity_jitter(x, np.random.default_rng(1))
     assert a.dtype == np.float32 and a.min() >= 0 and a.max() <= 1 and np.array_equal(a, b)
     assert not np.allclose(a, x)
+
+
+def test_cosine_schedule_values_and_resume(tmp_path):
+    cfg = TrainingConfig(epochs=3, steps_per_epoch=20, batch_size=8, learning_rate=1e-2, seed=7, device="cpu",
+                         lr_schedule="cosine", final_lr_fraction=0.1)
+    assert cfg.learning_rate_at(0) == pytest.approx(1e-2)
+    assert cfg.learning_rate_at(59) == pytest.approx(1e-3)  # the last step reaches the final fraction
+    assert cfg.learning_rate_at(29.5) == pytest.approx(0.5 * (1e-2 + 1e-3))  # halfway: the mean
+    lrs = [cfg.learning_rate_at(s) for s in range(60)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert _cfg(3).learning_rate_at(59) == pytest.approx(1e-2)  # constant stays constant
+    # the schedule reaches the optimiser: after training, Adam holds the last step's learning rate
+    net = _net()
+    train(net, _batch, _loss, cfg, checkpoint_path=tmp_path / "cos.ckpt")
+    ckpt = load_checkpoint(tmp_path / "cos.ckpt")
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3)
+    assert ckpt["config"]["training"]["lr_schedule"] == "cosine"
+    # cancelled during epoch 2 (the checkpoint holds epoch 1) and resumed: identical weights, because the
+    # schedule follows the global step
+    from RegistrationSuiteLib.errors import RegistrationCancelled
+
+    with pytest.raises(RegistrationCancelled):  # stops as soon as epoch 1's checkpoint exists
+        train(_net(), _batch, _loss, cfg, checkpoint_path=tmp_path / "i.ckpt",
+              cancel=lambda: (tmp_path / "i.ckpt").is_file())
+    resumed = _net()
+    out = train(resumed, _batch, _loss, cfg, checkpoint_path=tmp_path / "i.ckpt")
+    assert out.resumed_from_epoch == 1
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+    with pytest.raises(InputError, match="lr_schedule"):
+        TrainingConfig(lr_schedule="step")
+    with pytest.raises(InputError, match="final_lr_fraction"):
+        TrainingConfig(lr_schedule="cosine", final_lr_fraction=1.5)
+    assert "lr_schedule" not in _cfg(1).to_dict()  # constant runs keep their old run configuration

@@ -339,3 +339,24 @@ def test_run_spec_passes_the_sampling_to_the_cli(headless_scene, spread):
                                      + options)
     assert (args.sampling == "spread") is spread
     assert DEFAULT_SAMPLING == ("spread" if OrganPointCloudConfig().spread_sampling else "random")
+
+
+@pytest.mark.parametrize("common_fov", [True, False])
+def test_run_spec_passes_the_common_field_of_view_to_the_cli(headless_scene, common_fov):
+    """``common_fov`` becomes ``--common-fov on|off`` (before, a changed one was refused and the child always ran
+    with the CLI's default), and the child builds the same config value from it."""
+    from RegistrationSuiteLib.cli.main import build_parser
+    from RegistrationSuiteLib.cli.organ_points import build_config
+    from RegistrationSuiteLib.mrml.organ_logic import DEFAULT_COMMON_FOV
+
+    image = organ_image()
+    fixed = volume_node_from_image(image, headless_scene, "fixed", labelmap=True)
+    moving = volume_node_from_image(image, headless_scene, "moving", labelmap=True)
+    spec = OrganPointCloudLogic().run_spec(fixed, moving, OrganPointCloudConfig(common_fov=common_fov))
+    options = [str(o) for o in spec.options]
+    assert options.count("--common-fov") == 1
+    args = build_parser().parse_args(["organ-points", "--fixed", "f.nrrd", "--moving", "m.nrrd", "--output", "t.h5"]
+                                     + options)
+    assert args.common_fov == ("on" if common_fov else "off")
+    assert build_config(args).common_fov is common_fov
+    assert DEFAULT_COMMON_FOV is OrganPointCloudConfig().common_fov is True

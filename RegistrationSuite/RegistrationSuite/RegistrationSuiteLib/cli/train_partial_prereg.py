@@ -28,6 +28,10 @@ def add_parser(sub):
     p.add_argument("--batch-size", type=int, default=64, help="patches per step (default 64, as in the paper)")
     p.add_argument("--patches-per-crop", type=int, default=16, help="patches per simulated partial crop (default 16)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
+                   help="constant learning rate (default) or a cosine decay over all steps to --final-lr-fraction")
+    p.add_argument("--final-lr-fraction", type=float, default=0.02,
+                   help="last learning rate of the cosine schedule as a fraction of --lr (default 0.02)")
     p.add_argument("--rotation", type=float, default=15.0, help="max rotation per axis in degrees (default 15)")
     p.add_argument("--modality", default="mr", choices=["mr", "ct"],
                    help="intensity normalisation: mr = robust percentiles, ct = window [-500, 3000] HU")
@@ -36,6 +40,10 @@ def add_parser(sub):
     p.add_argument("--synthetic-fraction", type=float, default=0.0,
                    help="fraction of the simulated crops drawn from synthetic contrasts of the tissue maps "
                         "(random intensity per tissue, bias field, blur, thick slices, noise; default 0)")
+    p.add_argument("--mirror-symmetric", action="store_true",
+                   help="left-right symmetric template (the shipped one is): mirror half of the training crops "
+                        "(patch flipped along x, target x mirrored) and let the model average each patch's "
+                        "prediction with that of its mirror image (removes a left-right drift of the L1 loss)")
     p.add_argument("--channels", type=int, nargs=5, metavar="C",
                    help="output channels of the five convolutions (default 64 128 128 256 256, the paper's)")
     p.add_argument("--hidden", type=int, help="width of the first fully connected layer (default 256, the paper's)")
@@ -68,9 +76,11 @@ def run(args) -> int:
     out = checks.add("--output", args.output, (".pt",))
     checks.add("--output (model card)", out.with_suffix(".md"), (".md",))
     optim = TrainingConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
-                           learning_rate=args.lr, seed=args.seed, device=args.device)
+                           learning_rate=args.lr, seed=args.seed, device=args.device,
+                           lr_schedule=args.lr_schedule, final_lr_fraction=args.final_lr_fraction)
     config = TSPMTrainConfig(optim=optim, patches_per_crop=args.patches_per_crop, rotation_deg=args.rotation,
-                             synthetic_fraction=args.synthetic_fraction)
+                             synthetic_fraction=args.synthetic_fraction,
+                             mirror_prob=0.5 if args.mirror_symmetric else 0.0)
     intensity = IntensityConfig(mode="window" if args.modality == "ct" else "percentile")
     template = load_template(args.template) if args.template else load_template()
     network = _network_config(args)
@@ -90,7 +100,7 @@ def run(args) -> int:
 
 
 _OPTIONS = ("pairs", "template", "output", "epochs", "steps_per_epoch", "batch_size", "patches_per_crop", "lr",
-            "rotation", "modality", "tissue", "synthetic_fraction", "channels", "hidden", "dropout", "init_weights", "checkpoint", "name", "seed",
+            "lr_schedule", "final_lr_fraction", "rotation", "modality", "tissue", "synthetic_fraction", "mirror_symmetric", "channels", "hidden", "dropout", "init_weights", "checkpoint", "name", "seed",
             "device", "notes")
 
 
@@ -99,7 +109,9 @@ def _command_line(args) -> str:
     parts = ["registration-suite", "train-partial-prereg"]
     for key in _OPTIONS:
         value = getattr(args, key, None)
-        if isinstance(value, (list, tuple)):
+        if isinstance(value, bool):  # a flag
+            parts += [f"--{key.replace('_', '-')}"] if value else []
+        elif isinstance(value, (list, tuple)):
             parts += [f"--{key.replace('_', '-')}"] + [shlex.quote(str(v)) for v in value]
         elif value is not None:
             parts += [f"--{key.replace('_', '-')}", shlex.quote(str(value))]
@@ -112,6 +124,8 @@ def _network_config(args):
     from ..methods.partial_prereg.network import PatchNetConfig
 
     changes = {}
+    if getattr(args, "mirror_symmetric", False):
+        changes["mirror_average"] = True
     if args.channels is not None:
         if any(c < 1 for c in args.channels):
             raise InputError(f"--channels: expected five positive integers, got {args.channels}")

@@ -35,6 +35,11 @@ class TrainingConfig:
         seed: the one seed of the run.
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
         checkpoint_every: write the checkpoint every this many epochs (and after the last one).
+        lr_schedule: ``"constant"`` (default) or ``"cosine"``: the learning rate falls from ``learning_rate``
+            to ``final_lr_fraction · learning_rate`` along half a cosine over all ``epochs · steps_per_epoch``
+            steps (set per step from the global step, so a resumed run follows the same schedule; changing
+            ``epochs`` of a cosine run changes the schedule from then on).
+        final_lr_fraction: the cosine schedule's last learning rate as a fraction of ``learning_rate``.
     """
 
     epochs: int = 10
@@ -44,6 +49,8 @@ class TrainingConfig:
     seed: int = 0
     device: str = "auto"
     checkpoint_every: int = 1
+    lr_schedule: str = "constant"
+    final_lr_fraction: float = 0.02
 
     def __post_init__(self):
         for name in ("epochs", "steps_per_epoch", "batch_size", "checkpoint_every"):
@@ -52,9 +59,26 @@ class TrainingConfig:
                 raise InputError(f"{name}: expected an integer >= 1, got {value!r}")
         if not self.learning_rate > 0:
             raise InputError(f"learning_rate: expected a positive number, got {self.learning_rate}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise InputError(f"lr_schedule: expected 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if not 0 <= self.final_lr_fraction <= 1:
+            raise InputError(f"final_lr_fraction: expected a fraction in [0, 1], got {self.final_lr_fraction}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.lr_schedule == "constant":  # older checkpoints (no schedule keys) stay resumable
+            d.pop("lr_schedule")
+            d.pop("final_lr_fraction")
+        return d
+
+    def learning_rate_at(self, step: int) -> float:
+        """Learning rate of global optimiser step ``step`` (0-based) under :attr:`lr_schedule`."""
+        if self.lr_schedule == "constant":
+            return float(self.learning_rate)
+        total = max(self.epochs * self.steps_per_epoch - 1, 1)
+        t = min(max(step, 0), total) / total
+        low = self.final_lr_fraction * self.learning_rate
+        return float(low + 0.5 * (self.learning_rate - low) * (1.0 + np.cos(np.pi * t)))
 
 
 @dataclass
@@ -189,10 +213,13 @@ def _run_epoch(model, optimizer, make_batch, loss_fn, config, epoch, device, pro
     seed_everything(epoch_seed(config.seed, epoch))  # dropout and any torch-side randomness
     rng = np.random.default_rng([config.seed, epoch])
     model.train()
-    t0, total = time.perf_counter(), 0.0
+    t0, c0, total = time.perf_counter(), time.process_time(), 0.0
     for step in range(config.steps_per_epoch):
         prog.check_cancel()
         x, y = make_batch(rng, step)
+        if config.lr_schedule != "constant":
+            for group in optimizer.param_groups:
+                group["lr"] = config.learning_rate_at(epoch * config.steps_per_epoch + step)
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model(x.to(device)), y.to(device))
         loss.backward()
@@ -200,7 +227,8 @@ def _run_epoch(model, optimizer, make_batch, loss_fn, config, epoch, device, pro
         total += float(loss.detach())
         done = (epoch * config.steps_per_epoch + step + 1) / (config.epochs * config.steps_per_epoch)
         prog.report(done, f"epoch {epoch + 1}/{config.epochs} step {step + 1}/{config.steps_per_epoch}")
-    return {"epoch": epoch + 1, "loss": total / config.steps_per_epoch, "seconds": time.perf_counter() - t0}
+    return {"epoch": epoch + 1, "loss": total / config.steps_per_epoch, "seconds": time.perf_counter() - t0,
+            "cpu_seconds": time.process_time() - c0}
 
 
 # ---------------------------------------------------------------------------------------------- augmentation

@@ -45,6 +45,14 @@ def sampling_name(spread_sampling: bool) -> str:
 
 #: The configuration's default sampling (the module's default; one source with the CLI's).
 DEFAULT_SAMPLING = sampling_name(OrganPointCloudConfig.spread_sampling)
+#: The configuration's default for restricting label images to their common field of view (``--common-fov``;
+#: the module's default).
+DEFAULT_COMMON_FOV = OrganPointCloudConfig.common_fov
+
+
+def common_fov_option(common_fov: bool) -> str:
+    """The ``--common-fov`` value of ``OrganPointCloudConfig.common_fov``: ``"on"`` or ``"off"``."""
+    return "on" if common_fov else "off"
 
 
 @dataclass
@@ -378,7 +386,8 @@ class OrganPointCloudLogic(RegistrationLogicBase):
         self._check_nodes(fixedNode, movingNode, outputTransformNode)
         config = self.resolve_config(config, organs)
         check_cli_expressible(config, ("labels", "points_per_organ", "lambda_mm", "beta_mm", "coherence", "omega",
-                                       "grid_spacing_mm", "seed", "device", "organ_prealign", "spread_sampling"),
+                                       "grid_spacing_mm", "seed", "device", "organ_prealign", "spread_sampling",
+                                       "common_fov"),
                               "organ-points")
         params = {"labels": config.labels, "points_per_organ": int(config.points_per_organ), "seed": int(config.seed)}
         options = ["--points-per-organ", str(int(config.points_per_organ)), "--lambda-mm", _mm_option(config.lambda_mm),
@@ -387,7 +396,8 @@ class OrganPointCloudLogic(RegistrationLogicBase):
                    "--device", str(config.device)]
         if config.labels is not None:
             options += ["--labels", ",".join(str(int(v)) for v in config.labels)]
-        options += ["--organ-prealign", str(config.organ_prealign), "--sampling", sampling_name(config.spread_sampling)]
+        options += ["--organ-prealign", str(config.organ_prealign), "--sampling", sampling_name(config.spread_sampling),
+                    "--common-fov", common_fov_option(config.common_fov)]
         coherence = None
         if isinstance(config.coherence, str):
             options += ["--coherence", config.coherence]

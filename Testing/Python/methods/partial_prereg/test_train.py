@@ -111,3 +111,62 @@ def test_synthetic_contrasts_enter_the_batches(tmp_path, template):
     assert not np.array_equal(synth.synthetic[0].values, first)
     with pytest.raises(InputError, match="synthetic_fraction"):
         TSPMTrainConfig(synthetic_fraction=1.5)
+
+
+def test_mirror_crops_flip_patches_and_mirror_targets(tmp_path, template):
+    """mirror_prob = 1: every crop is the mirror image of the crop mirror_prob = 0 draws with the same generator
+    (patch flipped along canvas x, target x -> 1 - x); needs a symmetric template (the shipped one is)."""
+    from RegistrationSuiteLib.methods.partial_prereg.template import is_mirror_symmetric, template_from_image
+
+    sitk.WriteImage(sitk.ReadImage(str(sample_path("T1"))), str(tmp_path / "t1.nii.gz"))
+    case = read_pairs_csv(_pairs(tmp_path, ["t1.nii.gz,,train,MIT,t1"]))[0]
+    brain = sitk.GetArrayFromImage(template.foreground_mask()).astype(bool)
+    vol = volume_on_canvas(case, template, brain, 0.6, IntensityConfig())
+    plain = PatchSampler([vol], template, IntensityConfig(),
+                         TSPMTrainConfig(optim=TrainingConfig(batch_size=8), patches_per_crop=8))
+    mirror = PatchSampler([vol], template, IntensityConfig(),
+                          TSPMTrainConfig(optim=TrainingConfig(batch_size=8), patches_per_crop=8, mirror_prob=1.0))
+    x0, y0 = plain(np.random.default_rng(4), 0)
+    x1, y1 = mirror(np.random.default_rng(4), 0)
+    assert not np.allclose(x0.numpy(), x1.numpy())
+    np.testing.assert_array_equal(x1.numpy(), x0.numpy()[..., ::-1])
+    np.testing.assert_allclose(y1[:, 0].numpy(), 1.0 - y0[:, 0].numpy(), atol=1e-6)
+    np.testing.assert_array_equal(y1[:, 1:].numpy(), y0[:, 1:].numpy())
+    with pytest.raises(InputError, match="mirror_prob"):
+        TSPMTrainConfig(mirror_prob=2.0)
+    assert "mirror_prob" not in TSPMTrainConfig().to_dict()  # old checkpoints' run configuration unchanged
+    # the shipped canvas is symmetric about its mid-plane; a canvas shifted by 6 voxels in x is not
+    assert is_mirror_symmetric(template)
+    shifted = sitk.GetImageFromArray(np.roll(template.array(), 6, axis=2))
+    shifted.CopyInformation(template.image)
+    assert not is_mirror_symmetric(template_from_image(shifted, "shifted"))
+
+
+def test_predict_patch_positions_flip_x_measures_mirror_equivariance(tmp_path, template):
+    """``flip_x`` feeds each patch mirrored along x: for a mirror-averaging network the predicted x of the
+    flipped patch is the mirror (about the canvas mid-plane) of the unflipped one, y and z are unchanged; for
+    the same weights without mirror averaging it is not (what diagnose_tspm_model.py's mirror drift measures)."""
+    import torch
+
+    from RegistrationSuiteLib.methods.partial_prereg.network import PatchNetConfig, PatchPositionNet
+    from RegistrationSuiteLib.methods.partial_prereg.train import predict_patch_positions
+
+    sitk.WriteImage(sitk.ReadImage(str(sample_path("T1"))), str(tmp_path / "t1.nii.gz"))
+    case = read_pairs_csv(_pairs(tmp_path, ["t1.nii.gz,,val,MIT,t1"]))[0]
+    brain = sitk.GetArrayFromImage(template.foreground_mask()).astype(bool)
+    vol = volume_on_canvas(case, template, brain, 0.6, IntensityConfig())
+    torch.manual_seed(0)
+    small = dict(channels=(4, 8, 8, 8, 8), hidden=16)
+    plain = PatchPositionNet(PatchNetConfig(**small))
+    sym = PatchPositionNet(PatchNetConfig(mirror_average=True, **small))
+    sym.load_state_dict(plain.state_dict())
+    mid_mm = (template.canvas_size - 1) / 2.0 * template.spacing_mm
+    kw = dict(num_patches=20, seed=1)
+    a, truth = predict_patch_positions(sym, vol, template, IntensityConfig(), **kw)
+    b, truth_b = predict_patch_positions(sym, vol, template, IntensityConfig(), flip_x=True, **kw)
+    np.testing.assert_array_equal(truth, truth_b)
+    np.testing.assert_allclose((a[:, 0] + b[:, 0]) / 2.0, mid_mm, atol=1e-3)
+    np.testing.assert_allclose(a[:, 1:], b[:, 1:], atol=1e-3)
+    p, _ = predict_patch_positions(plain, vol, template, IntensityConfig(), **kw)
+    q, _ = predict_patch_positions(plain, vol, template, IntensityConfig(), flip_x=True, **kw)
+    assert np.abs((p[:, 0] + q[:, 0]) / 2.0 - mid_mm).max() > 1e-2

@@ -106,6 +106,17 @@ class Template:
             sitk.WriteImage(_compact(self.image), tmp, True)
 
 
+def is_mirror_symmetric(template: "Template", min_correlation: float = 0.98) -> bool:
+    """Whether the canvas is left-right symmetric about its mid-plane in x (canvas index i → N − 1 − i): the
+    correlation of the canvas with its x-mirror is at least ``min_correlation`` (the shipped ICBM 2009a
+    *symmetric* canvas: 1.0). Mirror augmentation and mirror averaging of TSPM need it."""
+    arr = template.array()
+    a, b = arr.ravel(), arr[:, :, ::-1].ravel()
+    if float(a.std()) == 0.0:
+        return True
+    return float(np.corrcoef(a, b)[0, 1]) >= min_correlation
+
+
 def _compact(image: sitk.Image) -> sitk.Image:
     arr = sitk.GetArrayViewFromImage(image)
     if arr.min() >= 0 and arr.max() <= 255 and np.array_equal(arr, np.round(arr)):

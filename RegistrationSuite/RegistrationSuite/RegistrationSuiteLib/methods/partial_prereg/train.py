@@ -23,7 +23,7 @@ from ...errors import InputError
 from ...models.training import TrainingConfig, intensity_jitter, random_rotations
 from .network import MODEL_KIND
 from .patches import PATCH_SIZE, IntensityConfig, box_sums, normalize, rotated_patch_grid
-from .template import Template
+from .template import Template, is_mirror_symmetric
 
 
 
@@ -45,7 +45,11 @@ class TSPMTrainConfig:
     ``synthetic_fraction``: fraction of the simulated crops drawn from *synthetic contrasts* (:mod:`.synth`:
     a random intensity per tissue class of tissue probability maps, bias field, blur, thick slices, noise)
     instead of a real training volume; ``synthetic_pool`` synthetic volumes are kept and one of them is
-    redrawn every ``synthetic_refresh`` steps. Needs tissue maps (:func:`read_tissue_csv`)."""
+    redrawn every ``synthetic_refresh`` steps. Needs tissue maps (:func:`read_tissue_csv`).
+
+    ``mirror_prob``: fraction of the crops mirrored left-right (patches flipped along canvas x, target
+    x → N − 1 − x): mirrored heads at mirrored template positions, valid for a left-right symmetric template
+    (:func:`.template.is_mirror_symmetric`), the companion of :attr:`.network.PatchNetConfig.mirror_average`."""
 
     optim: TrainingConfig = field(default_factory=TrainingConfig)
     patches_per_crop: int = 16
@@ -59,6 +63,7 @@ class TSPMTrainConfig:
     synthetic_fraction: float = 0.0
     synthetic_pool: int = 2
     synthetic_refresh: int = 25
+    mirror_prob: float = 0.0
 
     def __post_init__(self):
         if isinstance(self.optim, dict):
@@ -70,12 +75,17 @@ class TSPMTrainConfig:
             raise InputError(f"rotation_deg: expected 0..180, got {self.rotation_deg}")
         if not 0 <= self.synthetic_fraction <= 1:
             raise InputError(f"synthetic_fraction: expected a fraction in [0, 1], got {self.synthetic_fraction}")
+        if not 0 <= self.mirror_prob <= 1:
+            raise InputError(f"mirror_prob: expected a probability in [0, 1], got {self.mirror_prob}")
         if int(self.synthetic_pool) < 1 or int(self.synthetic_refresh) < 1:
             raise InputError(f"synthetic_pool and synthetic_refresh: expected integers >= 1, got "
                              f"{self.synthetic_pool}, {self.synthetic_refresh}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        d["optim"] = self.optim.to_dict()  # its schedule keys only when not the constant default
+        if not self.mirror_prob:  # older checkpoints (no mirror key) stay resumable
+            d.pop("mirror_prob")
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
 
@@ -287,8 +297,12 @@ class PatchSampler:
         lo, hi = self._crop_range(vol, strip, rng)
         x = normalize(vals.numpy(), lo, hi) + 0.5
         x = intensity_jitter(x, rng, gamma=cfg.gamma, scale=cfg.contrast, noise_std=cfg.noise_std) - 0.5
-        y = torch.from_numpy(centers / (self.n - 1)).float()
-        return torch.from_numpy(x), y
+        y = centers / (self.n - 1)
+        if cfg.mirror_prob and rng.random() < cfg.mirror_prob:
+            x = np.ascontiguousarray(x[..., ::-1])  # array axis 4 = canvas x
+            y = y.copy()
+            y[:, 0] = 1.0 - y[:, 0]
+        return torch.from_numpy(x), torch.from_numpy(y).float()
 
     def _crop_candidates(self, cand: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Candidates whose patch lies inside a random crop box around a random candidate."""
@@ -318,9 +332,11 @@ class PatchSampler:
 
 
 def predict_patch_positions(net, volume: CanvasVolume, template: Template, intensity: IntensityConfig, *,
-                            num_patches: int = 256, seed: int = 0, device="cpu"):
+                            num_patches: int = 256, seed: int = 0, device="cpu", flip_x: bool = False):
     """Network and true template positions (canvas x, y, z in mm) of random axis-aligned patches of a canvas
-    volume (its own normalisation range); the same ``seed`` picks the same patches."""
+    volume (its own normalisation range); the same ``seed`` picks the same patches. ``flip_x``: the network is
+    given each patch mirrored along canvas x instead (the truth stays the unflipped patch's position), to
+    measure how far a network is from left-right equivariance."""
     from .network import predict_positions
 
     rng = np.random.default_rng(seed)
@@ -330,6 +346,8 @@ def predict_patch_positions(net, volume: CanvasVolume, template: Template, inten
     norm = normalize(volume.values, lo, hi)
     p = PATCH_SIZE
     patches = np.stack([norm[z:z + p, y:y + p, x:x + p] for z, y, x in pick])
+    if flip_x:
+        patches = np.ascontiguousarray(patches[..., ::-1])
     pred = predict_positions(net, patches, device=device) * (template.canvas_size - 1)
     truth = pick[:, ::-1] + (p - 1) / 2.0
     return pred * template.spacing_mm, truth * template.spacing_mm
@@ -409,6 +427,9 @@ def train_partial_prereg_model(
         sampler.add_synthetic(synthetic["tissue"], synthetic["anatomy"],
                               np.random.default_rng([config.optim.seed, 7919]))
     network = network or PatchNetConfig()
+    if (config.mirror_prob > 0 or network.mirror_average) and not is_mirror_symmetric(template):
+        raise InputError(f"template: mirror augmentation/averaging needs a left-right symmetric template; "
+                         f"'{template.name}' is not symmetric about its mid-plane")
     net = PatchPositionNet(network)
     init = _initialise(net, init_weights, template)
     run_config = {"tspm": config.to_dict(), "intensity": intensity.to_dict(), "template": template.sha256,
@@ -428,7 +449,7 @@ def train_partial_prereg_model(
             out.update({f"val_{v.name}_{k}": val for k, val in metrics.items() if k != "patches"})
         return out
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     ckpt = Path(checkpoint) if checkpoint else Path(str(output) + ".ckpt")
     outcome = train(net, sampler, l1_position_loss, config.optim, checkpoint_path=ckpt, run_config=run_config,
                     validate=validate if val_vols else None, progress=progress, cancel=cancel, log=log)
@@ -437,6 +458,7 @@ def train_partial_prereg_model(
                                               device=next(net.parameters()).device) for v in val_vols}
     card = _model_card(name or Path(output).stem, cases, config, intensity, template, outcome, final_val,
                        command, time.perf_counter() - t0)
+    card["this_invocation_cpu_s"] = round(time.process_time() - c0, 1)  # training + final evaluation
     card["network"] = dict(network.to_dict(), parameters=sum(p.numel() for p in net.parameters()),
                            paper_network=network == PatchNetConfig())
     if synthetic:
@@ -482,7 +504,7 @@ def _initialise(net, init_weights, template) -> Optional[dict]:
     if previous.template.sha256 != template.sha256:
         raise InputError(f"init_weights: {init_weights} was trained in template '{previous.template.name}', "
                          f"not in '{template.name}'")
-    if previous.net.config != net.config:
+    if previous.net.config.architecture() != net.config.architecture():
         raise InputError(f"init_weights: {init_weights} has another network ({previous.net.config.to_dict()}) than "
                          f"the one to train ({net.config.to_dict()})")
     net.load_state_dict(previous.net.state_dict(), strict=True)
@@ -512,6 +534,8 @@ def _model_card(name, cases, config, intensity, template, outcome, final_val, co
         "intensity": intensity.to_dict(),
         "template": {"name": template.name, "sha256": template.sha256, "spacing_mm": template.spacing_mm},
         "training_time_s": round(sum(h.get("seconds", 0.0) for h in outcome.history), 1),
+        # CPU time of the optimisation steps (this process, all its threads; epochs of older runs lack it)
+        "training_cpu_s": round(sum(h.get("cpu_seconds", 0.0) for h in outcome.history), 1),
         "this_invocation_s": round(seconds, 1),
         "resumed_from_epoch": outcome.resumed_from_epoch,
         "environment": {"torch": str(torch.__version__), "python": platform.python_version(),
