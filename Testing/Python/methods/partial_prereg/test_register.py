@@ -298,17 +298,30 @@ def test_tiny_crop_is_searched_on_the_finer_levels(shared_data):
 
 
 @pytest.mark.slow
-def test_poorly_matching_local_search_is_widened(shared_data):
-    """A 38 x 51 x 48 mm T2 crop against the T1 whose TSPM candidates are 54 mm from the truth, beyond the local
-    search's ±40 mm window: the first search matched poorly (normalised NGF similarity 0.43), the search from the
-    candidates' neighbours and the centre finds the truth."""
+def test_poorly_matching_local_search_is_widened(shared_data, monkeypatch):
+    """A 38 x 51 x 48 mm T2 crop against the T1 whose TSPM candidates are moved 55 mm (template x) away from what
+    the network says, so that the truth lies beyond the local search's ±40 mm window (as it did with the previous
+    model's own candidates, 54 mm off): the first search matches poorly, the search from the candidates'
+    neighbours and the centre finds the truth."""
     fixed = sitk.ReadImage(str(shared_data / "brain" / "stroke" / "T1.nii.gz"), sitk.sitkFloat32)
     moving, truth = _stroke_tiny_case(shared_data, "T2", [55, 23, 14], [38, 51, 48], [
         [0.974118, -0.057878, -0.218506, -30.306065], [0.056669, 0.998323, -0.011803, -69.517382],
         [0.218823, -0.000885, 0.975764, 51.813734]])
+    real = register_module._moving_to_template
+
+    def displaced(*args, **kwargs):
+        candidates, ransac = real(*args, **kwargs)
+        shift = np.eye(4)
+        shift[0, 3] = 55.0
+        return {name: shift @ m for name, m in candidates.items()}, ransac
+
+    monkeypatch.setattr(register_module, "_moving_to_template", displaced)
     result = register_partial_prereg(fixed, moving, CPU)
     assert _anchor_error(moving, result.fixed_to_moving_matrix, truth) < 4.0
-    assert result.diagnostics["local_search_widened"]["kept"] == "widened"
+    widened = result.diagnostics["local_search_widened"]
+    assert widened["kept"] == "widened"
+    first = next(iter(widened["first"]["candidates"].values()))["ngf_similarity"]
+    assert first < CPU.local_search_widen_below
     assert not any("agree poorly" in r for r in result.diagnostics["doubtful"])
 
 
