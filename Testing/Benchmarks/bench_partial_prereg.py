@@ -14,12 +14,16 @@ Methods (all but "TSPM w/o refinement" and the external peers end with the same 
 rigid refinement, ``methods.partial_prereg.refine.refine_rigid``): centre initialisation, moments
 initialisation, the global rigid search (CSNGF), TSPM (default: orientation-prior candidate and local CSNGF
 search), TSPM without the local search, TSPM alone (network + RANSAC, no search, no refinement), TSPM without
-RANSAC, TSPM as in the paper (RANSAC candidate + refinement only) with Mattes MI and with the paper's NMI, the
-local search without the network (centre seed; TSPM's scanner-orientation seeds for images too small for its
-patches), and the whole CLI in a new process per case without the cache (its wall-clock time per case is
-reported); elastix (itk-elastix
-default rigid map, geometric-centre initialisation) and SimpleITK (Mattes MI, geometric-centre
-initialisation) as peers. The TSPM model is never trained on the stroke subject.
+RANSAC, TSPM as in the paper (RANSAC candidate + refinement only) with Mattes MI and with the paper's NMI,
+TSPM's pipeline without the network (``seeds="centre"``: the centre seed; ``seeds="scanner"``: the
+scanner-orientation seeds TSPM uses for images too small for its patches; same search, widening and refinement),
+and the whole CLI in a new process per case without the cache (its wall-clock time per case is reported);
+elastix (itk-elastix default rigid map, geometric-centre initialisation) and SimpleITK (Mattes MI,
+geometric-centre initialisation) as peers. The TSPM model is never trained on the stroke subject.
+
+Cases are drawn per (seed, moving contrast, fixed modality, size class, index), so any selection of pairs, classes
+and rows draws the same images; every finished row is appended at once to ``output/partial_prereg_rows.jsonl``, so
+a run can be stopped, resumed (``--resume``) or split across invocations and summarised with ``--from-json``.
 
 Per-contrast rows (``--moving T1 T2 FLAIR``): T2 and FLAIR crops are registered to the T1 (the network was
 trained on T1 patches only).
@@ -28,6 +32,9 @@ Usage::
 
     python Testing/Benchmarks/bench_partial_prereg.py --cases-per-class 5 [--skip global elastix] [--write]
     python Testing/Benchmarks/bench_partial_prereg.py --timing-only 5 --write   # whole-CLI time only (quiet machine)
+    python Testing/Benchmarks/bench_partial_prereg.py --cases-per-class 2 --only tspm local_centre --resume
+    python Testing/Benchmarks/bench_partial_prereg.py --cases-per-class 2 --only tspm local_centre \
+        --from-json Testing/Benchmarks/output/partial_prereg_rows.jsonl --write
 """
 
 from __future__ import annotations
@@ -77,6 +84,17 @@ def _crop_box(t1: sitk.Image, cls: str, rng: np.random.Generator):
         if np.mean(block > 0) >= 0.3:
             return start, n
     raise RuntimeError(f"no {cls} crop with enough brain")
+
+
+CONTRASTS = ("T1", "T2", "FLAIR")
+
+
+def case_rng(seed: int, contrast: str, modality: str, cls: str, k: int) -> np.random.Generator:
+    """The random generator of one case, keyed by (seed, moving contrast, fixed modality, size class, index):
+    a case is the same whichever pairs, classes or case counts a run selects, so runs can be split, resumed and
+    merged (``--resume``)."""
+    return np.random.default_rng([int(seed), CONTRASTS.index(contrast), CONTRASTS.index(modality),
+                                  list(CLASSES).index(cls), int(k)])
 
 
 def make_case(t1: sitk.Image, fixed: sitk.Image, cls: str, rng: np.random.Generator):
@@ -152,6 +170,12 @@ def run_tspm(fixed, moving):
     return _tspm(fixed, moving)
 
 
+def run_tspm_previous(fixed, moving):
+    """TSPM with the previous session's search: 5 then 2.5 mm also for tiny crops, no widening after a poor match
+    (the contribution of those two changes)."""
+    return _tspm(fixed, moving, local_search_fine_below_mm=0.0, local_search_widen=False)
+
+
 def run_tspm_nolocal(fixed, moving):
     return _tspm(fixed, moving, local_search=False)
 
@@ -173,34 +197,17 @@ def run_tspm_paper_nmi(fixed, moving):
     return _tspm(fixed, moving, orientation_prior=False, local_search=False, refine="nmi")
 
 
-def _local_search_then_refine(fixed, moving, seeds):
-    from RegistrationSuiteLib.methods.global_rigid.local import local_rigid_search
-
-    from RegistrationSuiteLib.methods.partial_prereg import PartialPreregConfig
-
-    cfg = PartialPreregConfig()  # TSPM's own local search settings
-    res = local_rigid_search(fixed, moving, list(seeds.values()), window_mm=cfg.local_search_window_mm,
-                             perturbation_deg=cfg.local_search_deg, rotations_per_seed=cfg.local_search_rotations,
-                             keep=cfg.local_search_keep, refine_iterations=cfg.local_search_refine_iterations,
-                             seed=0, device="cpu")
-    return _refine(fixed, moving, res.fixed_to_moving_matrix)
-
-
 def run_local_centre(fixed, moving):
-    """No network: the local CSNGF search (±40 mm, ±20°) from the moving centre on the fixed foreground's centre
-    in scanner orientation, then the refinement."""
-    from RegistrationSuiteLib.methods.partial_prereg.seeds import scanner_seeds
-
-    seeds = scanner_seeds(fixed, moving, 40.0)
-    return _local_search_then_refine(fixed, moving, {"centre": seeds["centre"]})
+    """No network: TSPM's pipeline (local CSNGF search, ±40 mm, ±20°, 2.5 mm for tiny crops, widened when it
+    matches poorly; then the refinement) seeded with the moving centre on the fixed foreground's centre in scanner
+    orientation (``seeds="centre"``)."""
+    return _tspm(fixed, moving, seeds="centre")
 
 
 def run_local_scanner(fixed, moving):
-    """No network: the local search from every scanner-orientation seed TSPM uses for images too small for its
-    patches (scanner coordinates, the centre, a lattice over the fixed foreground), then the refinement."""
-    from RegistrationSuiteLib.methods.partial_prereg.seeds import scanner_seeds
-
-    return _local_search_then_refine(fixed, moving, scanner_seeds(fixed, moving, 40.0))
+    """No network: TSPM's pipeline seeded with every scanner-orientation seed it uses for images too small for its
+    patches (scanner coordinates, the centre, a lattice over the fixed foreground; ``seeds="scanner"``)."""
+    return _tspm(fixed, moving, seeds="scanner")
 
 
 def _cli(fixed, moving, cache_dir=None):
@@ -253,15 +260,13 @@ def run_timing(runs: int, seed: int, log) -> list:
     data = require_shared_data("brain", "stroke")
     source = sitk.ReadImage(str(data / "T1.nii.gz"), sitk.sitkFloat32)
     fixed = sitk.ReadImage(str(data / "T2.nii.gz"), sitk.sitkFloat32)
-    rng = np.random.default_rng(seed)
     rows = []
     tmp = tempfile.mkdtemp(prefix="bench_tspm_timing_")
     try:
         sitk.WriteImage(fixed, f"{tmp}/fixed.nii.gz")
         cases = []
-        for cls in ("tiny", "medium"):  # drawn in this order, the first cases of the T1 → T2 pair of
-            # `--fixed T2 --classes tiny medium --seed <seed>` (the same images the main table registers)
-            moving, truth, largest = make_case(source, fixed, cls, rng)
+        for cls in ("tiny", "medium"):  # the main table's first T1 → T2 tiny and medium cases (same images)
+            moving, truth, largest = make_case(source, fixed, cls, case_rng(seed, "T1", "T2", cls, 0))
             sitk.WriteImage(moving, f"{tmp}/{cls}.nii.gz")
             cases.append((cls, moving, truth, largest))
         cache = f"{tmp}/cache"
@@ -316,8 +321,8 @@ def summarise_timing(rows, runs: int, seed: int) -> str:
         f"new process per run (process start and imports included), {runs} run(s) per case and mode: without "
         "the cache (`--no-cache`: the fixed → template alignment is computed every time, as for a new fixed "
         "image) and with that alignment in a fresh on-disk cache (filled by one untimed run first). Cases: one "
-        f"tiny and one medium crop of the stroke T1 against its whole T2 (the main table's first T1 → T2 cases "
-        f"with `--fixed T2 --classes tiny medium --seed {seed}`); runs alternate between the two cases. CPU time is the child process's own (user + system); "
+        f"tiny and one medium crop of the stroke T1 against its whole T2 (the main table's first T1 → T2 tiny and "
+        f"medium cases, seed {seed}); runs alternate between the two cases. CPU time is the child process's own (user + system); "
         f"the load average is read just before each run, on a machine with {_cores()} cores. Issue 13's target: "
         "≤ 10 s median per case uncached.",
         "",
@@ -352,7 +357,6 @@ def run_tspm_cli_cached(fixed, moving):
 
 
 CLI_SECONDS: list = []
-ROWS_JSON = None  # output/partial_prereg.json, rewritten after every row
 CACHE_DIR = None
 WARM: set = set()
 
@@ -372,13 +376,14 @@ METHODS = {
     "moments init + refine": ("moments", run_moments),
     "global rigid search + refine": ("global", run_global),
     "TSPM (+ refine, MI)": ("tspm", run_tspm),
+    "TSPM, previous search (5 + 2.5 mm for tiny crops, no widening)": ("tspm_prev", run_tspm_previous),
     "TSPM w/o local search (+ refine)": ("tspm_nolocal", run_tspm_nolocal),
     "TSPM alone (w/o local search and refinement)": ("tspm_noref", run_tspm_noref),
     "TSPM w/o RANSAC (+ refine)": ("tspm_noransac", run_tspm_noransac),
     "TSPM as in the paper (RANSAC + refine; no orientation prior, no local search)": ("tspm_noprior", run_tspm_noprior),
     "TSPM as in the paper, NMI refinement (the paper's metric)": ("tspm_paper_nmi", run_tspm_paper_nmi),
-    "local search from the centre seed, no network (+ refine)": ("local_centre", run_local_centre),
-    "local search from scanner-orientation seeds, no network (+ refine)": ("local_scanner", run_local_scanner),
+    "no network: TSPM's search from the centre seed (+ refine)": ("local_centre", run_local_centre),
+    "no network: TSPM's search from scanner-orientation seeds (+ refine)": ("local_scanner", run_local_scanner),
     "TSPM whole CLI, new process, uncached": ("tspm_cli", run_tspm_cli),
     "TSPM whole CLI, new process, cached fixed → template": ("tspm_cli_cached", run_tspm_cli_cached),
     "elastix rigid (centred)": ("elastix", run_elastix),
@@ -396,31 +401,60 @@ def contrast_pairs(moving_contrasts, fixed_modalities):
     return pairs
 
 
+def row_key(row: dict) -> tuple:
+    """What identifies a row across runs: method, case (contrast, modality, class, index), seed and model."""
+    return (row["method"], row["moving_contrast"], row["modality"], row["size_class"], int(row["case"]),
+            int(row.get("seed", 0)), row.get("model") or "")
+
+
+def read_rows(path) -> list:
+    """Rows of a ``.jsonl`` file (one JSON object per line; a cut-off last line is ignored) or a ``.json`` list."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    text = path.read_text()
+    if path.suffix == ".json":
+        return json.loads(text)
+    rows = []
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a run killed while writing: that row is run again
+            continue
+    return rows
+
+
 def run_all(cases_per_class: int, seed: int, skip, log, modalities=FIXED_MODALITIES, classes=tuple(CLASSES),
-            moving_contrasts=("T1",)) -> list:
+            moving_contrasts=("T1",), rows_path=None, done=()) -> list:
+    """Every selected (pair, class, case, method) row. Each finished row is appended to ``rows_path`` (JSONL) at
+    once; rows whose :func:`row_key` is in ``done`` are not run again (``--resume``)."""
     data = require_shared_data("brain", "stroke")
     rows = []
-    rng = np.random.default_rng(seed)
+    done = set(done)
     for contrast, modality in contrast_pairs(moving_contrasts, modalities):
         source = sitk.ReadImage(str(data / f"{contrast}.nii.gz"), sitk.sitkFloat32)
         fixed = sitk.ReadImage(str(data / f"{modality}.nii.gz"), sitk.sitkFloat32)
         for cls in classes:
             for k in range(cases_per_class):
-                moving, truth, largest = make_case(source, fixed, cls, rng)
-                for name, (key, fn) in METHODS.items():
-                    if key in skip:
-                        continue
-                    rows.append(_one(name, fn, fixed, moving, truth, dict(modality=modality, size_class=cls,
-                                                                           moving_contrast=contrast, case=k,
-                                                                           largest_mm=largest)))
-                    log(json.dumps({k_: v for k_, v in rows[-1].items() if k_ != "diagnostics"}))
-                    if ROWS_JSON is not None:  # after every case: a run stopped early can still be summarised
-                        ROWS_JSON.write_text(json.dumps(rows, indent=1, default=str))
+                info = dict(modality=modality, size_class=cls, moving_contrast=contrast, case=k, seed=seed)
+                todo = [(name, fn) for name, (key, fn) in METHODS.items()
+                        if key not in skip and row_key(dict(info, method=name, model=row_model(key))) not in done]
+                if not todo:
+                    continue
+                moving, truth, largest = make_case(source, fixed, cls, case_rng(seed, contrast, modality, cls, k))
+                for name, fn in todo:
+                    rows.append(_one(name, fn, fixed, moving, truth,
+                                     dict(info, model=row_model(METHODS[name][0]), largest_mm=largest)))
+                    log(json.dumps({k_: v for k_, v in rows[-1].items() if k_ not in ("diagnostics", "timings")}))
+                    if rows_path is not None:  # at once: a run stopped early resumes from here
+                        with open(rows_path, "a") as fh:
+                            fh.write(json.dumps(rows[-1], default=str) + "\n")
     return rows
 
 
 def _one(name, fn, fixed, moving, truth, info) -> dict:
     t0 = time.perf_counter()
+    c0 = time.process_time()
     extra = {}
     try:
         out = fn(fixed, moving)
@@ -440,7 +474,9 @@ def _one(name, fn, fixed, moving, truth, info) -> dict:
         err = anchor_error(moving, out, truth)
     except Exception as exc:  # noqa: BLE001 - a crashing peer is a failed case, not a failed benchmark
         err, extra = float("inf"), {"error": f"{type(exc).__name__}: {exc}"[:200]}
-    return dict(info, method=name, error_mm=err, seconds=time.perf_counter() - t0, load_1min=_load(), **extra)
+    cpu = time.process_time() - c0 + extra.get("cli_cpu_seconds", 0.0)  # in-process threads + the CLI child
+    return dict(info, method=name, error_mm=err, seconds=time.perf_counter() - t0, cpu_seconds=cpu,
+                load_1min=_load(), **extra)
 
 
 def summarise(rows, args) -> str:
@@ -503,16 +539,16 @@ def _report(rows, args, table) -> str:
         f"card). {alone_text}the pipeline's "
         "accuracy comes from TSPM's rough position + the local CSNGF search of its neighbourhood (our addition, "
         "compare \"w/o local search\") + the overlap-restricted refinement. "
-        "The thresholds of the \"doubtful\" flags were chosen on 20 tiny crops drawn with seed 7, "
-        "not on these cases. Cases are seeded and identical across methods; SimpleITK's multi-threaded MI is "
+        + TUNING_NOTE + " Cases are seeded and identical across methods; SimpleITK's multi-threaded MI is "
         "not bit-reproducible, so a borderline case can flip between runs.",
     ] if args.section == "partial_prereg" else [
         "",
-        "Notes. A subset run of selected rows beside the full table (same script and case generator), with the "
+        "Notes. A subset run of selected rows beside the full table (same script), with the "
         "current code: the full table above may predate later changes (see its command and BENCHMARKS history). "
         f"Rows not run here: {', '.join(n for n, (k, _) in METHODS.items() if k in set(args.skip)) or 'none'}; "
         f"size classes not run: {', '.join(c for c in CLASSES if c not in args.classes) or 'none'}. "
-        "A handful of cases is far too few to rank methods, it shows what the rows measure. Timings are wall "
+        + TUNING_NOTE + " A handful of cases is far too few to rank methods, it shows what the rows measure. "
+        "Timings are wall "
         "clock on a machine shared with other jobs (see the load figures); the CLI rows' CPU time is the "
         "child process's own.",
     ]
@@ -532,12 +568,14 @@ def _report(rows, args, table) -> str:
         (_in_process_sentence(cached, first) if tspm else "")
         + _cli_sentence(rows)
         + _load_sentence(rows)
-        + (f"TSPM flagged {doubtful} result(s) as doubtful; {failed_flagged} of its {failed} failure(s) were flagged."
+        + (f"TSPM flagged {doubtful} result(s) as doubtful; {failed_flagged} of its {failed} failure(s) were flagged. "
            if tspm else "")
+        + _cost_sentence(rows, args)
         + crash_text,
         "",
         f"Command: `python Testing/Benchmarks/bench_partial_prereg.py --cases-per-class {args.cases_per_class} "
-        f"--seed {args.seed}{' --skip ' + ' '.join(args.skip) if args.skip else ''}"
+        f"--seed {args.seed}"
+        f"{' --only ' + ' '.join(args.only) if args.only else (' --skip ' + ' '.join(args.skip) if args.skip else '')}"
         f"{' --fixed ' + ' '.join(args.fixed) if tuple(args.fixed) != FIXED_MODALITIES else ''}"
         f"{' --classes ' + ' '.join(args.classes) if tuple(args.classes) != tuple(CLASSES) else ''}"
         f"{' --moving ' + ' '.join(args.moving) if tuple(args.moving) != ('T1',) else ''}"
@@ -553,13 +591,22 @@ def main(argv=None) -> int:
     ap.add_argument("--cases-per-class", type=int, default=5, help="cases per size class and fixed modality")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip", nargs="*", default=[], choices=[k for k, _ in METHODS.values()])
+    ap.add_argument("--only", nargs="*", choices=[k for k, _ in METHODS.values()],
+                    help="run only these rows (the others are skipped)")
+    ap.add_argument("--rows", help="JSONL file the finished rows are appended to, one per line, as they finish "
+                                   "(default output/partial_prereg_rows.jsonl)")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the rows already in --rows and run only the missing ones (same seed and model; "
+                         "any split of pairs, classes and rows across invocations adds up to the same table)")
     ap.add_argument("--fixed", nargs="*", default=list(FIXED_MODALITIES), choices=FIXED_MODALITIES)
     ap.add_argument("--classes", nargs="*", default=list(CLASSES), choices=list(CLASSES))
     ap.add_argument("--moving", nargs="*", default=["T1"], choices=["T1", "T2", "FLAIR"],
                     help="contrasts of the moving crops (T1: against T2/FLAIR; T2, FLAIR: against T1)")
     ap.add_argument("--model", help="TSPM model (name or .pt; default: the shipped one)")
     ap.add_argument("--write", action="store_true", help="update the section in BENCHMARKS.md")
-    ap.add_argument("--from-json", help="summarise the rows saved by an earlier run (output/partial_prereg.json)")
+    ap.add_argument("--from-json", help="summarise the rows saved by earlier runs (.jsonl of --rows, or "
+                                        "output/partial_prereg.json) without running anything; the selection "
+                                        "arguments pick the rows summarised")
     ap.add_argument("--section", default="partial_prereg",
                     help="BENCHMARKS.md section to write (a small run of a few rows can go beside the full table)")
     ap.add_argument("--timing-only", type=int, metavar="N",
@@ -568,9 +615,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     out_dir = REPO / "Testing" / "Benchmarks" / "output"
     out_dir.mkdir(parents=True, exist_ok=True)
-    global MODEL, ROWS_JSON
+    global MODEL
     if args.model:
         MODEL = args.model
+    if args.only is not None:
+        args.skip = sorted({k for k, _ in METHODS.values()} - set(args.only))
     if args.timing_only is not None:
         if args.timing_only < 1:
             ap.error("--timing-only: expected at least 1 run")
@@ -584,7 +633,6 @@ def main(argv=None) -> int:
             update_benchmarks_md(TIMING_SECTION, body)
         return 0
     if not args.from_json:
-        ROWS_JSON = out_dir / "partial_prereg.json"
         # A fresh on-disk cache for the in-process rows: the first TSPM row per fixed image then measures the
         # uncached fixed → template step (a user cache warmed by earlier runs would hide it).
         import os
@@ -593,17 +641,68 @@ def main(argv=None) -> int:
         from RegistrationSuiteLib.cache import ENV
 
         os.environ[ENV] = tempfile.mkdtemp(prefix="bench_tspm_inprocess_cache_")
-    if args.from_json:  # summarise the rows of an earlier run (same arguments) without running again
-        rows = json.loads(Path(args.from_json).read_text())
+    if args.from_json:  # summarise the rows of earlier runs (same arguments) without running again
+        rows = select_rows(read_rows(args.from_json), args, model_id())
     else:
-        rows = run_all(args.cases_per_class, args.seed, set(args.skip), lambda s: print(s, flush=True),
-                       tuple(args.fixed), tuple(args.classes), tuple(args.moving))
+        rows_path = Path(args.rows) if args.rows else out_dir / "partial_prereg_rows.jsonl"
+        previous = select_rows(read_rows(rows_path), args, model_id()) if args.resume else []
+        if not args.resume:
+            rows_path.write_text("")
+        print(f"rows → {rows_path}" + (f" ({len(previous)} already there)" if args.resume else ""), flush=True)
+        rows = previous + run_all(args.cases_per_class, args.seed, set(args.skip), lambda s: print(s, flush=True),
+                                  tuple(args.fixed), tuple(args.classes), tuple(args.moving), rows_path=rows_path,
+                                  done={row_key(r) for r in previous})
         (out_dir / "partial_prereg.json").write_text(json.dumps(rows, indent=1, default=str))
     body = summarise(rows, args)
     print(body)
     if args.write:
         update_benchmarks_md(args.section, body)
     return 0
+
+
+def row_model(key: str, model: str = None) -> str:
+    """The model a row depends on: :func:`model_id` (or ``model``) for the rows that run the TSPM network, "" for
+    the rest (peers, the network-free search), which a new model leaves valid."""
+    return (model_id() if model is None else model) if key in NETWORK_ROWS else ""
+
+
+NETWORK_ROWS = {"tspm", "tspm_prev", "tspm_nolocal", "tspm_noref", "tspm_noransac", "tspm_noprior", "tspm_paper_nmi",
+                "tspm_cli", "tspm_cli_cached"}
+
+
+def select_rows(rows, args, model="") -> list:
+    """The rows this invocation's arguments select (seed, ``model`` = :func:`model_id` for the network rows, rows,
+    pairs, classes, case count); rows of older files without a seed or model count as this run's."""
+    keys = {n: k for n, (k, _) in METHODS.items()}
+    pairs = set(contrast_pairs(args.moving, args.fixed))
+    names = {n for n, (k, _) in METHODS.items() if k not in set(args.skip)}
+    return [r for r in rows
+            if int(r.get("seed", args.seed)) == args.seed and r["method"] in keys
+            and r.get("model", row_model(keys[r["method"]], model)) == row_model(keys[r["method"]], model)
+            and r["method"] in names and (r.get("moving_contrast", "T1"), r["modality"]) in pairs
+            and r["size_class"] in args.classes and int(r["case"]) < args.cases_per_class]
+
+
+def _cost_sentence(rows, args) -> str:
+    """CPU time of one case per row (mean over its cases) and what the whole table would cost."""
+    names = [n for n in METHODS if any(r["method"] == n and "cpu_seconds" in r for r in rows)]
+    if not names:
+        return ""
+    per = {n: float(np.mean([r["cpu_seconds"] for r in rows if r["method"] == n and "cpu_seconds" in r]))
+           for n in names}
+    case = sum(per.values())
+    n_cases = len(contrast_pairs(args.moving, args.fixed)) * len(args.classes) * args.cases_per_class
+    return ("CPU time per case (mean over its cases, process + CLI child): "
+            + ", ".join(f"{n} {v:.1f} s" for n, v in per.items())
+            + f"; one case through these {len(names)} rows: {case:.0f} CPU s, so these rows on all {n_cases} cases of "
+            f"this selection: about {case * n_cases / 60:.0f} CPU minutes. ")
+
+
+TUNING_NOTE = ("The thresholds of the \"doubtful\" flags were chosen on 20 tiny crops drawn with seed 7, the "
+               "tiny-crop search levels (2.5 mm below 70 mm) and the widening after a poor match on 24 tiny crops "
+               "drawn with seeds 11 and 12 (diagnose_tspm_pipeline.py), not on these cases. Cases are drawn per "
+               "(seed, pair, size class, index) since the resumable version of this script, so they differ from "
+               "the cases of tables written before it.")
 
 
 def _in_process_sentence(cached, first) -> str:
@@ -667,6 +766,18 @@ def _model_card() -> dict:
     from RegistrationSuiteLib.models.registry import resolve_model
 
     return load_model(resolve_model(MODEL or DEFAULT_MODEL)).card
+
+
+def model_id() -> str:
+    """The TSPM model's name and the first 12 hex digits of its file's SHA-256: rows of another model (a
+    retrained default keeps its name) are never mixed into a resumed table."""
+    import hashlib
+
+    from RegistrationSuiteLib.methods.partial_prereg.network import DEFAULT_MODEL
+    from RegistrationSuiteLib.models.registry import resolve_model
+
+    path = Path(resolve_model(MODEL or DEFAULT_MODEL))
+    return f"{path.stem}@{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
 
 
 def model_name() -> str:

@@ -54,3 +54,21 @@ def test_overlap_mask_and_metric_outside(case):
         refine_rigid(fixed, load_sample("T2"), far)
     with pytest.raises(InputError, match="expected 'mse', 'mi' or 'nmi'"):
         refine_rigid(fixed, load_sample("T2"), np.eye(4), metric="ncc")
+
+
+def test_overlap_on_constant_fixed_voxels_is_nan_not_an_itk_error():
+    """A candidate whose overlap covers only constant fixed voxels (background): ITK's Mattes MI refuses a zero
+    intensity range ("zero-valued spacing"); the metric is NaN and the refinement leaves the start unchanged, so
+    the caller can rank such a candidate last instead of crashing."""
+    rng = np.random.default_rng(0)
+    arr = np.zeros((40, 40, 60), np.float32)
+    arr[:, :, 30:] = rng.random((40, 40, 30)).astype(np.float32)  # x < 30 is empty background
+    fixed = sitk.GetImageFromArray(arr)
+    fixed.SetSpacing((1.5, 1.0, 1.2))
+    moving = sitk.GetImageFromArray(rng.random((10, 12, 14)).astype(np.float32))
+    start = np.eye(4)
+    start[0, 3] = -5.0  # fixed x in [5, 18] mm: inside the background
+    assert np.isnan(evaluate_metric(fixed, moving, start, "mi"))
+    out = refine_rigid(fixed, moving, start, metric="mi", levels=((2, 1.0),))
+    assert np.isnan(out.before) and np.array_equal(out.fixed_to_moving, start)
+    assert np.isfinite(evaluate_metric(fixed, moving, start, "mse"))  # MSE is defined on a constant region

@@ -256,5 +256,115 @@ def test_config_validation():
         PartialPreregConfig(local_search_deg=-5)
     with pytest.raises(InputError, match="local_search_rotations: expected an integer >= 1"):
         PartialPreregConfig(local_search_rotations=0)
+    for bad in ((), (0.0,), (2.0, 4.0), ("2",)):
+        with pytest.raises(InputError, match="local_search_fine_levels_mm: expected positive spacings"):
+            PartialPreregConfig(local_search_fine_levels_mm=bad)
+    with pytest.raises(InputError, match="local_search_widen_below: expected a similarity in"):
+        PartialPreregConfig(local_search_widen_below=1.5)
+    with pytest.raises(InputError, match="local_search_fine_below_mm"):
+        PartialPreregConfig(local_search_fine_below_mm=-1)
+    assert PartialPreregConfig(local_search_fine_levels_mm=[4, 2]).local_search_fine_levels_mm == (4.0, 2.0)
     with pytest.raises(InputError, match="config: expected a PartialPreregConfig"):
         register_partial_prereg(load_sample("T2"), load_sample("T1"), {"refine": "mi"})
+
+
+def _stroke_tiny_case(shared_data, contrast, start, size, truth_rows):
+    """A tiny crop of the stroke subject moved into its own frame by ``truth`` (rows of the true fixed → moving
+    matrix, as the benchmark's case generator makes them). These two crops come from the development cases drawn
+    with seed 11 (``diagnose_tspm_pipeline.py --seed 11``), not from the benchmark's seed 0."""
+    source = sitk.ReadImage(str(shared_data / "brain" / "stroke" / f"{contrast}.nii.gz"), sitk.sitkFloat32)
+    truth = np.asarray(truth_rows + [[0.0, 0.0, 0.0, 1.0]], float)
+    u, _, vt = np.linalg.svd(truth[:3, :3])
+    truth[:3, :3] = u @ vt
+    crop = sitk.RegionOfInterest(source, size, start)
+    moved = sitk.Image(crop)
+    moved.SetDirection((truth[:3, :3] @ np.asarray(crop.GetDirection()).reshape(3, 3)).ravel().tolist())
+    moved.SetOrigin(apply_affine(truth, np.asarray(crop.GetOrigin())[None])[0].tolist())
+    return moved, truth
+
+
+@pytest.mark.slow
+def test_tiny_crop_is_searched_on_the_finer_levels(shared_data):
+    """A 34 x 51 x 41 mm FLAIR crop against the T1: at 5 mm the crop is a handful of voxels and the search's first
+    level picked a place 37 mm off (normalised NGF similarity 0.45 there, 0.61 at the truth); searched at 2.5 mm
+    it is found."""
+    fixed = sitk.ReadImage(str(shared_data / "brain" / "stroke" / "T1.nii.gz"), sitk.sitkFloat32)
+    moving, truth = _stroke_tiny_case(shared_data, "FLAIR", [26, 58, 60], [34, 51, 41], [
+        [0.988695, -0.07131, -0.131895, 35.499372], [0.063538, 0.996037, -0.062232, 65.979196],
+        [0.13581, 0.053148, 0.989308, -35.095772]])
+    result = register_partial_prereg(fixed, moving, CPU)
+    assert _anchor_error(moving, result.fixed_to_moving_matrix, truth) < 4.0
+    assert result.diagnostics["local_search"]["levels_mm"] == [2.5]
+
+
+@pytest.mark.slow
+def test_poorly_matching_local_search_is_widened(shared_data, monkeypatch):
+    """A 38 x 51 x 48 mm T2 crop against the T1 whose TSPM candidates are moved 55 mm (template x) away from what
+    the network says, so that the truth lies beyond the local search's ±40 mm window (as it did with the previous
+    model's own candidates, 54 mm off): the first search matches poorly, the search from the candidates'
+    neighbours and the centre finds the truth."""
+    fixed = sitk.ReadImage(str(shared_data / "brain" / "stroke" / "T1.nii.gz"), sitk.sitkFloat32)
+    moving, truth = _stroke_tiny_case(shared_data, "T2", [55, 23, 14], [38, 51, 48], [
+        [0.974118, -0.057878, -0.218506, -30.306065], [0.056669, 0.998323, -0.011803, -69.517382],
+        [0.218823, -0.000885, 0.975764, 51.813734]])
+    real = register_module._moving_to_template
+
+    def displaced(*args, **kwargs):
+        candidates, ransac = real(*args, **kwargs)
+        shift = np.eye(4)
+        shift[0, 3] = 55.0
+        return {name: shift @ m for name, m in candidates.items()}, ransac
+
+    monkeypatch.setattr(register_module, "_moving_to_template", displaced)
+    result = register_partial_prereg(fixed, moving, CPU)
+    assert _anchor_error(moving, result.fixed_to_moving_matrix, truth) < 4.0
+    widened = result.diagnostics["local_search_widened"]
+    assert widened["kept"] == "widened"
+    first = next(iter(widened["first"]["candidates"].values()))["ngf_similarity"]
+    assert first < CPU.local_search_widen_below
+    assert not any("agree poorly" in r for r in result.diagnostics["doubtful"])
+
+
+def test_widening_runs_only_after_a_poor_match_and_keeps_the_better_search(monkeypatch):
+    """``_widen_if_poor``: no second search when the first matched well; otherwise one from every seed's six
+    neighbours and the centre, and the search with the higher normalised NGF similarity is kept."""
+    fixed = load_sample("T2")
+    moving = load_sample("T1")[10:40, 10:40, 10:30]
+    seeds = {"ransac": np.eye(4), "orientation_prior": np.eye(4)}
+    calls = []
+
+    def fake_search(fixed_, moving_, inits, fmask, cfg, diag, prog, **kw):
+        calls.append(sorted(inits))
+        diag["local_search"] = {"candidates": {"local_search_from_centre": {"ngf_similarity": score}}}
+        return {"local_search_from_centre": np.full((4, 4), 2.0)}
+
+    monkeypatch.setattr(register_module, "_local_search", fake_search)
+    first = {"local_search_from_ransac": np.eye(4)}
+    for first_score, score, kept in ((0.7, 0.9, None), (0.5, 0.8, "widened"), (0.5, 0.4, "first")):
+        calls.clear()
+        diag = {"local_search": {"candidates": {"local_search_from_ransac": {"ngf_similarity": first_score}}}}
+        out = register_module._widen_if_poor(fixed, moving, first, seeds, None, CPU, diag, None)
+        if kept is None:
+            assert calls == [] and out is first and "local_search_widened" not in diag
+            continue
+        assert len(calls) == 1 and len(calls[0]) == 2 * 7 + 1 and "centre" in calls[0]
+        assert {"ransac_+x", "ransac_-z", "orientation_prior_+y"} <= set(calls[0])
+        assert diag["local_search_widened"]["kept"] == kept
+        assert (out is first) == (kept == "first")
+        chosen_score = diag["local_search"]["candidates"][next(iter(out))]["ngf_similarity"]
+        assert chosen_score == max(first_score, score)
+
+
+def test_network_free_seeding_ablation_runs_the_same_search_without_the_network():
+    fixed = load_sample("T2")
+    moving, truth = _moved_crop(load_sample("T1"), [8, 12, 20], [44, 48, 36], (8.0, -6.0, 10.0), (30.0, -25.0, 20.0))
+    result = register_partial_prereg(fixed, moving, dataclasses.replace(CPU, seeds="centre"))
+    d = result.diagnostics
+    assert d["seeding"] == "centre" and "patches" not in d and "ransac" not in d and "network_skipped" not in d
+    assert set(d["local_search"]["seeds"]) == {"centre"} or set(d["local_search_widened"]["first"]["seeds"]) == {
+        "centre"}
+    assert _anchor_error(moving, result.fixed_to_moving_matrix, truth) < 4.0  # an 88 mm crop: the centre suffices
+    with pytest.raises(InputError, match="seeds: expected 'tspm', 'centre' or 'scanner'"):
+        PartialPreregConfig(seeds="lattice")
+    with pytest.raises(InputError, match="needs local_search=True"):
+        PartialPreregConfig(seeds="scanner", local_search=False)

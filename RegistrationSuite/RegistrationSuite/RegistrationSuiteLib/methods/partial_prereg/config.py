@@ -60,11 +60,29 @@ class PartialPreregConfig:
             medium and large crops of the stroke subject, 100 cost twice the CPU time for the same final result).
         local_search_keep: candidates kept after the first level (and refined with NGF when
             ``local_search_refine_iterations`` > 0).
+        local_search_widen: when the local search's best candidate matches poorly (normalised NGF similarity
+            below ``local_search_widen_below``), search again from each TSPM candidate's six neighbours one window
+            step away and the centre seed, and keep the better search.
+        local_search_widen_below: that similarity threshold (0.6, the "doubtful" flag's). 0.7 was tried on the
+            7 development crops (seeds 11-13) whose result scored 0.6-0.7: the 6 correct ones stayed correct, the
+            one failure (its true pose 22.6° from the seeds' rotation, outside the ±20° neighbourhood) was not
+            found either, at about twice the CPU time for those crops; so 0.6 stays.
+        local_search_fine_below_mm: a moving image whose largest extent (mm) is below this is searched on the
+            finer levels ``local_search_fine_levels_mm`` instead of 5 then 2.5 mm (a tiny crop is a handful of
+            voxels at 5 mm; its first-level score then misleads); 0: never. Chosen on 12 tiny crops drawn with
+            seed 11 (not the benchmark's 0): 7 of 12 within 4 mm with 5 then 2.5 mm, 11 of 12 with 2.5 mm alone,
+            at about twice the CPU time for those crops.
+        local_search_fine_levels_mm: working grids (mm, coarsest first) of that finer search.
         local_search_refine_iterations: L-BFGS iterations of the search's own sub-voxel NGF refinement (10; the
             foundation's default is 30). The overlap-restricted refinement that follows converges without it, but
             the normalised NGF similarity and the refinement shift that flag a result *doubtful* were calibrated
             after this refinement: without it (0) correct results scored 0.54-0.68 and moved 3-10 mm in the
             refinement, and were flagged. 10 iterations brought the similarity back to 0.75-0.78 on two crops.
+        seeds: where the local search starts: ``"tspm"`` (default) = the TSPM candidates (network + RANSAC,
+            orientation prior); the ablations ``"centre"`` = no network, the moving image's centre on the fixed
+            foreground's centre in scanner orientation (widened like the TSPM candidates when it matches poorly),
+            and ``"scanner"`` = no network, every scanner-orientation seed of :func:`~.seeds.scanner_seeds` (what a
+            moving image too small for the network gets). Needs ``local_search``.
         use_ransac: ablation switch: ``False`` fits the rigid transform to *all* patch predictions by least
             squares (the paper's "w/o RANSAC" variant; every prediction then counts as an inlier).
         fallback_to_global: when RANSAC finds no consensus, align moving → fixed by the global rigid search
@@ -99,6 +117,11 @@ class PartialPreregConfig:
     local_search_rotations: int = 50
     local_search_keep: int = 2
     local_search_refine_iterations: int = 10
+    local_search_widen: bool = True
+    local_search_widen_below: float = 0.6
+    seeds: str = "tspm"
+    local_search_fine_below_mm: float = 70.0
+    local_search_fine_levels_mm: tuple = (2.5,)
     use_ransac: bool = True
     fallback_to_global: bool = True
     batch_size: int = 128
@@ -115,12 +138,28 @@ class PartialPreregConfig:
             value = getattr(self, name)
             if value not in allowed:
                 raise InputError(f"{name}: expected one of {', '.join(allowed)}, got {value!r}")
+        if self.seeds not in ("tspm", "centre", "scanner"):
+            raise InputError(f"seeds: expected 'tspm', 'centre' or 'scanner', got {self.seeds!r}")
+        if self.seeds != "tspm" and not self.local_search:
+            raise InputError(f"seeds={self.seeds!r} seeds the local search: it needs local_search=True")
         if self.fixed_to_template_search not in ("scanner", "global"):
             raise InputError(f"fixed_to_template_search: expected 'scanner' or 'global', got "
                              f"{self.fixed_to_template_search!r}")
         for name in ("local_search_window_mm", "local_search_deg"):
             if not getattr(self, name) > 0:
                 raise InputError(f"{name}: expected a positive number, got {getattr(self, name)}")
+        if not 0 <= self.local_search_widen_below <= 1:
+            raise InputError(f"local_search_widen_below: expected a similarity in [0, 1], got "
+                             f"{self.local_search_widen_below}")
+        if not self.local_search_fine_below_mm >= 0:
+            raise InputError(f"local_search_fine_below_mm: expected a size in mm >= 0, got "
+                             f"{self.local_search_fine_below_mm}")
+        levels = tuple(self.local_search_fine_levels_mm)
+        if not levels or not all(isinstance(v, (int, float)) and v > 0 for v in levels) or list(levels) != sorted(
+                levels, reverse=True):
+            raise InputError(f"local_search_fine_levels_mm: expected positive spacings in mm, coarsest first, got "
+                             f"{self.local_search_fine_levels_mm!r}")
+        self.local_search_fine_levels_mm = tuple(float(v) for v in levels)
         if not self.ransac_threshold_mm > 0:
             raise InputError(f"ransac_threshold_mm: expected a positive distance in mm, got {self.ransac_threshold_mm}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):

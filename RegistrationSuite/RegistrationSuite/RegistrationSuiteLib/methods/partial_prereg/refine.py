@@ -132,6 +132,11 @@ def evaluate_metric(fixed: sitk.Image, moving: sitk.Image, fixed_to_moving: np.n
     inside = np.argwhere(sitk.GetArrayViewFromImage(mask))
     if not len(inside):
         return float("nan")
+    values = sitk.GetArrayViewFromImage(fixed)[tuple(inside.T)]
+    if metric != "mse" and not values.max() > values.min():
+        # the overlap covers only constant fixed voxels (e.g. background): no mutual information to measure
+        # (ITK's Mattes histogram refuses a zero intensity range: "zero-valued spacing")
+        return float("nan")
     if metric == "nmi":
         from .refine_nmi import nmi_value
 
@@ -200,8 +205,9 @@ def refine_rigid(
         if note:
             skipped.append(f"level {k + 1}/{len(levels)} (shrink {shrink}, {sigma:g} mm) not refined: {note}")
     after = evaluate_metric(fixed, moving, current, metric, fixed_mask=fixed_mask, seed=seed)
-    if np.isfinite(before) and not (after < before if metric == "mse" else after > before):
-        current, after = np.asarray(fixed_to_moving, dtype=float), before  # never return a worse result
+    if not np.isfinite(after) or (np.isfinite(before) and not (after < before if metric == "mse" else after > before)):
+        # never return a worse result, nor one whose metric cannot be measured (no overlap, constant fixed voxels)
+        current, after = np.asarray(fixed_to_moving, dtype=float), before
     overlap_after = _fraction(overlap_mask(fixed, moving, current, fixed_mask), fixed_mask)
     return RefineOutcome(current, metric, float(before), float(after), overlap_before, overlap_after,
                          time.perf_counter() - t0, tuple(skipped))
@@ -225,8 +231,9 @@ def _run_level(fixed, moving, current, mask, metric, shrink, sigma, iterations, 
     reg.SetInitialTransform(tx, inPlace=True)
     try:
         reg.Execute(fixed, moving)
-    except RuntimeError as exc:  # e.g. "too many samples map outside moving image buffer"
-        if "outside" in str(exc) or "sample" in str(exc).lower():
+    except RuntimeError as exc:  # e.g. "too many samples map outside moving image buffer", or a constant
+        # fixed region under the mask (Mattes MI: "zero-valued spacing" of its histogram)
+        if "outside" in str(exc) or "sample" in str(exc).lower() or "spacing" in str(exc).lower():
             lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
             return current, (lines[-1] if lines else "ITK error")[:200]
         raise

@@ -10,6 +10,10 @@ fixed → moving transform out (Xia et al., MICCAI 2022, Fig. 2).
 4. Local search (our addition, ``local_search``): the CSNGF search of the foundation restricted to the
    neighbourhood of the TSPM candidates (rotations within ``local_search_deg``, shifts within
    ``local_search_window_mm``, :func:`~..global_rigid.local.local_rigid_search`); its best candidate goes on.
+   Levels 5 then 2.5 mm; 2.5 mm alone for a moving image under ``local_search_fine_below_mm``. A best candidate
+   that matches poorly (normalised NGF similarity below ``local_search_widen_below``) triggers a second
+   search from each candidate's six neighbours and the centre seed; the better search is kept
+   (``local_search_widen``). ``seeds="centre"`` / ``"scanner"``: the same without the network (ablation).
 5. Local rigid refinement moving ↔ fixed with the metric measured only over the overlap (:mod:`.refine`).
 
 Further additions to the paper: with ``orientation_prior`` a second candidate keeps the moving image's
@@ -106,27 +110,10 @@ def register_partial_prereg(
     timings, diag, warnings = {"read": time.perf_counter() - t_start}, {"model": tspm.name}, []
     prog.report(0.0, "sampling patches")
     fixed_img, moving_img = fixed_in.image, moving_in.image
-    try:
-        a_mov, ransac = _moving_to_template(moving_img, tspm, cfg, timings, diag, prog)
-    except TooSmallForPatches as exc:  # a valid partial scan, only too small for the network: search without it
-        a_mov, ransac = None, None
-        diag["network_skipped"] = {"reason": str(exc).removeprefix("moving: ")}
-    t0 = time.perf_counter()
-    if ransac is None:
-        inits = _local_search(fixed_img, moving_img, scanner_seeds(fixed_img, moving_img, cfg.local_search_window_mm),
-                              fmask, cfg, diag, prog.sub(0.1, 0.8))
-        timings["local_search"] = time.perf_counter() - t0
-    elif ransac.consensus:
-        t_tf = _fixed_to_template(fixed_img, tspm.template, cfg, diag, prog.sub(0.25, 0.7))
-        inits = {name: np.linalg.inv(a) @ np.linalg.inv(t_tf) for name, a in a_mov.items()}
-        timings["fixed_to_template"] = time.perf_counter() - t0
-        if cfg.local_search:
-            t0 = time.perf_counter()
-            inits = _local_search(fixed_img, moving_img, inits, fmask, cfg, diag, prog.sub(0.7, 0.8))
-            timings["local_search"] = time.perf_counter() - t0
+    if cfg.seeds != "tspm":
+        inits = _network_free_search(fixed_img, moving_img, fmask, cfg, diag, timings, prog.sub(0.1, 0.8))
     else:
-        inits = _no_consensus(fixed_img, moving_img, a_mov, tspm, fmask, cfg, diag, warnings, prog.sub(0.25, 0.8))
-        timings["no_consensus_search"] = time.perf_counter() - t0
+        inits = _tspm_search(fixed_img, moving_img, tspm, fmask, cfg, diag, timings, warnings, prog)
 
     t0 = time.perf_counter()
     final, score = _refine(fixed_in.image, moving_in.image, inits, fmask, cfg, diag, prog.sub(0.8, 1.0))
@@ -146,6 +133,49 @@ def register_partial_prereg(
         diagnostics=diag,
         warnings=fixed_in.warnings + moving_in.warnings + warnings,
     )
+
+
+def _network_free_search(fixed_img, moving_img, fmask, cfg, diag, timings, prog) -> dict:
+    """Ablation ``seeds="centre"`` / ``"scanner"``: TSPM's local search (and widening, from the centre) seeded
+    without the network; returns the refinement's start."""
+    t0 = time.perf_counter()
+    seeds = scanner_seeds(fixed_img, moving_img, cfg.local_search_window_mm)
+    seeds = {"centre": seeds["centre"]} if cfg.seeds == "centre" else seeds
+    diag["seeding"] = cfg.seeds
+    inits = _local_search(fixed_img, moving_img, seeds, fmask, cfg, diag, prog.sub(0.0, 0.8))
+    if cfg.local_search_widen and cfg.seeds == "centre":
+        inits = _widen_if_poor(fixed_img, moving_img, inits, seeds, fmask, cfg, diag, prog.sub(0.8, 1.0))
+    timings["local_search"] = time.perf_counter() - t0
+    return inits
+
+
+def _tspm_search(fixed_img, moving_img, tspm, fmask, cfg, diag, timings, warnings, prog) -> dict:
+    """Patches → network → RANSAC → fixed → template → local search (widened after a poor match), or the
+    fallbacks (network skipped for a tiny image, no RANSAC consensus); returns the refinement's start(s)."""
+    try:
+        a_mov, ransac = _moving_to_template(moving_img, tspm, cfg, timings, diag, prog)
+    except TooSmallForPatches as exc:  # a valid partial scan, only too small for the network: search without it
+        a_mov, ransac = None, None
+        diag["network_skipped"] = {"reason": str(exc).removeprefix("moving: ")}
+    t0 = time.perf_counter()
+    if ransac is None:
+        inits = _local_search(fixed_img, moving_img, scanner_seeds(fixed_img, moving_img, cfg.local_search_window_mm),
+                              fmask, cfg, diag, prog.sub(0.1, 0.8))
+        timings["local_search"] = time.perf_counter() - t0
+    elif ransac.consensus:
+        t_tf = _fixed_to_template(fixed_img, tspm.template, cfg, diag, prog.sub(0.25, 0.7))
+        inits = seeds = {name: np.linalg.inv(a) @ np.linalg.inv(t_tf) for name, a in a_mov.items()}
+        timings["fixed_to_template"] = time.perf_counter() - t0
+        if cfg.local_search:
+            t0 = time.perf_counter()
+            inits = _local_search(fixed_img, moving_img, inits, fmask, cfg, diag, prog.sub(0.7, 0.77))
+            if cfg.local_search_widen:
+                inits = _widen_if_poor(fixed_img, moving_img, inits, seeds, fmask, cfg, diag, prog.sub(0.77, 0.8))
+            timings["local_search"] = time.perf_counter() - t0
+    else:
+        inits = _no_consensus(fixed_img, moving_img, a_mov, tspm, fmask, cfg, diag, warnings, prog.sub(0.25, 0.8))
+        timings["no_consensus_search"] = time.perf_counter() - t0
+    return inits
 
 
 def _moving_to_template(moving, tspm, cfg, timings, diag, prog):
@@ -316,7 +346,8 @@ def _no_consensus(fixed, moving, a_mov: dict, tspm, fmask, cfg, diag, warnings, 
         t_tf = _fixed_to_template(fixed, tspm.template, cfg, diag, prog.sub(0.0, 0.3))
         seed = np.linalg.inv(a_mov["orientation_prior"]) @ np.linalg.inv(t_tf)
         seeds = neighbour_seeds("orientation_prior", seed, fixed, cfg.local_search_window_mm)
-        ((name, prior),) = _local_search(fixed, moving, seeds, fmask, cfg, diag, prog.sub(0.3, 0.6)).items()
+        found = _local_search(fixed, moving, seeds, fmask, cfg, diag, prog.sub(0.3, 0.6))
+        ((name, prior),) = found.items()
         similarity = diag["local_search"]["candidates"][name]["ngf_similarity"]
         if similarity >= DOUBTFUL_MIN_NGF_SIMILARITY:
             note = (f"the local search seeded from the orientation prior was used (normalised NGF similarity "
@@ -324,7 +355,7 @@ def _no_consensus(fixed, moving, a_mov: dict, tspm, fmask, cfg, diag, warnings, 
             diag["fallback"] = {"used": True, "reason": "no RANSAC consensus", "chosen": "orientation_prior",
                                 "note": note}
             warnings.append(f"{message}; {note}")
-            return {name: prior}
+            return found
         message += (f"; the orientation prior's neighbourhood matched poorly (normalised NGF similarity "
                     f"{similarity:.2f})")
     if not cfg.fallback_to_global:
@@ -359,24 +390,67 @@ def _global_fallback(fixed, moving, cfg, prog):
 def _local_search(fixed, moving, inits: dict, fmask, cfg, diag, prog, *, window_mm=None, degrees=None,
                   rotations=None) -> dict:
     """CSNGF search around the initialisations ``inits`` (rotations within ``local_search_deg``, shifts within
-    ``local_search_window_mm`` unless given); its best candidate replaces them as the refinement's start.
+    ``local_search_window_mm`` unless given); its best candidate replaces them as the refinement's start. A moving
+    image smaller than ``local_search_fine_below_mm`` is searched on ``local_search_fine_levels_mm``.
     ``diag["local_search"]`` records every seed's score, the kept candidates' normalised NGF similarity and the
     search's confidence (:func:`~..global_rigid.local.local_rigid_search`)."""
     from ..global_rigid import local as local_module
 
     names = list(inits)
+    levels = {}
+    if _largest_extent_mm(moving) < cfg.local_search_fine_below_mm:
+        levels = dict(level_spacing_mm=tuple(cfg.local_search_fine_levels_mm),
+                      blur_mm=tuple(FINE_BLUR_PER_MM * s for s in cfg.local_search_fine_levels_mm))
     res = local_module.local_rigid_search(
         fixed, moving, [inits[n] for n in names], window_mm=window_mm or cfg.local_search_window_mm,
         perturbation_deg=degrees or cfg.local_search_deg, rotations_per_seed=rotations or cfg.local_search_rotations,
         keep=cfg.local_search_keep, refine_iterations=cfg.local_search_refine_iterations, fixed_mask=fmask,
-        seed=cfg.seed, device=cfg.device, progress=prog)
+        seed=cfg.seed, device=cfg.device, progress=prog, **levels)
     cands = res.diagnostics["candidates"]
     out = {f"local_search_from_{names[cands[0]['seed']]}": np.asarray(cands[0]["fixed_to_moving"])}
     diag["local_search"] = {"seeds": {n: {"csngf": s} for n, s in zip(names, res.diagnostics["seed_scores"])},
                             "candidates": {n: {"ngf_similarity": c["score"]} for n, c in zip(out, cands)},
                             "confidence": res.confidence, "first_level": res.diagnostics.get("first_level"),
-                            "seconds": res.timings.get("total")}
+                            "seconds": res.timings.get("total"),
+                            "levels_mm": list(levels.get("level_spacing_mm", local_module.LOCAL_LEVELS_MM))}
     return out
+
+
+def _widen_if_poor(fixed, moving, found: dict, seeds: dict, fmask, cfg, diag, prog) -> dict:
+    """When the local search's best candidate matches poorly (normalised NGF similarity below
+    ``local_search_widen_below``), search again from every seed's six neighbours one window step away
+    (:func:`~.seeds.neighbour_seeds`) and the centre seed (:func:`~.seeds.scanner_seeds`): the truth may lie
+    beyond the window of a network estimate a few cm off. The better of the two searches by normalised NGF
+    similarity is kept; ``diag["local_search_widened"]`` records both."""
+    ((name, _),) = found.items()
+    first = diag["local_search"]
+    similarity = first["candidates"][name]["ngf_similarity"]
+    if similarity >= cfg.local_search_widen_below:
+        return found
+    wider = {}
+    for seed_name, matrix in seeds.items():
+        wider.update(neighbour_seeds(seed_name, matrix, fixed, cfg.local_search_window_mm))
+    wider["centre"] = scanner_seeds(fixed, moving, cfg.local_search_window_mm)["centre"]
+    again = _local_search(fixed, moving, wider, fmask, cfg, diag, prog)
+    ((name2, _),) = again.items()
+    similarity2 = diag["local_search"]["candidates"][name2]["ngf_similarity"]
+    kept = "widened" if similarity2 > similarity else "first"
+    diag["local_search_widened"] = {"first": first, "widened": diag["local_search"], "kept": kept,
+                                    "reason": f"the first search's best normalised NGF similarity {similarity:.2f} < "
+                                              f"{cfg.local_search_widen_below:g}"}
+    if kept == "first":
+        diag["local_search"] = first
+        return found
+    return again
+
+
+#: Gaussian blur (mm) per mm of level spacing of the finer local-search levels (the default levels: 3.5 mm at
+#: 5 mm, 2 mm at 2.5 mm)
+FINE_BLUR_PER_MM = 0.75
+
+
+def _largest_extent_mm(image: sitk.Image) -> float:
+    return float(np.max(np.asarray(image.GetSize()) * np.asarray(image.GetSpacing())))
 
 
 def _confidence(diag: dict) -> float:

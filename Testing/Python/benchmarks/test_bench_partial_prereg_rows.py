@@ -1,0 +1,77 @@
+"""bench_partial_prereg.py's bookkeeping: cases independent of the selection, rows appended as they finish,
+resumable runs (the registrations themselves are what the benchmark measures, not unit tests)."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "Benchmarks"))
+bench = pytest.importorskip("bench_partial_prereg")
+
+
+def test_a_case_is_the_same_whatever_else_the_run_selects():
+    a = bench.case_rng(0, "T2", "T1", "small", 1).random(4)
+    assert np.array_equal(a, bench.case_rng(0, "T2", "T1", "small", 1).random(4))
+    for other in ((1, "T2", "T1", "small", 1), (0, "FLAIR", "T1", "small", 1), (0, "T1", "T2", "small", 1),
+                  (0, "T2", "T1", "tiny", 1), (0, "T2", "T1", "small", 0)):
+        assert not np.array_equal(a, bench.case_rng(*other).random(4)), other
+
+
+def _row(method, contrast="T1", modality="T2", cls="tiny", case=0, seed=0, model=""):
+    return dict(method=method, moving_contrast=contrast, modality=modality, size_class=cls, case=case, seed=seed,
+                model=model, error_mm=1.0)
+
+
+def _args(**kw):
+    base = dict(seed=0, model=None, skip=[], moving=["T1"], fixed=["T2", "FLAIR"], classes=["tiny", "small"],
+                cases_per_class=2)
+    return argparse.Namespace(**dict(base, **kw))
+
+
+def test_rows_file_tolerates_a_cut_off_last_line_and_old_json_lists(tmp_path):
+    tspm = "TSPM (+ refine, MI)"
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(_row(tspm)) + "\n" + json.dumps(_row(tspm, case=1)) + "\n" + '{"method": "TS')
+    assert [r["case"] for r in bench.read_rows(path)] == [0, 1]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps([_row(tspm)]))
+    assert len(bench.read_rows(old)) == 1 and bench.read_rows(tmp_path / "absent.jsonl") == []
+
+
+def test_select_rows_keeps_only_this_runs_selection_and_keys_identify_cases():
+    tspm, centre = "TSPM (+ refine, MI)", "centre init + refine"
+    rows = [_row(tspm), _row(tspm, case=2), _row(tspm, seed=1), _row(tspm, model="other.pt"), _row(tspm, cls="large"),
+            _row(tspm, contrast="T2", modality="T1"), _row(centre), _row(tspm, modality="FLAIR", cls="small", case=1)]
+    kept = bench.select_rows(rows, _args(skip=["centre"]))
+    assert kept == [rows[0], rows[-1]]
+    assert len(bench.select_rows(rows, _args(moving=["T1", "T2"], skip=["centre"]))) == 3
+    assert bench.row_key(rows[0]) != bench.row_key(rows[2]) != bench.row_key(rows[3])
+    # a new model: the network rows of the old one drop out, the network-free rows stay valid
+    renamed = [_row(tspm, model="m@1"), _row(tspm), _row(centre), _row(centre, model="m@1")]
+    assert bench.select_rows(renamed, _args(), "m@1") == [renamed[0], renamed[2]]
+    legacy = {k: v for k, v in rows[0].items() if k not in ("seed", "model")}  # rows written before these keys
+    assert bench.row_key(legacy) == bench.row_key(rows[0]) and bench.select_rows([legacy], _args()) == [legacy]
+
+
+def test_run_all_skips_finished_rows_and_appends_new_ones_at_once(tmp_path, monkeypatch, shared_data):
+    calls = []
+
+    def fake(fixed, moving):
+        calls.append(moving.GetSize())
+        return np.eye(4)
+
+    monkeypatch.setattr(bench, "METHODS", {"A": ("a", fake), "B": ("b", fake)})
+    path = tmp_path / "rows.jsonl"
+    first = bench.run_all(1, 0, set(), lambda s: None, ("T2",), ("tiny",), ("T1",), rows_path=path)
+    assert [r["method"] for r in first] == ["A", "B"] and len(bench.read_rows(path)) == 2
+    done = {bench.row_key(r) for r in bench.read_rows(path)}
+    calls.clear()
+    again = bench.run_all(1, 0, set(), lambda s: None, ("T2",), ("tiny",), ("T1",), rows_path=path, done=done)
+    assert again == [] and calls == []  # nothing left to run: no case even drawn
+    more = bench.run_all(2, 0, set(), lambda s: None, ("T2",), ("tiny",), ("T1",), rows_path=path, done=done)
+    assert [(r["method"], r["case"]) for r in more] == [("A", 1), ("B", 1)] and len(bench.read_rows(path)) == 4
+    assert all(np.isfinite(r["error_mm"]) and r["error_mm"] > 0 for r in first + more)  # identity is not the truth
