@@ -87,9 +87,21 @@ def _paths(pair: str):
 
 
 def _grey(path):
+    """Luminance of a slide on its level-0 pixel grid: spacing 1, origin 0, identity direction.
+
+    The peers' transforms are applied to the landmark CSVs, which are in pixels (ANHIR), and their rotation-search
+    start comes from our search, also in level-0 pixels. SimpleITK reads a JPEG's DPI as its spacing (72 dpi gives
+    0.357 mm), so without resetting it the peers registered in millimetres but were handed pixel coordinates:
+    landmarks outside the B-spline's domain (which left the B-spline rows equal to the affine ones) and a start
+    transform in the wrong units.
+    """
     from RegistrationSuiteLib.io import read_image
 
-    return read_image(str(path), "image").image  # luminance, spacing 1 = level-0 pixels
+    img = read_image(str(path), "image").image
+    img.SetSpacing((1.0,) * img.GetDimension())
+    img.SetOrigin((0.0,) * img.GetDimension())
+    img.SetDirection(tuple(np.eye(img.GetDimension()).ravel()))
+    return img
 
 
 def _ours(pair: str, extra: list) -> np.ndarray:

@@ -52,3 +52,19 @@ def test_sitk_peer_repeats_exactly_and_runs_single_threaded(many_itk_threads, bs
     expected = np.array([truth.TransformPoint(p) for p in points])
     assert np.abs(runs[0] - expected).max() < 1.0  # and it did register (mm; the start is off by up to ~7 mm)
     assert np.abs(np.array(points) - expected).max() > 5.0
+
+
+def test_peer_images_are_on_the_pixel_grid_of_the_landmarks(tmp_path):
+    """A JPEG written at 72 dpi reads with 0.357 mm spacing in SimpleITK; the peers work on pixels (the landmark
+    CSVs and our search's start are in level-0 pixels), so ``_grey`` must give spacing 1, origin 0."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "slide.jpg"
+    Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(path, dpi=(72, 72))
+    assert sitk.ReadImage(str(path)).GetSpacing()[0] == pytest.approx(25.4 / 72)  # what the peers used to get
+    img = bh._grey(path)
+    assert img.GetSize() == (60, 40)
+    assert img.GetSpacing() == (1.0, 1.0) and img.GetOrigin() == (0.0, 0.0)
+    # a pixel landmark maps to the same pixel index, so a B-spline on this grid covers every landmark
+    assert img.TransformPhysicalPointToIndex((59.0, 39.0)) == (59, 39)
