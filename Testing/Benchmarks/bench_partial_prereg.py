@@ -580,7 +580,11 @@ def _report(rows, args, table) -> str:
         f"{' --classes ' + ' '.join(args.classes) if tuple(args.classes) != tuple(CLASSES) else ''}"
         f"{' --moving ' + ' '.join(args.moving) if tuple(args.moving) != ('T1',) else ''}"
         f"{' --model ' + args.model if args.model else ''}"
-        f"{' --section ' + args.section if args.section != 'partial_prereg' else ''} --write`",
+        f"{' --section ' + args.section if args.section != 'partial_prereg' else ''} --write`"
+        + (f" (these rows were summarised with `--from-json {Path(args.from_json).name}`: the rows of earlier, "
+           "resumed invocations of this command, cases possibly split across processes by size class; each row "
+           "was measured once and the load figures above cover all of them)" if getattr(args, "from_json", None)
+           else ""),
         *notes,
     ]
     return "\n".join(lines)
