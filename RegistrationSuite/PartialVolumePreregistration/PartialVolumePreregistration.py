@@ -24,7 +24,7 @@ from slicer.util import VTKObservationMixin
 
 from RegistrationSuiteLib.errors import InputError
 from RegistrationSuiteLib.mrml.partial_prereg_logic import PartialPreregLogic, available_models, diagnostics_rows
-from RegistrationSuiteWidgets import ChildRunMixin, formatResultSummary, torchSkipReason
+from RegistrationSuiteWidgets import ChildRunMixin, ParameterNodeWidgetMixin, formatResultSummary, torchSkipReason
 
 #
 # PartialVolumePreregistration
@@ -96,7 +96,8 @@ class PartialVolumePreregistrationParameterNode:
 #
 
 
-class PartialVolumePreregistrationWidget(ChildRunMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+class PartialVolumePreregistrationWidget(ChildRunMixin, ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget,
+                                         VTKObservationMixin):
     runName = "PartialVolumePreregistration"
 
     def __init__(self, parent=None) -> None:
@@ -115,33 +116,11 @@ class PartialVolumePreregistrationWidget(ChildRunMixin, ScriptedLoadableModuleWi
         self.logic = PartialVolumePreregistrationLogic()
         self.ui.progressBar.visible = False
 
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.observeSceneClose()  # scene close: stop a run, release / retake the parameter node
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.refreshModelsButton.connect("clicked(bool)", self.updateModels)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
         self.initializeParameterNode()
-
-    def cleanup(self) -> None:
-        self._abandonRun()
-        self.removeObservers()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self._abandonRun()
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())

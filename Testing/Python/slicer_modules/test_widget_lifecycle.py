@@ -12,9 +12,6 @@ MODULES = [m for m in discover_modules() if m != "RegistrationSuite"]  # the hub
 
 #: The methods that ParameterNodeWidgetMixin provides: a widget that uses the mixin must not define them again.
 MIXIN_METHODS = {"cleanup", "enter", "exit", "onSceneStartClose", "onSceneEndClose"}
-#: Modules whose widget may still carry its own copy (owned by another helper this session); the test below
-#: checks them as soon as they list the mixin.
-NOT_YET_ADOPTED = {"PartialVolumePreregistration"}
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -24,8 +21,6 @@ def test_widget_uses_the_shared_lifecycle_once(name):
     tree = ast.parse((MODULES_DIR / name / f"{name}.py").read_text(encoding="utf-8"))
     widget = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == f"{name}Widget")
     bases = [b.id for b in widget.bases if isinstance(b, ast.Name)]
-    if "ParameterNodeWidgetMixin" not in bases and name in NOT_YET_ADOPTED:
-        pytest.skip(f"{name} still carries its own lifecycle copy (another owner)")
     assert "ParameterNodeWidgetMixin" in bases, bases
     assert bases.index("ParameterNodeWidgetMixin") < bases.index("ScriptedLoadableModuleWidget"), bases
     methods = {n.name for n in widget.body if isinstance(n, ast.FunctionDef)}
