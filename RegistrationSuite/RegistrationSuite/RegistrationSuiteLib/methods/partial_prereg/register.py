@@ -398,7 +398,7 @@ def _local_search(fixed, moving, inits: dict, fmask, cfg, diag, prog, *, window_
 
     names = list(inits)
     levels = {}
-    if _largest_extent_mm(moving) < cfg.local_search_fine_below_mm:
+    if Grid.from_image(moving).physical_extent().max() < cfg.local_search_fine_below_mm:
         levels = dict(level_spacing_mm=tuple(cfg.local_search_fine_levels_mm),
                       blur_mm=tuple(FINE_BLUR_PER_MM * s for s in cfg.local_search_fine_levels_mm))
     res = local_module.local_rigid_search(
@@ -447,10 +447,6 @@ def _widen_if_poor(fixed, moving, found: dict, seeds: dict, fmask, cfg, diag, pr
 #: Gaussian blur (mm) per mm of level spacing of the finer local-search levels (the default levels: 3.5 mm at
 #: 5 mm, 2 mm at 2.5 mm)
 FINE_BLUR_PER_MM = 0.75
-
-
-def _largest_extent_mm(image: sitk.Image) -> float:
-    return float(np.max(np.asarray(image.GetSize()) * np.asarray(image.GetSpacing())))
 
 
 def _confidence(diag: dict) -> float:
