@@ -55,6 +55,7 @@ from common import REPO, markdown_table, require_shared_data, update_benchmarks_
 CLASSES = {"tiny": (45.0, 70.0), "small": (70.0, 110.0), "medium": (110.0, 135.0), "large": (135.0, 160.0)}
 FIXED_MODALITIES = ("T2", "FLAIR")
 SUCCESS_MM = 4.0
+ROTATION_DEG = 15.0  # the table's rotations: uniform in ± this per axis (--rotation-deg: stress sections)
 MODEL = None  # the shipped TSPM model unless --model is given
 
 
@@ -97,13 +98,16 @@ def case_rng(seed: int, contrast: str, modality: str, cls: str, k: int) -> np.ra
                                   list(CLASSES).index(cls), int(k)])
 
 
-def make_case(t1: sitk.Image, fixed: sitk.Image, cls: str, rng: np.random.Generator):
-    """(moving, true fixed→moving 4x4, largest extent mm)."""
+def make_case(t1: sitk.Image, fixed: sitk.Image, cls: str, rng: np.random.Generator,
+              rotation_deg: float = ROTATION_DEG):
+    """(moving, true fixed→moving 4x4, largest extent mm); rotation uniform in ``± rotation_deg`` per axis. The
+    random draws do not depend on ``rotation_deg``: another value rotates the same crop, placed at the same offset,
+    by angles scaled by ``rotation_deg / 15`` (up to rounding)."""
     from RegistrationSuiteLib.geometry import Grid, apply_affine
 
     start, n = _crop_box(t1, cls, rng)
     crop = sitk.RegionOfInterest(t1, [int(v) for v in n], [int(v) for v in start])
-    r = _euler_deg(rng.uniform(-15.0, 15.0, 3))
+    r = _euler_deg(rng.uniform(-float(rotation_deg), float(rotation_deg), 3))
     direction = rng.normal(size=3)
     offset = direction / np.linalg.norm(direction) * rng.uniform(0.0, 100.0)
     c_crop, c_fixed = Grid.from_image(crop).center(), Grid.from_image(fixed).center()
@@ -202,6 +206,13 @@ def run_local_centre(fixed, moving):
     matches poorly; then the refinement) seeded with the moving centre on the fixed foreground's centre in scanner
     orientation (``seeds="centre"``)."""
     return _tspm(fixed, moving, seeds="centre")
+
+
+def _window_rows(km):
+    """Development rows: the first local search within ±``km`` mm of its seeds (``local_search_first_window_mm``)
+    from the network's candidates and from the centre seed; the widening after a poor match keeps its ±40 mm."""
+    return ((lambda fixed, moving: _tspm(fixed, moving, local_search_first_window_mm=km)),
+            (lambda fixed, moving: _tspm(fixed, moving, seeds="centre", local_search_first_window_mm=km)))
 
 
 def run_local_scanner(fixed, moving):
@@ -389,6 +400,11 @@ METHODS = {
     "elastix rigid (centred)": ("elastix", run_elastix),
     "SimpleITK Mattes MI (centred)": ("sitk", run_sitk),
 }
+for _km in (20, 25, 30, 40):
+    METHODS[f"TSPM, first local search ±{_km} mm"] = (f"tspm_w{_km}", _window_rows(_km)[0])
+    METHODS[f"no network: centre seed, first local search ±{_km} mm"] = (f"local_centre_w{_km}", _window_rows(_km)[1])
+#: rows run only when ``--only`` names them (development of the first search's window, on seeds other than 0)
+OPTIONAL_ROWS = {k for k, _ in METHODS.values() if k.startswith(("tspm_w", "local_centre_w"))}
 
 
 # --------------------------------------------------------------------------------------------- running
@@ -402,9 +418,10 @@ def contrast_pairs(moving_contrasts, fixed_modalities):
 
 
 def row_key(row: dict) -> tuple:
-    """What identifies a row across runs: method, case (contrast, modality, class, index), seed and model."""
+    """What identifies a row across runs: method, case (contrast, modality, class, index), seed, model and the
+    cases' rotation range (rows written before ``--rotation-deg`` existed: ±15°)."""
     return (row["method"], row["moving_contrast"], row["modality"], row["size_class"], int(row["case"]),
-            int(row.get("seed", 0)), row.get("model") or "")
+            int(row.get("seed", 0)), row.get("model") or "", float(row.get("rotation_deg", ROTATION_DEG)))
 
 
 def read_rows(path) -> list:
@@ -425,7 +442,7 @@ def read_rows(path) -> list:
 
 
 def run_all(cases_per_class: int, seed: int, skip, log, modalities=FIXED_MODALITIES, classes=tuple(CLASSES),
-            moving_contrasts=("T1",), rows_path=None, done=()) -> list:
+            moving_contrasts=("T1",), rows_path=None, done=(), rotation_deg=ROTATION_DEG) -> list:
     """Every selected (pair, class, case, method) row. Each finished row is appended to ``rows_path`` (JSONL) at
     once; rows whose :func:`row_key` is in ``done`` are not run again (``--resume``)."""
     data = require_shared_data("brain", "stroke")
@@ -436,12 +453,14 @@ def run_all(cases_per_class: int, seed: int, skip, log, modalities=FIXED_MODALIT
         fixed = sitk.ReadImage(str(data / f"{modality}.nii.gz"), sitk.sitkFloat32)
         for cls in classes:
             for k in range(cases_per_class):
-                info = dict(modality=modality, size_class=cls, moving_contrast=contrast, case=k, seed=seed)
+                info = dict(modality=modality, size_class=cls, moving_contrast=contrast, case=k, seed=seed,
+                            rotation_deg=float(rotation_deg))
                 todo = [(name, fn) for name, (key, fn) in METHODS.items()
                         if key not in skip and row_key(dict(info, method=name, model=row_model(key))) not in done]
                 if not todo:
                     continue
-                moving, truth, largest = make_case(source, fixed, cls, case_rng(seed, contrast, modality, cls, k))
+                moving, truth, largest = make_case(source, fixed, cls, case_rng(seed, contrast, modality, cls, k),
+                                                   rotation_deg)
                 for name, fn in todo:
                     rows.append(_one(name, fn, fixed, moving, truth,
                                      dict(info, model=row_model(METHODS[name][0]), largest_mm=largest)))
@@ -468,7 +487,8 @@ def _one(name, fn, fixed, moving, truth, info) -> dict:
                      "moving_inside_fixed": res.diagnostics.get("moving_inside_fixed"),
                      "refine_shift_mm": res.diagnostics.get("refinement", {}).get("mean_corner_shift_mm"),
                      "ngf_similarity": [c.get("ngf_similarity") for c in
-                                        res.diagnostics.get("local_search", {}).get("candidates", {}).values()]}
+                                        res.diagnostics.get("local_search", {}).get("candidates", {}).values()],
+                     "widening": _widening(res.diagnostics, moving, truth)}
         if fn in (run_tspm_cli, run_tspm_cli_cached):
             extra = {"cli_seconds": CLI_SECONDS[-1][0], "cli_cpu_seconds": CLI_SECONDS[-1][1]}
         err = anchor_error(moving, out, truth)
@@ -477,6 +497,18 @@ def _one(name, fn, fixed, moving, truth, info) -> dict:
     cpu = time.process_time() - c0 + extra.get("cli_cpu_seconds", 0.0)  # in-process threads + the CLI child
     return dict(info, method=name, error_mm=err, seconds=time.perf_counter() - t0, cpu_seconds=cpu,
                 load_1min=_load(), **extra)
+
+
+def _widening(diag: dict, moving, truth):
+    """What the widening after a poor match did (``None`` when it did not run): which search was kept, both
+    searches' best normalised NGF similarity and the anchor error of both starts (before the refinement)."""
+    wide = diag.get("local_search_widened")
+    if not wide:
+        return None
+    best = {k: next(iter(wide[k]["candidates"].values()))["ngf_similarity"] for k in ("first", "widened")}
+    return {"kept": wide["kept"], "first_ngf": best["first"], "widened_ngf": best["widened"],
+            "first_error_mm": anchor_error(moving, np.asarray(wide["first_fixed_to_moving"]), truth),
+            "widened_error_mm": anchor_error(moving, np.asarray(wide["widened_fixed_to_moving"]), truth)}
 
 
 def summarise(rows, args) -> str:
@@ -559,7 +591,10 @@ def _report(rows, args, table) -> str:
         f"Pairs (moving crop → fixed, stroke subject, 1 mm, never trained on): "
         f"{', '.join(f'{m} → {f}' for m, f in contrast_pairs(args.moving, args.fixed))}; "
         f"size classes {', '.join(args.classes)}; "
-        f"{args.cases_per_class} case(s) per size class and pair, rotated ±15° per axis, centre up to 100 mm "
+        f"{args.cases_per_class} case(s) per size class and pair, rotated ±{args.rotation_deg:g}° per axis"
+        + ("" if args.rotation_deg == ROTATION_DEG else
+           f" (a stress test: the network was trained with rotations within ±15°, the local search covers ±20° "
+           f"around its seeds)") + ", centre up to 100 mm "
         f"from the fixed centre. Success: anchor error (5×5×5 grid over the moving image) < {SUCCESS_MM:g} mm. "
         f"Seed {args.seed}; 2 shared CPU cores (timings include contention from other jobs).",
         "",
@@ -580,6 +615,7 @@ def _report(rows, args, table) -> str:
         f"{' --classes ' + ' '.join(args.classes) if tuple(args.classes) != tuple(CLASSES) else ''}"
         f"{' --moving ' + ' '.join(args.moving) if tuple(args.moving) != ('T1',) else ''}"
         f"{' --model ' + args.model if args.model else ''}"
+        f"{f' --rotation-deg {args.rotation_deg:g}' if args.rotation_deg != ROTATION_DEG else ''}"
         f"{' --section ' + args.section if args.section != 'partial_prereg' else ''} --write`"
         + (f" (these rows were summarised with `--from-json {Path(args.from_json).name}`: the rows of earlier, "
            "resumed invocations of this command, cases possibly split across processes by size class; each row "
@@ -607,6 +643,10 @@ def main(argv=None) -> int:
     ap.add_argument("--moving", nargs="*", default=["T1"], choices=["T1", "T2", "FLAIR"],
                     help="contrasts of the moving crops (T1: against T2/FLAIR; T2, FLAIR: against T1)")
     ap.add_argument("--model", help="TSPM model (name or .pt; default: the shipped one)")
+    ap.add_argument("--rotation-deg", type=float, default=ROTATION_DEG,
+                    help=f"rotate the moving crops uniformly within ± this per axis (default {ROTATION_DEG:g}, the "
+                         "table's; another value is a stress test beyond the network's ±15° training rotations and "
+                         "writes its own section, partial_prereg-rotation<N> unless --section is given)")
     ap.add_argument("--write", action="store_true", help="update the section in BENCHMARKS.md")
     ap.add_argument("--from-json", help="summarise the rows saved by earlier runs (.jsonl of --rows, or "
                                         "output/partial_prereg.json) without running anything; the selection "
@@ -617,13 +657,16 @@ def main(argv=None) -> int:
                     help="only time the whole CLI on a quiet machine: N fresh processes uncached and N cached on "
                          "one medium and one tiny case (writes its own section, " + TIMING_SECTION + ")")
     args = ap.parse_args(argv)
+    if not 0 <= args.rotation_deg <= 180:
+        ap.error(f"--rotation-deg: expected an angle in [0, 180], got {args.rotation_deg:g}")
+    if args.rotation_deg != ROTATION_DEG and args.section == "partial_prereg":
+        args.section = f"partial_prereg-rotation{args.rotation_deg:g}"  # never overwrite the main table
     out_dir = REPO / "Testing" / "Benchmarks" / "output"
     out_dir.mkdir(parents=True, exist_ok=True)
     global MODEL
     if args.model:
         MODEL = args.model
-    if args.only is not None:
-        args.skip = sorted({k for k, _ in METHODS.values()} - set(args.only))
+    args.skip = skipped_rows(args.only, args.skip)
     if args.timing_only is not None:
         if args.timing_only < 1:
             ap.error("--timing-only: expected at least 1 run")
@@ -655,13 +698,21 @@ def main(argv=None) -> int:
         print(f"rows → {rows_path}" + (f" ({len(previous)} already there)" if args.resume else ""), flush=True)
         rows = previous + run_all(args.cases_per_class, args.seed, set(args.skip), lambda s: print(s, flush=True),
                                   tuple(args.fixed), tuple(args.classes), tuple(args.moving), rows_path=rows_path,
-                                  done={row_key(r) for r in previous})
+                                  done={row_key(r) for r in previous}, rotation_deg=args.rotation_deg)
         (out_dir / "partial_prereg.json").write_text(json.dumps(rows, indent=1, default=str))
     body = summarise(rows, args)
     print(body)
     if args.write:
         update_benchmarks_md(args.section, body)
     return 0
+
+
+def skipped_rows(only, skip) -> list:
+    """Row keys not run: all but ``only`` when given, else ``skip`` and the optional rows (:data:`OPTIONAL_ROWS`,
+    run only when ``--only`` names them)."""
+    if only is not None:
+        return sorted({k for k, _ in METHODS.values()} - set(only))
+    return sorted(set(skip) | OPTIONAL_ROWS)
 
 
 def row_model(key: str, model: str = None) -> str:
@@ -671,7 +722,7 @@ def row_model(key: str, model: str = None) -> str:
 
 
 NETWORK_ROWS = {"tspm", "tspm_prev", "tspm_nolocal", "tspm_noref", "tspm_noransac", "tspm_noprior", "tspm_paper_nmi",
-                "tspm_cli", "tspm_cli_cached"}
+                "tspm_cli", "tspm_cli_cached", "tspm_w20", "tspm_w25", "tspm_w30", "tspm_w40"}
 
 
 def select_rows(rows, args, model="") -> list:
@@ -682,6 +733,7 @@ def select_rows(rows, args, model="") -> list:
     names = {n for n, (k, _) in METHODS.items() if k not in set(args.skip)}
     return [r for r in rows
             if int(r.get("seed", args.seed)) == args.seed and r["method"] in keys
+            and float(r.get("rotation_deg", ROTATION_DEG)) == float(getattr(args, "rotation_deg", ROTATION_DEG))
             and r.get("model", row_model(keys[r["method"]], model)) == row_model(keys[r["method"]], model)
             and r["method"] in names and (r.get("moving_contrast", "T1"), r["modality"]) in pairs
             and r["size_class"] in args.classes and int(r["case"]) < args.cases_per_class]

@@ -75,3 +75,38 @@ def test_run_all_skips_finished_rows_and_appends_new_ones_at_once(tmp_path, monk
     more = bench.run_all(2, 0, set(), lambda s: None, ("T2",), ("tiny",), ("T1",), rows_path=path, done=done)
     assert [(r["method"], r["case"]) for r in more] == [("A", 1), ("B", 1)] and len(bench.read_rows(path)) == 4
     assert all(np.isfinite(r["error_mm"]) and r["error_mm"] > 0 for r in first + more)  # identity is not the truth
+
+
+def test_rotation_range_scales_the_same_cases_and_keys_its_rows(shared_data):
+    """``--rotation-deg``: the default draws the table's cases; another range rotates the same crop (same size, same
+    centre offset) by proportionally larger angles, and its rows never mix with the ±15° rows."""
+    from RegistrationSuiteLib.geometry import Grid, apply_affine
+
+    t1 = bench.sitk.ReadImage(str(shared_data / "brain" / "stroke" / "T1.nii.gz"), bench.sitk.sitkFloat32)
+    fixed = bench.sitk.ReadImage(str(shared_data / "brain" / "stroke" / "T2.nii.gz"), bench.sitk.sitkFloat32)
+    rng = lambda: bench.case_rng(11, "T1", "T2", "small", 0)  # noqa: E731 - a development seed
+    default, truth15, _ = bench.make_case(t1, fixed, "small", rng())
+    same, truth15b, _ = bench.make_case(t1, fixed, "small", rng(), 15.0)
+    wide, truth45, _ = bench.make_case(t1, fixed, "small", rng(), 45.0)
+    assert np.array_equal(truth15, truth15b) and default.GetSize() == same.GetSize() == wide.GetSize()
+
+    def angle(m):
+        return np.degrees(np.arccos(np.clip((np.trace(m[:3, :3]) - 1) / 2, -1, 1)))
+
+    assert 2.0 < angle(truth45) / angle(truth15) < 4.0  # three times the Euler angles: roughly three times the turn
+    # the same crop (its centre maps to the same fixed point) placed at the same offset (same moving centre)
+    centre = lambda img, m: apply_affine(np.linalg.inv(m), Grid.from_image(img).center()[None])[0]  # noqa: E731
+    assert np.allclose(centre(default, truth15), centre(wide, truth45), atol=1e-6)
+    assert np.allclose(Grid.from_image(default).center(), Grid.from_image(wide).center(), atol=1e-6)
+    tspm = "TSPM (+ refine, MI)"
+    rows = [_row(tspm), dict(_row(tspm), rotation_deg=45.0)]
+    assert bench.row_key(rows[0]) != bench.row_key(rows[1])
+    assert bench.select_rows(rows, _args()) == [rows[0]]
+    assert bench.select_rows(rows, _args(rotation_deg=45.0)) == [rows[1]]
+
+
+def test_optional_window_rows_run_only_when_named():
+    assert set(bench.OPTIONAL_ROWS) <= set(bench.skipped_rows(None, []))
+    assert "tspm" not in bench.skipped_rows(None, []) and "elastix" in bench.skipped_rows(None, ["elastix"])
+    only = bench.skipped_rows(["tspm_w25", "local_centre_w25"], [])
+    assert "tspm_w25" not in only and "local_centre_w25" not in only and "tspm" in only

@@ -263,6 +263,11 @@ def test_config_validation():
         PartialPreregConfig(local_search_widen_below=1.5)
     with pytest.raises(InputError, match="local_search_fine_below_mm"):
         PartialPreregConfig(local_search_fine_below_mm=-1)
+    for bad in (0, -10.0, True, "25"):
+        with pytest.raises(InputError, match="local_search_first_window_mm: expected a positive number or None"):
+            PartialPreregConfig(local_search_first_window_mm=bad)
+    assert PartialPreregConfig(local_search_first_window_mm=None, local_search_window_mm=35).first_window_mm() == 35.0
+    assert PartialPreregConfig(local_search_first_window_mm=20).first_window_mm() == 20.0
     assert PartialPreregConfig(local_search_fine_levels_mm=[4, 2]).local_search_fine_levels_mm == (4.0, 2.0)
     with pytest.raises(InputError, match="config: expected a PartialPreregConfig"):
         register_partial_prereg(load_sample("T2"), load_sample("T1"), {"refine": "mi"})
@@ -368,3 +373,37 @@ def test_network_free_seeding_ablation_runs_the_same_search_without_the_network(
         PartialPreregConfig(seeds="lattice")
     with pytest.raises(InputError, match="needs local_search=True"):
         PartialPreregConfig(seeds="scanner", local_search=False)
+
+
+@pytest.mark.slow
+def test_first_local_search_window_is_its_own_and_the_widening_keeps_the_wide_one(monkeypatch):
+    """``local_search_first_window_mm`` sets the window of the first search around the network's candidates (and
+    the centre seed's); the widening after a poor match (forced here: threshold 1) searches one and a half *wide*
+    windows away (60 mm) within the wide window (40 mm); the scanner seeds' lattice keeps the wide window."""
+    from RegistrationSuiteLib.methods.global_rigid import local as local_module
+
+    fixed = load_sample("T2")
+    moving, truth = _moved_crop(load_sample("T1"), [8, 12, 20], [44, 48, 36], (8.0, -6.0, 10.0), (30.0, -25.0, 20.0))
+    calls, real = [], local_module.local_rigid_search
+
+    def spy(fixed_, moving_, seeds, **kw):
+        if moving_.GetSize() == moving.GetSize():  # not the fixed → template search (moving there: the fixed image)
+            calls.append((np.asarray(seeds), kw["window_mm"]))
+        return real(fixed_, moving_, seeds, **kw)
+
+    monkeypatch.setattr(local_module, "local_rigid_search", spy)
+    cfg = dataclasses.replace(CPU, local_search_first_window_mm=22.0, local_search_widen_below=1.0)
+    for seeding in ("tspm", "centre"):
+        calls.clear()
+        result = register_partial_prereg(fixed, moving, dataclasses.replace(cfg, seeds=seeding))
+        assert [w for _, w in calls] == [22.0, 40.0], seeding
+        widened = result.diagnostics["local_search_widened"]
+        assert widened["first"]["window_mm"] == 22.0 and widened["widened"]["window_mm"] == 40.0
+        first_seed, neighbours = calls[0][0][0], calls[1][0]
+        # the widened search's second seed is the first seed's +x neighbour: its moving image sits 60 mm away
+        moved = np.linalg.inv(neighbours[1])[:3, 3] - np.linalg.inv(first_seed)[:3, 3]
+        assert np.linalg.norm(moved) == pytest.approx(1.5 * 40.0, abs=1e-6), seeding
+        assert _anchor_error(moving, result.fixed_to_moving_matrix, truth) < 4.0
+    calls.clear()
+    register_partial_prereg(fixed, moving, dataclasses.replace(cfg, seeds="scanner"))
+    assert [w for _, w in calls] == [40.0]

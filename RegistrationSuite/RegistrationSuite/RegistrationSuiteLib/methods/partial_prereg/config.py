@@ -55,6 +55,10 @@ class PartialPreregConfig:
             normalised NGF similarity is refined. Our addition: it brings a rough TSPM estimate (a few cm off)
             into the refinement's capture range. ``False`` is the ablation "TSPM without local search".
         local_search_window_mm: half-width (mm) of the translation window around each TSPM candidate.
+        local_search_first_window_mm: half-width (mm) of the *first* local search around its seeds; ``None`` (default)
+            = ``local_search_window_mm``. The widening after a poor match always uses ``local_search_window_mm``
+            (neighbours one and a half windows away, each searched within that window). Smaller first windows
+            cost less per search but leave more to the widening.
         local_search_deg: half-width (degrees) of the rotation neighbourhood of each TSPM candidate.
         local_search_rotations: rotations scored per TSPM candidate on the search's first (5 mm) level (50: on
             medium and large crops of the stroke subject, 100 cost twice the CPU time for the same final result).
@@ -113,6 +117,7 @@ class PartialPreregConfig:
     orientation_prior: bool = True
     local_search: bool = True
     local_search_window_mm: float = 40.0
+    local_search_first_window_mm: Optional[float] = None
     local_search_deg: float = 20.0
     local_search_rotations: int = 50
     local_search_keep: int = 2
@@ -148,6 +153,11 @@ class PartialPreregConfig:
         for name in ("local_search_window_mm", "local_search_deg"):
             if not getattr(self, name) > 0:
                 raise InputError(f"{name}: expected a positive number, got {getattr(self, name)}")
+        if self.local_search_first_window_mm is not None and not (
+                isinstance(self.local_search_first_window_mm, (int, float))
+                and not isinstance(self.local_search_first_window_mm, bool) and self.local_search_first_window_mm > 0):
+            raise InputError(f"local_search_first_window_mm: expected a positive number or None, got "
+                             f"{self.local_search_first_window_mm!r}")
         if not 0 <= self.local_search_widen_below <= 1:
             raise InputError(f"local_search_widen_below: expected a similarity in [0, 1], got "
                              f"{self.local_search_widen_below}")
@@ -185,6 +195,12 @@ class PartialPreregConfig:
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise InputError(f"{name}: expected a fraction in [0, 1], got {value}")
+
+    def first_window_mm(self) -> float:
+        """Half-width (mm) of the first local search around its seeds (``local_search_first_window_mm`` or, when
+        ``None``, ``local_search_window_mm``)."""
+        return float(self.local_search_window_mm if self.local_search_first_window_mm is None
+                     else self.local_search_first_window_mm)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -142,7 +142,9 @@ def _network_free_search(fixed_img, moving_img, fmask, cfg, diag, timings, prog)
     seeds = scanner_seeds(fixed_img, moving_img, cfg.local_search_window_mm)
     seeds = {"centre": seeds["centre"]} if cfg.seeds == "centre" else seeds
     diag["seeding"] = cfg.seeds
-    inits = _local_search(fixed_img, moving_img, seeds, fmask, cfg, diag, prog.sub(0.0, 0.8))
+    # the scanner seeds' lattice tiles the fixed foreground with windows of local_search_window_mm: keep it there
+    window = cfg.first_window_mm() if cfg.seeds == "centre" else cfg.local_search_window_mm
+    inits = _local_search(fixed_img, moving_img, seeds, fmask, cfg, diag, prog.sub(0.0, 0.8), window_mm=window)
     if cfg.local_search_widen and cfg.seeds == "centre":
         inits = _widen_if_poor(fixed_img, moving_img, inits, seeds, fmask, cfg, diag, prog.sub(0.8, 1.0))
     timings["local_search"] = time.perf_counter() - t0
@@ -168,7 +170,8 @@ def _tspm_search(fixed_img, moving_img, tspm, fmask, cfg, diag, timings, warning
         timings["fixed_to_template"] = time.perf_counter() - t0
         if cfg.local_search:
             t0 = time.perf_counter()
-            inits = _local_search(fixed_img, moving_img, inits, fmask, cfg, diag, prog.sub(0.7, 0.77))
+            inits = _local_search(fixed_img, moving_img, inits, fmask, cfg, diag, prog.sub(0.7, 0.77),
+                                  window_mm=cfg.first_window_mm())
             if cfg.local_search_widen:
                 inits = _widen_if_poor(fixed_img, moving_img, inits, seeds, fmask, cfg, diag, prog.sub(0.77, 0.8))
             timings["local_search"] = time.perf_counter() - t0
@@ -409,6 +412,7 @@ def _local_search(fixed, moving, inits: dict, fmask, cfg, diag, prog, *, window_
     cands = res.diagnostics["candidates"]
     out = {f"local_search_from_{names[cands[0]['seed']]}": np.asarray(cands[0]["fixed_to_moving"])}
     diag["local_search"] = {"seeds": {n: {"csngf": s} for n, s in zip(names, res.diagnostics["seed_scores"])},
+                            "window_mm": float(window_mm or cfg.local_search_window_mm),
                             "candidates": {n: {"ngf_similarity": c["score"]} for n, c in zip(out, cands)},
                             "confidence": res.confidence, "first_level": res.diagnostics.get("first_level"),
                             "seconds": res.timings.get("total"),
@@ -436,6 +440,7 @@ def _widen_if_poor(fixed, moving, found: dict, seeds: dict, fmask, cfg, diag, pr
     similarity2 = diag["local_search"]["candidates"][name2]["ngf_similarity"]
     kept = "widened" if similarity2 > similarity else "first"
     diag["local_search_widened"] = {"first": first, "widened": diag["local_search"], "kept": kept,
+                                    "first_fixed_to_moving": found[name], "widened_fixed_to_moving": again[name2],
                                     "reason": f"the first search's best normalised NGF similarity {similarity:.2f} < "
                                               f"{cfg.local_search_widen_below:g}"}
     if kept == "first":
