@@ -28,11 +28,18 @@ a run can be stopped, resumed (``--resume``) or split across invocations and sum
 Per-contrast rows (``--moving T1 T2 FLAIR``): T2 and FLAIR crops are registered to the T1 (the network was
 trained on T1 patches only).
 
+Stress test ``--rotation-deg N`` (default 15, the table's): the same crops at the same offsets rotated within ±N°
+per axis, beyond the network's ±15° training rotations and the local search's ±20° around its seeds; written to
+its own section (``partial_prereg-rotation<N>``), rows keyed by the rotation range. Optional development rows
+(run only when ``--only`` names them): ``tspm_w<K>`` / ``local_centre_w<K>`` = the first local search within ±K mm
+(K = 20, 25, 30, 40) from the network's candidates / the centre seed (``local_search_first_window_mm``).
+
 Usage::
 
     python Testing/Benchmarks/bench_partial_prereg.py --cases-per-class 5 [--skip global elastix] [--write]
     python Testing/Benchmarks/bench_partial_prereg.py --timing-only 5 --write   # whole-CLI time only (quiet machine)
     python Testing/Benchmarks/bench_partial_prereg.py --cases-per-class 2 --only tspm local_centre --resume
+    python Testing/Benchmarks/bench_partial_prereg.py --seed 12 --rotation-deg 45 --only tspm local_centre
     python Testing/Benchmarks/bench_partial_prereg.py --cases-per-class 2 --only tspm local_centre \
         --from-json Testing/Benchmarks/output/partial_prereg_rows.jsonl --write
 """
@@ -488,15 +495,36 @@ def _one(name, fn, fixed, moving, truth, info) -> dict:
                      "refine_shift_mm": res.diagnostics.get("refinement", {}).get("mean_corner_shift_mm"),
                      "ngf_similarity": [c.get("ngf_similarity") for c in
                                         res.diagnostics.get("local_search", {}).get("candidates", {}).values()],
-                     "widening": _widening(res.diagnostics, moving, truth)}
+                     "widening": _widening(res.diagnostics, moving, truth),
+                     "seed_errors": _seed_errors(res.diagnostics, moving, truth)}
         if fn in (run_tspm_cli, run_tspm_cli_cached):
             extra = {"cli_seconds": CLI_SECONDS[-1][0], "cli_cpu_seconds": CLI_SECONDS[-1][1]}
         err = anchor_error(moving, out, truth)
+        extra["truth_rotation_deg"] = rotation_angle_deg(truth[:3, :3])  # from the scanner orientation
     except Exception as exc:  # noqa: BLE001 - a crashing peer is a failed case, not a failed benchmark
         err, extra = float("inf"), {"error": f"{type(exc).__name__}: {exc}"[:200]}
     cpu = time.process_time() - c0 + extra.get("cli_cpu_seconds", 0.0)  # in-process threads + the CLI child
     return dict(info, method=name, error_mm=err, seconds=time.perf_counter() - t0, cpu_seconds=cpu,
                 load_1min=_load(), **extra)
+
+
+def rotation_angle_deg(r: np.ndarray) -> float:
+    """Angle (degrees) of the rotation matrix ``r``."""
+    return float(np.degrees(np.arccos(np.clip((np.trace(np.asarray(r)[:3, :3]) - 1.0) / 2.0, -1.0, 1.0))))
+
+
+def _seed_errors(diag: dict, moving, truth):
+    """The network's candidates as local-search seeds (fixed → moving = moving → template⁻¹ · template → fixed⁻¹):
+    rotation error (degrees) and anchor error (mm) of each from the truth; ``None`` without them."""
+    cands, t_tf = diag.get("moving_to_template"), diag.get("fixed_to_template", {}).get("template_to_fixed")
+    if not cands or t_tf is None:
+        return None
+    out = {}
+    for name, a_mov in cands.items():
+        seed = np.linalg.inv(np.asarray(a_mov, float)) @ np.linalg.inv(np.asarray(t_tf, float))
+        out[name] = {"rotation_error_deg": rotation_angle_deg(seed[:3, :3].T @ truth[:3, :3]),
+                     "error_mm": anchor_error(moving, seed, truth)}
+    return out
 
 
 def _widening(diag: dict, moving, truth):
@@ -596,7 +624,9 @@ def _report(rows, args, table) -> str:
            f" (a stress test: the network was trained with rotations within ±15°, the local search covers ±20° "
            f"around its seeds)") + ", centre up to 100 mm "
         f"from the fixed centre. Success: anchor error (5×5×5 grid over the moving image) < {SUCCESS_MM:g} mm. "
-        f"Seed {args.seed}; 2 shared CPU cores (timings include contention from other jobs).",
+        f"Seed {args.seed}"
+        + ("" if args.seed == 0 else " (development cases: the benchmark's own are seed 0)")
+        + "; 2 shared CPU cores (timings include contention from other jobs).",
         "",
         table,
         "",
@@ -606,6 +636,7 @@ def _report(rows, args, table) -> str:
         + (f"TSPM flagged {doubtful} result(s) as doubtful; {failed_flagged} of its {failed} failure(s) were flagged. "
            if tspm else "")
         + _cost_sentence(rows, args)
+        + _widening_sentence(rows)
         + crash_text,
         "",
         f"Command: `python Testing/Benchmarks/bench_partial_prereg.py --cases-per-class {args.cases_per_class} "
@@ -737,6 +768,22 @@ def select_rows(rows, args, model="") -> list:
             and r.get("model", row_model(keys[r["method"]], model)) == row_model(keys[r["method"]], model)
             and r["method"] in names and (r.get("moving_contrast", "T1"), r["modality"]) in pairs
             and r["size_class"] in args.classes and int(r["case"]) < args.cases_per_class]
+
+
+def _widening_sentence(rows) -> str:
+    """Per row that recorded it: how often the widening after a poor match ran, how often its search was kept, and
+    how often it swapped a start within 5 mm of the truth (before the refinement) for one farther away."""
+    parts = []
+    for n in METHODS:
+        rs = [r for r in rows if r["method"] == n and "widening" in r]
+        if not rs:
+            continue
+        wide = [r["widening"] for r in rs if r["widening"]]
+        kept = [w for w in wide if w["kept"] == "widened"]
+        bad = [w for w in kept if w["first_error_mm"] < 5.0 <= w["widened_error_mm"]]
+        parts.append(f"{n} {len(wide)} of {len(rs)} (widened search kept {len(kept)}, a start within 5 mm swapped "
+                     f"for a worse one {len(bad)})")
+    return ("Widening after a poor match ran on: " + "; ".join(parts) + ". ") if parts else ""
 
 
 def _cost_sentence(rows, args) -> str:

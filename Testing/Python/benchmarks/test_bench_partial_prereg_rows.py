@@ -110,3 +110,35 @@ def test_optional_window_rows_run_only_when_named():
     assert "tspm" not in bench.skipped_rows(None, []) and "elastix" in bench.skipped_rows(None, ["elastix"])
     only = bench.skipped_rows(["tspm_w25", "local_centre_w25"], [])
     assert "tspm_w25" not in only and "local_centre_w25" not in only and "tspm" in only
+
+
+def test_seed_errors_and_widening_record_what_the_pipeline_started_from():
+    """The network's candidates are turned into the local search's seeds (moving → template⁻¹ · template →
+    fixed⁻¹) and compared with the truth; the widening's starts likewise."""
+    from RegistrationSuiteLib.geometry import rigid_about_center
+
+    moving = bench.sitk.Image([20, 30, 10], bench.sitk.sitkFloat32)
+    moving.SetSpacing((2.0, 1.0, 3.0))
+    r = bench._euler_deg([0.0, 0.0, 30.0])
+    truth = rigid_about_center(r, np.zeros(3), np.array([5.0, -3.0, 2.0]))
+    t_tf = rigid_about_center(bench._euler_deg([10.0, 0.0, 0.0]), np.zeros(3), np.array([1.0, 2.0, 3.0]))
+    exact = np.linalg.inv(truth @ t_tf)  # a moving → template candidate whose seed is the truth
+    off = np.linalg.inv(rigid_about_center(bench._euler_deg([0.0, 12.0, 0.0]), np.zeros(3), np.zeros(3)) @ truth
+                        @ t_tf)
+    diag = {"moving_to_template": {"ransac": exact, "orientation_prior": off},
+            "fixed_to_template": {"template_to_fixed": t_tf}}
+    errors = bench._seed_errors(diag, moving, truth)
+    assert errors["ransac"]["rotation_error_deg"] < 1e-4 and errors["ransac"]["error_mm"] < 1e-6
+    assert errors["orientation_prior"]["rotation_error_deg"] == pytest.approx(12.0, abs=1e-6)
+    assert errors["orientation_prior"]["error_mm"] > 1.0
+    assert bench._seed_errors({}, moving, truth) is None
+    assert bench.rotation_angle_deg(r) == pytest.approx(30.0)
+    wide = {"kept": "widened", "first": {"candidates": {"a": {"ngf_similarity": 0.5}}},
+            "widened": {"candidates": {"b": {"ngf_similarity": 0.7}}},
+            "first_fixed_to_moving": truth, "widened_fixed_to_moving": np.linalg.inv(off) @ np.eye(4)}
+    w = bench._widening({"local_search_widened": wide}, moving, truth)
+    assert w["first_error_mm"] < 1e-6 and w["widened_error_mm"] > 1.0 and (w["first_ngf"], w["widened_ngf"]) == (0.5, 0.7)
+    assert bench._widening({}, moving, truth) is None
+    rows = [dict(_row("TSPM (+ refine, MI)"), widening=w), dict(_row("TSPM (+ refine, MI)", case=1), widening=None)]
+    assert "TSPM (+ refine, MI) 1 of 2 (widened search kept 1, a start within 5 mm swapped for a worse one 1)" in \
+        bench._widening_sentence(rows)
