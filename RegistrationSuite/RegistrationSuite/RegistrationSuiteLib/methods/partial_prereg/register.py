@@ -9,7 +9,8 @@ fixed → moving transform out (Xia et al., MICCAI 2022, Fig. 2).
    our result maps fixed points to moving points, so ``fixed_to_moving = A_mov⁻¹ · T_tf⁻¹``.
 4. Local search (our addition, ``local_search``): the CSNGF search of the foundation restricted to the
    neighbourhood of the TSPM candidates (rotations within ``local_search_deg``, shifts within
-   ``local_search_window_mm``, :func:`~..global_rigid.local.local_rigid_search`); its best candidate goes on.
+   ``local_search_first_window_mm``, by default ``local_search_window_mm``,
+   :func:`~..global_rigid.local.local_rigid_search`); its best candidate goes on.
    Levels 5 then 2.5 mm; 2.5 mm alone for a moving image under ``local_search_fine_below_mm``. A best candidate
    that matches poorly (normalised NGF similarity below ``local_search_widen_below``) triggers a second
    search from each candidate's six neighbours and the centre seed; the better search is kept
