@@ -605,7 +605,8 @@ def _report(rows, args, table) -> str:
         "",
         "Notes. A subset run of selected rows beside the full table (same script), with the "
         "current code: the full table above may predate later changes (see its command and BENCHMARKS history). "
-        f"Rows not run here: {', '.join(n for n, (k, _) in METHODS.items() if k in set(args.skip)) or 'none'}; "
+        "Rows not run here: "
+        f"{', '.join(n for n, (k, _) in METHODS.items() if k in set(args.skip) - OPTIONAL_ROWS) or 'none'}; "
         f"size classes not run: {', '.join(c for c in CLASSES if c not in args.classes) or 'none'}. "
         + TUNING_NOTE + " A handful of cases is far too few to rank methods, it shows what the rows measure. "
         "Timings are wall "
@@ -775,7 +776,7 @@ def _widening_sentence(rows) -> str:
     how often it swapped a start within 5 mm of the truth (before the refinement) for one farther away."""
     parts = []
     for n in METHODS:
-        rs = [r for r in rows if r["method"] == n and "widening" in r]
+        rs = [r for r in rows if r["method"] == n and "widening" in r and r.get("ngf_similarity")]  # searched
         if not rs:
             continue
         wide = [r["widening"] for r in rs if r["widening"]]

@@ -137,8 +137,12 @@ def test_seed_errors_and_widening_record_what_the_pipeline_started_from():
             "widened": {"candidates": {"b": {"ngf_similarity": 0.7}}},
             "first_fixed_to_moving": truth, "widened_fixed_to_moving": np.linalg.inv(off) @ np.eye(4)}
     w = bench._widening({"local_search_widened": wide}, moving, truth)
-    assert w["first_error_mm"] < 1e-6 and w["widened_error_mm"] > 1.0 and (w["first_ngf"], w["widened_ngf"]) == (0.5, 0.7)
+    assert w["first_error_mm"] < 1e-6 and w["widened_error_mm"] > 1.0
+    assert (w["first_ngf"], w["widened_ngf"]) == (0.5, 0.7)
     assert bench._widening({}, moving, truth) is None
-    rows = [dict(_row("TSPM (+ refine, MI)"), widening=w), dict(_row("TSPM (+ refine, MI)", case=1), widening=None)]
+    rows = [dict(_row("TSPM (+ refine, MI)"), widening=w, ngf_similarity=[0.7]),
+            dict(_row("TSPM (+ refine, MI)", case=1), widening=None, ngf_similarity=[0.8]),
+            dict(_row("TSPM alone (w/o local search and refinement)"), widening=None, ngf_similarity=[])]
     assert "TSPM (+ refine, MI) 1 of 2 (widened search kept 1, a start within 5 mm swapped for a worse one 1)" in \
         bench._widening_sentence(rows)
+    assert "TSPM alone" not in bench._widening_sentence(rows)  # no local search, nothing to widen
