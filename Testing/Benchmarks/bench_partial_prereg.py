@@ -604,7 +604,9 @@ def _report(rows, args, table) -> str:
     ] if args.section == "partial_prereg" else [
         "",
         "Notes. A subset run of selected rows beside the full table (same script), with the "
-        "current code: the full table above may predate later changes (see its command and BENCHMARKS history). "
+        + (f"TSPM model file {model_id()} and the " if any(row_model(k) for _, (k, _) in METHODS.items()
+                                                            if k not in set(args.skip)) else "")
+        + "current code: the full table above may predate later changes (see its command and BENCHMARKS history). "
         "Rows not run here: "
         f"{', '.join(n for n, (k, _) in METHODS.items() if k in set(args.skip) - OPTIONAL_ROWS) or 'none'}; "
         f"size classes not run: {', '.join(c for c in CLASSES if c not in args.classes) or 'none'}. "

@@ -146,3 +146,20 @@ def test_seed_errors_and_widening_record_what_the_pipeline_started_from():
     assert "TSPM (+ refine, MI) 1 of 2 (widened search kept 1, a start within 5 mm swapped for a worse one 1)" in \
         bench._widening_sentence(rows)
     assert "TSPM alone" not in bench._widening_sentence(rows)  # no local search, nothing to widen
+
+
+def test_a_rotation_stress_run_writes_its_own_section_never_the_table(tmp_path, monkeypatch):
+    written = []
+    monkeypatch.setattr(bench, "update_benchmarks_md", lambda section, body: written.append((section, body)))
+    centre = "no network: TSPM's search from the centre seed (+ refine)"
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("\n".join(json.dumps(dict(_row(centre, cls=c), rotation_deg=deg, seconds=2.0, cpu_seconds=1.5,
+                                             error_mm=err))
+                              for c, deg, err in (("tiny", 45.0, 1.0), ("small", 45.0, 30.0), ("tiny", 15.0, 2.0))))
+    common = ["--from-json", str(rows), "--only", "local_centre", "--cases-per-class", "1", "--classes", "tiny",
+              "small", "--fixed", "T2", "--write"]
+    assert bench.main(common + ["--rotation-deg", "45"]) == 0
+    section, body = written[-1]
+    assert section == "partial_prereg-rotation45" and "rotated ±45° per axis (a stress test" in body
+    assert "| 100% (1) | 0% (1) |" in body and "--rotation-deg 45" in body  # the two ±45° rows, not the ±15° one
+    assert bench.main(common) == 0 and written[-1][0] == "partial_prereg" and "| 100% (1) | – |" in written[-1][1]
