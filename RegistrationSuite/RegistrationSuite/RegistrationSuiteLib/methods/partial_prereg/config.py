@@ -59,10 +59,11 @@ class PartialPreregConfig:
             = ``local_search_window_mm``. The widening after a poor match always uses ``local_search_window_mm``
             (neighbours one and a half windows away, each searched within that window). Smaller first windows
             cost less per search but leave more to the widening. Measured on 16 development crops (seed 11, not the
-            benchmark's 0; ``bench_partial_prereg.py --only tspm_w20 tspm_w25 tspm_w40``): ±20 and ±25 mm around
-            the network's candidates each lost one tiny crop (a wrong place 39 mm off matched well, normalised NGF
-            similarity 0.75-0.78, so no widening) that ±40 mm found, and saved little CPU time (3.2 s per case at
-            ±25 mm, 3.5 s at ±40 mm; the search's cost is mostly its rotations, not its window): ``None`` stays.
+            benchmark's 0; ``bench_partial_prereg.py --only tspm_w20 tspm_w25 tspm_w30 tspm_w40``): ±20 and ±25 mm
+            around the network's candidates each lost one tiny crop (a wrong place 39 mm off matched well,
+            normalised NGF similarity 0.75-0.78, so no widening) that ±30 and ±40 mm found, and none saved CPU time
+            worth having (3.2 s per case at ±25 mm, 3.6 s at ±30 mm, 3.5 s at ±40 mm; the search's cost is mostly
+            its rotations, not its window): ``None`` stays.
         local_search_deg: half-width (degrees) of the rotation neighbourhood of each TSPM candidate.
         local_search_rotations: rotations scored per TSPM candidate on the search's first (5 mm) level (50: on
             medium and large crops of the stroke subject, 100 cost twice the CPU time for the same final result).
