@@ -1,4 +1,5 @@
-"""Shared fixtures: a headless MRML scene (needs slicer-core) and the optional ../shared/data folder."""
+"""Shared fixtures: a headless MRML scene (needs slicer-core), the optional ../shared/data folder, a private result
+cache and a four-thread ITK default."""
 
 from pathlib import Path
 
@@ -31,3 +32,15 @@ def private_result_cache(tmp_path_factory, monkeypatch):
     """Every test gets an empty on-disk result cache (RegistrationSuiteLib.cache), never the user's; child
     processes started by a test inherit it through the environment."""
     monkeypatch.setenv("REGISTRATION_SUITE_CACHE", str(tmp_path_factory.mktemp("result-cache")))
+
+
+@pytest.fixture
+def many_itk_threads():
+    """Four ITK threads by default (more than the two-core CI machine has), so thread-order effects would show;
+    the previous default is restored afterwards."""
+    import SimpleITK as sitk
+
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(4)
+    yield
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)

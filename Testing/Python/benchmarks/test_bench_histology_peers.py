@@ -13,15 +13,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "Benchmarks"))
 import bench_histology as bh  # noqa: E402
 
 
-@pytest.fixture
-def many_itk_threads():
-    """Start from four ITK threads (more than the bench machine's two) and restore the default afterwards."""
-    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(4)
-    yield
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
-
-
 def _slides():
     """A textured 'slide' and a copy rotated by 8° and shifted, anisotropic pixels (0.5 × 0.7)."""
     rng = np.random.default_rng(3)

@@ -60,6 +60,27 @@ def test_2d_rgb_converted_to_luminance_with_note(tmp_path):
     assert any("luminance" in w for w in loaded.warnings)
 
 
+def test_jpeg_print_resolution_is_not_taken_as_pixel_size(tmp_path):
+    """A JPEG written at 72 dpi reads back from ITK with 0.353 mm spacing; read_image puts it on the pixel grid
+    (spacing 1, noted) like a JPEG without a density. A NRRD keeps its spacing."""
+    rng = np.random.default_rng(0)
+    arr = (rng.random((40, 50)) * 255).astype(np.uint8)
+    img = _image(arr, spacing=(25.4 / 72, 25.4 / 72))
+    jpg, nrrd = tmp_path / "slide.jpg", tmp_path / "slide.nrrd"
+    sitk.WriteImage(img, str(jpg))
+    sitk.WriteImage(img, str(nrrd))
+    assert sitk.ReadImage(str(jpg)).GetSpacing()[0] == pytest.approx(25.4 / 72)  # what ITK's reader gives
+    loaded = read_image(jpg, "moving")
+    assert loaded.image.GetSpacing() == (1.0, 1.0) and loaded.image.GetOrigin() == (0.0, 0.0)
+    assert loaded.image.GetSize() == (50, 40)
+    assert any("print setting" in w and "moving" in w for w in loaded.warnings)
+    kept = read_image(nrrd, "moving")
+    assert kept.image.GetSpacing()[0] == pytest.approx(25.4 / 72) and not kept.warnings
+    plain = tmp_path / "plain.jpg"
+    sitk.WriteImage(_image(arr), str(plain))
+    assert read_image(plain, "fixed").warnings == []  # no density: nothing to say
+
+
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
 def test_non_finite_voxels_rejected(value):
     arr = np.random.default_rng(0).random((6, 6, 6)).astype(np.float32)

@@ -42,7 +42,8 @@ def read_image(source: ImageLike, name: str = "image", *, allow_constant: bool =
 
     Returns:
         :class:`ImageInput` with a float32 image; a 2D RGB(A) image is converted to luminance (noted in
-        ``warnings``).
+        ``warnings``); a JPEG file is put on a pixel grid (spacing 1, origin 0, noted in ``warnings`` when its
+        header said otherwise): :func:`pixel_units_for_jpeg`.
 
     Raises:
         InputError: missing/unreadable file, truncated or corrupt file (gzip or NIfTI length check), 4D or
@@ -54,6 +55,7 @@ def read_image(source: ImageLike, name: str = "image", *, allow_constant: bool =
         image, label = source, "<in-memory image>"
     else:
         image, label = _read_path(Path(source), name), str(source)
+        image = pixel_units_for_jpeg(image, Path(source), name, warnings)
     image = _to_scalar(image, name, warnings)
     check_image(image, name, allow_constant=allow_constant)
     return ImageInput(sitk.Cast(image, sitk.sitkFloat32), label, warnings, image.GetPixelID())
@@ -71,6 +73,31 @@ def _read_path(path: Path, name: str) -> sitk.Image:
         raise InputError(f"{name}: cannot read image {path} ({first[:200]})") from None
     check_image_file(path, name)  # what the reader accepted without a word: truncation, NaN in NIfTI
     return image
+
+
+#: file suffixes whose resolution field is a print setting (JFIF dots per inch), not the size of a pixel
+JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
+
+
+def pixel_units_for_jpeg(image: sitk.Image, path: Path, name: str, warnings: list) -> sitk.Image:
+    """A JPEG's JFIF density (usually 72 or 96 dpi, set by the camera or editor) is not the physical size of its
+    pixels, but ITK's reader turns it into spacing (72 dpi → 0.353 mm). Put such an image on the pixel grid
+    (spacing 1, origin 0, identity direction) so that transforms and landmarks of JPEG inputs are in pixels, as
+    for JPEGs without a density; other formats keep their header. Notes the change in ``warnings``."""
+    if path.suffix.lower() not in JPEG_SUFFIXES:
+        return image
+    dim = image.GetDimension()
+    identity = np.eye(dim).ravel().tolist()
+    if (np.allclose(image.GetSpacing(), 1.0) and np.allclose(image.GetOrigin(), 0.0)
+            and np.allclose(image.GetDirection(), identity)):
+        return image
+    warnings.append(f"{name}: the JPEG's resolution field (spacing {image.GetSpacing()[0]:.4g}) is a print "
+                    "setting, not the pixel size; pixel units used (spacing 1)")
+    out = sitk.Image(image)
+    out.SetSpacing([1.0] * dim)
+    out.SetOrigin([0.0] * dim)
+    out.SetDirection(identity)
+    return out
 
 
 def _read_dicom_series(folder: Path, name: str) -> sitk.Image:

@@ -21,15 +21,6 @@ def partial_case():
     return load_sample("T2"), crop, start
 
 
-@pytest.fixture
-def many_itk_threads():
-    """Four ITK threads by default (even on a one-core machine), so thread-order effects would show."""
-    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(4)
-    yield
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
-
-
 def _refine(case, metric, seed):
     fixed, moving, start = case
     return refine_rigid(fixed, moving, start, metric=metric, iterations=40, levels=LEVELS, seed=seed)
