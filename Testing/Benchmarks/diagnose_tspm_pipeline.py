@@ -22,10 +22,17 @@ Distances are over the template's brain region (template points mapped into the 
 mean and max, against the (rigid) reference and against its similarity counterpart (a similarity MI refinement
 started from it, whose isotropic scale says how far any rigid alignment can be right). Rows go to ``output/diagnose_tspm_alignment<tag>.jsonl``.
 
+With ``--patches`` (development seeds only) it records per crop the network's median patch error against the
+template positions implied by the true transform and the pipeline's own fixed → template alignment, the scale of
+a similarity fit of the predictions to those positions (< 1: contracted), and "TSPM alone"'s anchor error
+(``output/diagnose_tspm_patches_seed<S><tag>.jsonl``; ``--save-points`` keeps each crop's points as ``.npz``).
+
 Usage::
 
     python Testing/Benchmarks/diagnose_tspm_pipeline.py --seed 11 --classes tiny --cases-per-class 3
     python Testing/Benchmarks/diagnose_tspm_pipeline.py --alignment [--include-stroke]
+    python Testing/Benchmarks/diagnose_tspm_pipeline.py --patches --seed 11 --classes tiny small medium large \
+        --cases-per-class 3 --moving T1 T2 FLAIR [--save-points]
 """
 
 from __future__ import annotations
