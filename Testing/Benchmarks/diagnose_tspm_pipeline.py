@@ -14,9 +14,25 @@ For every case (same case generator as the benchmark) it records, as one JSON li
   over the overlap at the truth and at the result: if the truth scores *higher*, the search missed it (seeds,
   window, steps); if *lower*, the metric is ambiguous on that crop.
 
+With ``--alignment`` it instead measures the pipeline's fixed → template alignment (``_fixed_to_template`` of
+``register.py``, uncached) against the reference alignments of the TSPM training set
+(``prepare_tspm_training.py``: global search + full Mattes-MI refinement; the network's training targets), on the
+training volumes only (``--include-stroke`` adds the benchmark's subject: a held-out check, run once).
+Distances are over the template's brain region (template points mapped into the volume by both alignments):
+mean and max, against the (rigid) reference and against its similarity counterpart (a similarity MI refinement
+started from it, whose isotropic scale says how far any rigid alignment can be right). Rows go to ``output/diagnose_tspm_alignment<tag>.jsonl``.
+
+With ``--patches`` (development seeds only) it records per crop the network's median patch error against the
+template positions implied by the true transform and the pipeline's own fixed → template alignment, the scale of
+a similarity fit of the predictions to those positions (< 1: contracted), and "TSPM alone"'s anchor error
+(``output/diagnose_tspm_patches_seed<S><tag>.jsonl``; ``--save-points`` keeps each crop's points as ``.npz``).
+
 Usage::
 
     python Testing/Benchmarks/diagnose_tspm_pipeline.py --seed 11 --classes tiny --cases-per-class 3
+    python Testing/Benchmarks/diagnose_tspm_pipeline.py --alignment [--include-stroke]
+    python Testing/Benchmarks/diagnose_tspm_pipeline.py --patches --seed 11 --classes tiny small medium large \
+        --cases-per-class 3 --moving T1 T2 FLAIR [--save-points]
 """
 
 from __future__ import annotations
@@ -87,9 +103,183 @@ def diagnose_case(fixed, moving, truth, config_kw=None) -> dict:
     return out
 
 
+def brain_points(template, stride: int = 3) -> np.ndarray:
+    """Physical points (template LPS mm) of every ``stride``-th voxel of the template's brain region."""
+    from RegistrationSuiteLib.geometry import apply_affine
+
+    idx = np.argwhere(sitk.GetArrayViewFromImage(template.foreground_mask())[::stride, ::stride, ::stride])
+    return apply_affine(template.canvas_to_physical(), idx[:, ::-1] * float(stride))
+
+
+def alignment_distance(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict:
+    """Mean / max distance (mm) between two template → image matrices over ``points``."""
+    from RegistrationSuiteLib.geometry import apply_affine
+
+    d = np.linalg.norm(apply_affine(a, points) - apply_affine(b, points), axis=1)
+    return {"mean_mm": round(float(d.mean()), 2), "max_mm": round(float(d.max()), 2)}
+
+
+def reference_alignment(template, image, name, start, cache_dir: Path, reference_dir=None) -> np.ndarray:
+    """template → image matrix of ``prepare_tspm_training.py`` (read from ``reference_dir`` when it holds the
+    file, else computed with the same code and seed and kept in ``cache_dir``)."""
+    from prepare_tspm_training import align
+    from RegistrationSuiteLib.geometry import affine_matrix_from_sitk
+
+    if reference_dir is not None and (Path(reference_dir) / f"{name}_template_to_image.tfm").is_file():
+        return affine_matrix_from_sitk(sitk.ReadTransform(str(Path(reference_dir) / f"{name}_template_to_image.tfm")))
+    path = cache_dir / f"{name}_template_to_image.npy"
+    if path.is_file():
+        return np.load(path)
+    matrix, _ = align(template, image, start, 0)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.save(path, matrix)
+    return matrix
+
+
+#: variants of the fixed → template step measured by ``--alignment``: name → PartialPreregConfig overrides
+ALIGNMENT_VARIANTS = {
+    "default (local search follows: no refinement)": {},
+    "local search off, rigid MI refinement (before)": {"local_search": False, "fixed_to_template_scale": False},
+    "local search off, similarity MI refinement": {"local_search": False},
+}
+
+
+def alignment_main(args) -> int:
+    from prepare_tspm_training import VOLUMES
+    from RegistrationSuiteLib.methods.partial_prereg import PartialPreregConfig
+    from RegistrationSuiteLib.methods.partial_prereg import register as register_module
+    from RegistrationSuiteLib.methods.partial_prereg.refine import LEVELS, refine_similarity
+    from RegistrationSuiteLib.methods.partial_prereg.template import load_template
+    from RegistrationSuiteLib.progress import as_progress
+
+    data = require_shared_data("brain")
+    out_dir = REPO / "Testing" / "Benchmarks" / "output"
+    out_path = out_dir / f"diagnose_tspm_alignment{args.tag}.jsonl"
+    template = load_template()
+    points = brain_points(template)
+    volumes = [(n, rel, start) for n, rel, start, _lic, split in VOLUMES
+               if (split == "train" or args.include_stroke) and not start.startswith("same:")]
+    volumes += [(n, rel, start[5:]) for n, rel, start, _lic, split in VOLUMES
+                if args.include_stroke and start.startswith("same:")]
+    if args.volumes:
+        volumes = [v for v in volumes if v[0] in args.volumes]
+    refs = {}
+    with out_path.open("w") as fh:
+        for name, rel, start in volumes:
+            image = sitk.ReadImage(str(data.parent / rel), sitk.sitkFloat32)
+            if start in refs:  # co-registered with an earlier volume: same reference
+                ref = refs[start]
+            else:
+                ref = reference_alignment(template, image, name, start, out_dir / "tspm_reference_alignments",
+                                          args.reference_dir)
+            refs[name] = ref
+            # the reference's similarity counterpart: a similarity MI refinement from it (3 levels, 200 iterations)
+            ref_sim, ref_scale = refine_similarity(template.image, image, ref, iterations=200, levels=LEVELS,
+                                                   fixed_mask=template.foreground_mask(dilate_mm=5.0))
+            row = {"volume": name, "reference_similarity_scale": round(ref_scale, 4),
+                   "rigid_vs_similarity_reference": alignment_distance(points, ref, ref_sim)}
+            for label, overrides in ALIGNMENT_VARIANTS.items():
+                cfg = PartialPreregConfig(device="cpu", cache_fixed_to_template=False, **overrides)
+                diag = {}
+                t0 = time.process_time()
+                matrix = register_module._fixed_to_template(image, template, cfg, diag, as_progress(None))
+                row[label] = dict(alignment_distance(points, matrix, ref),
+                                  vs_similarity_reference=alignment_distance(points, matrix, ref_sim),
+                                  cpu_s=round(time.process_time() - t0, 2),
+                                  scale=round(float(np.cbrt(np.linalg.det(matrix[:3, :3]))), 4),
+                                  search=diag["fixed_to_template"].get("search"))
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()
+            print(json.dumps(row), flush=True)
+    return 0
+
+
+def fit_similarity(source: np.ndarray, target: np.ndarray) -> tuple:
+    """Least-squares similarity ``target ≈ s R source + t`` (Umeyama): ``(4x4 matrix, s)``."""
+    cs, ct = source.mean(axis=0), target.mean(axis=0)
+    a, b = source - cs, target - ct
+    u, sv, vt = np.linalg.svd(a.T @ b)
+    d = np.sign(np.linalg.det(vt.T @ u.T)) or 1.0
+    fix = np.diag([1.0, 1.0, d])
+    r = vt.T @ fix @ u.T
+    scale = float((sv * np.diag(fix)).sum() / (a**2).sum())
+    m = np.eye(4)
+    m[:3, :3] = scale * r
+    m[:3, 3] = ct - scale * r @ cs
+    return m, scale
+
+
+def patches_main(args) -> int:
+    """Per development crop: the network's patch errors against the template positions implied by the true
+    transform and the pipeline's own fixed → template alignment, the scale of a similarity fit of predictions to
+    those positions (< 1: predictions contracted), and "TSPM alone"'s anchor error."""
+    from RegistrationSuiteLib.geometry import Grid, apply_affine
+    from RegistrationSuiteLib.methods.partial_prereg import PartialPreregConfig
+    from RegistrationSuiteLib.methods.partial_prereg import register as register_module
+    from RegistrationSuiteLib.methods.partial_prereg.network import load_tspm_model
+    from RegistrationSuiteLib.progress import as_progress
+    from bench_partial_prereg import case_rng
+
+    data = require_shared_data("brain", "stroke")
+    out_path = REPO / "Testing" / "Benchmarks" / "output" / f"diagnose_tspm_patches_seed{args.seed}{args.tag}.jsonl"
+    cfg = PartialPreregConfig(device="cpu", cache_fixed_to_template=False, local_search=False, refine="none",
+                              **json.loads(args.config))
+    tspm = load_tspm_model(cfg.model_path)
+    t_tf = {}
+    with out_path.open("w") as fh:
+        for contrast, modality in contrast_pairs(args.moving, args.fixed):
+            source = sitk.ReadImage(str(data / f"{contrast}.nii.gz"), sitk.sitkFloat32)
+            fixed = sitk.ReadImage(str(data / f"{modality}.nii.gz"), sitk.sitkFloat32)
+            if modality not in t_tf:
+                t_tf[modality] = register_module._fixed_to_template(fixed, tspm.template, cfg, {}, as_progress(None))
+            for cls in args.classes:
+                for k in range(args.cases_per_class):
+                    moving, truth, largest = make_case(source, fixed, cls, case_rng(args.seed, contrast, modality,
+                                                                                     cls, k))
+                    row = dict(moving_contrast=contrast, modality=modality, size_class=cls, case=k,
+                               largest_mm=round(largest, 1))
+                    rng = np.random.default_rng(cfg.seed)
+                    try:
+                        ps, pred = register_module.predict_template_positions(moving, tspm, cfg, rng)
+                    except Exception as exc:  # noqa: BLE001 - recorded
+                        row["error"] = f"{type(exc).__name__}: {exc}"[:200]
+                        fh.write(json.dumps(row) + "\n")
+                        continue
+                    true_pos = apply_affine(np.linalg.inv(t_tf[modality]) @ np.linalg.inv(truth), ps.centers_mm)
+                    err = np.linalg.norm(pred - true_pos, axis=1)
+                    _, scale = fit_similarity(true_pos, pred)
+                    a_mov, ransac = register_module._moving_to_template(moving, tspm, cfg, {}, {}, as_progress(None))
+                    estimate = np.linalg.inv(a_mov["ransac"]) @ np.linalg.inv(t_tf[modality])
+                    centre = tspm.template.grid.center()
+                    row.update(patch_error_median_mm=round(float(np.median(err)), 1), n=len(err),
+                               pred_over_true_scale=round(scale, 3),
+                               true_distance_from_centre_mm=round(float(np.linalg.norm(true_pos.mean(0) - centre)), 1),
+                               pred_distance_from_centre_mm=round(float(np.linalg.norm(pred.mean(0) - centre)), 1),
+                               consensus=bool(ransac.consensus), alone_error_mm=round(anchor_error(moving, estimate,
+                                                                                                   truth), 1))
+                    fh.write(json.dumps(row) + "\n")
+                    fh.flush()
+                    print(json.dumps(row), flush=True)
+                    if args.save_points:  # for offline comparisons of estimators (no network rerun)
+                        axes = [np.linspace(0, n - 1, 5) for n in moving.GetSize()]
+                        idx = np.array(np.meshgrid(*axes, indexing="ij")).reshape(3, -1).T
+                        anchors = apply_affine(Grid.from_image(moving).index_to_world(), idx)
+                        np.savez(out_path.with_suffix("").as_posix() + f"_{contrast}_{modality}_{cls}_{k}.npz",
+                                 centers=ps.centers_mm, pred=pred, true=true_pos, truth=truth,
+                                 t_tf=t_tf[modality], anchors=anchors)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seed", type=int, required=True, help="case seed (not the benchmark's 0)")
+    ap.add_argument("--seed", type=int, help="case seed (not the benchmark's 0)")
+    ap.add_argument("--alignment", action="store_true", help="measure the fixed → template alignment instead")
+    ap.add_argument("--include-stroke", action="store_true", help="with --alignment: also the benchmark's subject")
+    ap.add_argument("--reference-dir", help="with --alignment: a prepare_tspm_training.py output folder")
+    ap.add_argument("--volumes", nargs="*", help="with --alignment: only these training volumes")
+    ap.add_argument("--patches", action="store_true",
+                    help="per crop: the network's patch errors, their contraction and TSPM alone's error")
+    ap.add_argument("--save-points", action="store_true", help="with --patches: save each crop's points (.npz)")
     ap.add_argument("--classes", nargs="*", default=["tiny"], choices=list(CLASSES))
     ap.add_argument("--cases-per-class", type=int, default=2)
     ap.add_argument("--moving", nargs="*", default=["T1", "T2", "FLAIR"], choices=["T1", "T2", "FLAIR"])
@@ -97,8 +287,14 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default="{}", help="JSON of PartialPreregConfig overrides")
     ap.add_argument("--tag", default="")
     args = ap.parse_args(argv)
+    if args.alignment:
+        return alignment_main(args)
+    if args.seed is None:
+        ap.error("--seed is required (not the benchmark's 0)")
     if args.seed == 0:
         ap.error("--seed 0 draws the benchmark's cases: use another seed for diagnosis")
+    if args.patches:
+        return patches_main(args)
     data = require_shared_data("brain", "stroke")
     out_path = REPO / "Testing" / "Benchmarks" / "output" / f"diagnose_tspm_pipeline_seed{args.seed}{args.tag}.jsonl"
     out_path.parent.mkdir(parents=True, exist_ok=True)

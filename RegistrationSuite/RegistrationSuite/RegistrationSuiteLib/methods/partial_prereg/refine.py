@@ -125,9 +125,10 @@ def _method(metric: str, iterations: int, seed: int, sampling: float) -> sitk.Im
 
 
 def evaluate_metric(fixed: sitk.Image, moving: sitk.Image, fixed_to_moving: np.ndarray, metric: str, *,
-                    fixed_mask: Optional[sitk.Image] = None, seed: int = 0) -> float:
+                    fixed_mask: Optional[sitk.Image] = None, seed: int = 0, linear: bool = False) -> float:
     """The metric over the overlap at ``fixed_to_moving`` (MI/NMI as similarity, MSE as error); NaN if the
-    images do not overlap."""
+    images do not overlap. ``fixed_to_moving`` is taken as rigid (its nearest rotation) unless ``linear``
+    (any affine matrix, e.g. a similarity; not for ``"nmi"``)."""
     mask = overlap_mask(fixed, moving, fixed_to_moving, fixed_mask)
     inside = np.argwhere(sitk.GetArrayViewFromImage(mask))
     if not len(inside):
@@ -148,7 +149,10 @@ def evaluate_metric(fixed: sitk.Image, moving: sitk.Image, fixed_to_moving: np.n
     lo, hi = inside.min(axis=0)[::-1], inside.max(axis=0)[::-1] + 1
     box = [(hi - lo).tolist(), lo.tolist()]
     reg.SetMetricFixedMask(sitk.RegionOfInterest(mask, *box))
-    reg.SetInitialTransform(_euler(fixed_to_moving, Grid.from_image(fixed).center()), inPlace=False)
+    from ...geometry import sitk_affine_from_matrix
+
+    tx = sitk_affine_from_matrix(fixed_to_moving) if linear else _euler(fixed_to_moving, Grid.from_image(fixed).center())
+    reg.SetInitialTransform(tx, inPlace=False)
     with itk_threads(ITK_THREADS):
         value = float(reg.MetricEvaluate(sitk.RegionOfInterest(fixed, *box), moving))
     return -value if metric == "mi" else value
@@ -238,3 +242,55 @@ def _run_level(fixed, moving, current, mask, metric, shrink, sigma, iterations, 
             return current, (lines[-1] if lines else "ITK error")[:200]
         raise
     return affine_matrix_from_sitk(tx), ""
+
+
+def refine_similarity(
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    fixed_to_moving: np.ndarray,
+    *,
+    fixed_mask: Optional[sitk.Image] = None,
+    iterations: int = 100,
+    levels=LEVELS[:2],
+    seed: int = 0,
+    samples: int = SAMPLES,
+) -> tuple:
+    """Similarity (rotation, translation and one isotropic scale) Mattes-MI refinement from ``fixed_to_moving``,
+    measured over the overlap like :func:`refine_rigid`: ``(4x4 fixed → moving matrix, scale)``. The scale is
+    moving size over fixed size (``|det|^(1/3)`` of the linear part). Used to align a fixed image with the TSPM
+    template, whose brain differs in size from a subject's. A level ITK cannot run leaves the matrix unchanged;
+    a result whose MI is not better than the start's is not returned (the start is, scale 1)."""
+    fixed = sitk.Cast(fixed, sitk.sitkFloat32)
+    moving = sitk.Cast(moving, sitk.sitkFloat32)
+    start = np.asarray(fixed_to_moving, dtype=float)
+    current = start
+    before = evaluate_metric(fixed, moving, start, "mi", fixed_mask=fixed_mask, seed=seed, linear=True)
+    for k, (shrink, sigma) in enumerate(levels):
+        mask = overlap_mask(fixed, moving, current, fixed_mask)
+        idx = np.argwhere(sitk.GetArrayViewFromImage(mask) > 0)[:, ::-1].astype(float)
+        if not len(idx):
+            break
+        center = apply_affine(Grid.from_image(fixed).index_to_world(), idx.mean(axis=0)[None])[0]
+        linear = current[:3, :3]
+        scale = float(np.cbrt(np.linalg.det(linear)))
+        tx = sitk.Similarity3DTransform()
+        tx.SetCenter(center.tolist())
+        rotation = _euler(np.vstack([np.hstack([linear / scale, np.zeros((3, 1))]), [0, 0, 0, 1]]), center)
+        tx.SetMatrix(rotation.GetMatrix(), 1e-6)
+        tx.SetScale(scale)
+        tx.SetTranslation((current[:3, 3] + linear @ center - center).tolist())
+        reg = _method("mi", iterations, seed + k, _sampling(mask, shrink, samples))
+        reg.SetMetricFixedMask(mask)
+        reg.SetShrinkFactorsPerLevel([int(shrink)])
+        reg.SetSmoothingSigmasPerLevel([float(sigma)])
+        reg.SetInitialTransform(tx, inPlace=True)
+        try:
+            with itk_threads(ITK_THREADS):
+                reg.Execute(fixed, moving)
+        except RuntimeError:
+            continue
+        current = affine_matrix_from_sitk(tx)
+    after = evaluate_metric(fixed, moving, current, "mi", fixed_mask=fixed_mask, seed=seed, linear=True)
+    if not (np.isfinite(after) and after > before):
+        return start, float(np.cbrt(np.linalg.det(start[:3, :3])))
+    return current, float(np.cbrt(np.linalg.det(current[:3, :3])))
