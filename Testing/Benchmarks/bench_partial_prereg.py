@@ -509,8 +509,9 @@ def _one(name, fn, fixed, moving, truth, info) -> dict:
 
 
 def rotation_angle_deg(r: np.ndarray) -> float:
-    """Angle (degrees) of the rotation matrix ``r``."""
-    return float(np.degrees(np.arccos(np.clip((np.trace(np.asarray(r)[:3, :3]) - 1.0) / 2.0, -1.0, 1.0))))
+    """Angle (degrees) of the rotation part of ``r`` (its nearest rotation: a scaled one counts as its rotation)."""
+    u, _, vt = np.linalg.svd(np.asarray(r, float)[:3, :3])
+    return float(np.degrees(np.arccos(np.clip((np.trace(u @ vt) - 1.0) / 2.0, -1.0, 1.0))))
 
 
 def _seed_errors(diag: dict, moving, truth):

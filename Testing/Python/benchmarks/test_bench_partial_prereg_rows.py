@@ -132,7 +132,7 @@ def test_seed_errors_and_widening_record_what_the_pipeline_started_from():
     assert errors["orientation_prior"]["rotation_error_deg"] == pytest.approx(12.0, abs=1e-6)
     assert errors["orientation_prior"]["error_mm"] > 1.0
     assert bench._seed_errors({}, moving, truth) is None
-    assert bench.rotation_angle_deg(r) == pytest.approx(30.0)
+    assert bench.rotation_angle_deg(r) == pytest.approx(30.0) == pytest.approx(bench.rotation_angle_deg(1.07 * r))
     wide = {"kept": "widened", "first": {"candidates": {"a": {"ngf_similarity": 0.5}}},
             "widened": {"candidates": {"b": {"ngf_similarity": 0.7}}},
             "first_fixed_to_moving": truth, "widened_fixed_to_moving": np.linalg.inv(off) @ np.eye(4)}
