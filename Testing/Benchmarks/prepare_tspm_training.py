@@ -16,7 +16,8 @@ Usage::
     python Testing/Benchmarks/prepare_tspm_training.py --data ../shared/data --out .device_carry/tspm_training
 
 Writes ``OUT/PAIRS.csv`` (image, template_to_image, split, licence, name), ``OUT/PILOT.csv`` (the same
-training rows, two of them held out for a first training stage, no stroke rows), a copy of each image, its
+training rows, two of them held out for a first training stage, no stroke rows), ``OUT/TISSUE.csv`` (tissue
+maps) and ``OUT/LABELS.csv`` (label atlas) for synthetic contrasts, a copy of each image, its
 ``*_template_to_image.tfm`` (template points → image points, LPS) and ``OUT/report.json`` (MI before/after).
 """
 
@@ -67,6 +68,12 @@ VOLUMES = [
 #: tissue probability maps in the space of the ICBM 2009a T1 (its transform is reused) for synthetic contrasts
 TISSUE_MAPS = [("gm", "brain/templates/icbm152_2009a_gm.nii.gz"), ("wm", "brain/templates/icbm152_2009a_wm.nii.gz")]
 TISSUE_ANATOMY = "icbm152_2009a"
+#: label atlas on the grid of the MNI152 1 mm T1 (same size, spacing and origin: that T1's transform is reused)
+#: for synthetic contrasts with a random intensity per label (train --labels). Drawn on the ICBM 2009a head
+#: (LABEL_ANATOMY: its tissue split, scalp and skull; the MNI152 1 mm T1 is skull-stripped).
+LABEL_ATLAS = "brain/templates/mni152_labels_1mm.nii.gz"
+LABEL_TRANSFORM = "mni152_1mm"
+LABEL_ANATOMY = "icbm152_2009a"
 
 
 def align(template, image: sitk.Image, start: str, seed: int) -> tuple:
@@ -152,6 +159,13 @@ def main(argv=None) -> int:
                           "template_to_image": f"{TISSUE_ANATOMY}_template_to_image.tfm", "licence": ICBM,
                           "anatomy": TISSUE_ANATOMY}
                          for name, _ in TISSUE_MAPS)
+    shutil.copyfile(data / LABEL_ATLAS, out / "labels_mni152_1mm.nii.gz")
+    with open(out / "LABELS.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["image", "template_to_image", "licence", "anatomy"])
+        writer.writeheader()
+        writer.writerow({"image": "labels_mni152_1mm.nii.gz",
+                         "template_to_image": f"{LABEL_TRANSFORM}_template_to_image.tfm", "licence": APACHE_ANTS,
+                         "anatomy": LABEL_ANATOMY})
     report_path.write_text(json.dumps(report, indent=2))
     print(f"wrote {out / 'PAIRS.csv'} ({len(rows)} rows)")
     return 0

@@ -212,3 +212,50 @@ def test_train_partial_prereg_mirror_symmetric_and_cosine(tmp_path):
     sitk.WriteImage(shifted, str(tmp_path / "shifted.nii.gz"))
     assert main(base + ["--output", str(tmp_path / "s.pt"), "--template", str(tmp_path / "shifted.nii.gz")]) == 2
     assert not (tmp_path / "s.pt").exists()
+
+
+def test_train_partial_prereg_label_atlas_contrasts(tmp_path):
+    """--labels trains with synthetic contrasts of a label atlas (alone, and together with --tissue): the card
+    records the atlas, its number of labels (3 tissue labels per region + background + 2 head classes) and the
+    contrast families; the command line carries --labels; a missing LABELS.csv or an atlas anatomy that is not
+    a training row is an input error (exit 2) that writes nothing."""
+    import shutil
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    from RegistrationSuiteLib.methods.partial_prereg import load_tspm_model
+
+    shutil.copyfile(sample_path("T1"), tmp_path / "t1.nii.gz")
+    t1 = sitk.ReadImage(str(tmp_path / "t1.nii.gz"), sitk.sitkFloat32)
+    arr = sitk.GetArrayFromImage(t1)
+    fg = arr > 0.2 * np.percentile(arr, 99)
+    half = np.indices(arr.shape)[2] >= arr.shape[2] // 2
+    atlas = sitk.GetImageFromArray((fg * (1 + half)).astype(np.uint8))
+    atlas.CopyInformation(t1)
+    sitk.WriteImage(atlas, str(tmp_path / "atlas.nii.gz"))
+    sitk.WriteImage(sitk.Cast(atlas > 0, sitk.sitkFloat32), str(tmp_path / "fg.nii.gz"))
+    (tmp_path / "PAIRS.csv").write_text("image,template_to_image,split,licence,name\nt1.nii.gz,,train,MIT,t1\n")
+    (tmp_path / "LABELS.csv").write_text("image,licence,anatomy\natlas.nii.gz,MIT,t1\n")
+    (tmp_path / "TISSUE.csv").write_text("class,image,anatomy\nfg,fg.nii.gz,t1\n")
+    base = ["train-partial-prereg", "--pairs", str(tmp_path / "PAIRS.csv"), "--epochs", "1", "--steps-per-epoch",
+            "2", "--batch-size", "16", "--device", "cpu", "--quiet", "--channels", "4", "8", "8", "8", "8",
+            "--hidden", "16", "--synthetic-fraction", "0.5"]
+    assert main(base + ["--output", str(tmp_path / "m.pt"), "--labels", str(tmp_path / "LABELS.csv")]) == 0
+    card = load_tspm_model(str(tmp_path / "m.pt")).card
+    synth = card["synthetic_contrasts"]
+    assert synth["fraction_of_crops"] == 0.5 and "tissue_maps" not in synth
+    assert synth["label_atlas"]["files"][0]["file"] == "atlas.nii.gz" and synth["label_atlas"]["anatomy"] == "t1"
+    # two regions; the template brain mask's voxels outside the atlas may add a third
+    assert synth["label_atlas"]["labels"] in (1 + 3 * 2 + 2, 1 + 3 * 3 + 2)
+    assert set(synth["label_atlas"]["family_weights"]) == {"random", "t1", "t2", "flair", "pd"}
+    assert "--labels" in card["command"]
+    both = base + ["--output", str(tmp_path / "b.pt"), "--labels", str(tmp_path / "LABELS.csv"), "--tissue",
+                   str(tmp_path / "TISSUE.csv")]
+    assert main(both) == 0
+    synth = load_tspm_model(str(tmp_path / "b.pt")).card["synthetic_contrasts"]
+    assert "tissue_maps" in synth and "label_atlas" in synth and "50/50" in synth["sources"]
+    assert main(base + ["--output", str(tmp_path / "x.pt"), "--labels", str(tmp_path / "nope.csv")]) == 2
+    (tmp_path / "LABELS2.csv").write_text("image,anatomy\natlas.nii.gz,colin\n")
+    assert main(base + ["--output", str(tmp_path / "y.pt"), "--labels", str(tmp_path / "LABELS2.csv")]) == 2
+    assert not (tmp_path / "x.pt").exists() and not (tmp_path / "y.pt").exists()

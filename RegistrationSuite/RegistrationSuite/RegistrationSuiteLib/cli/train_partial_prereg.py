@@ -37,9 +37,14 @@ def add_parser(sub):
                    help="intensity normalisation: mr = robust percentiles, ct = window [-500, 3000] HU")
     p.add_argument("--tissue", help="TISSUE.csv of tissue probability maps (columns class, image, optionally "
                    "template_to_image, licence, anatomy) for synthetic contrasts")
+    p.add_argument("--labels", help="LABELS.csv of a label atlas (columns image, optionally template_to_image, "
+                   "licence, anatomy) for synthetic contrasts with a random intensity per label (SynthSeg-style: "
+                   "each atlas region split into CSF/grey/white matter by the anatomy's scan; random, T1-, T2-, "
+                   "FLAIR- or PD-like contrast families); with --tissue too, each contrast comes from one of both")
     p.add_argument("--synthetic-fraction", type=float, default=0.0,
-                   help="fraction of the simulated crops drawn from synthetic contrasts of the tissue maps "
-                        "(random intensity per tissue, bias field, blur, thick slices, noise; default 0)")
+                   help="fraction of the simulated crops drawn from synthetic contrasts of the tissue maps and/or "
+                        "label atlas (random intensity per tissue or label, bias field, blur, thick slices, "
+                        "noise; default 0)")
     p.add_argument("--mirror-symmetric", action="store_true",
                    help="left-right symmetric template (the shipped one is): mirror half of the training crops "
                         "(patch flipped along x, target x mirrored) and let the model average each patch's "
@@ -70,7 +75,7 @@ def run(args) -> int:
     from ..io.outputs import OutputSet
 
     inputs = {f"--{a.replace('_', '-')}": getattr(args, a) for a in ("pairs", "template", "init_weights", "checkpoint",
-                                                                     "tissue")
+                                                                     "tissue", "labels")
               if getattr(args, a, None)}
     checks = OutputSet(inputs)  # checked up front; the trainer writes the model and its card atomically
     out = checks.add("--output", args.output, (".pt",))
@@ -89,6 +94,7 @@ def run(args) -> int:
     model = train_partial_prereg_model(
         args.pairs, out, template=template, config=config, intensity=intensity, checkpoint=args.checkpoint,
         name=args.name, command=command, notes=args.notes, init_weights=args.init_weights, tissue_csv=args.tissue,
+        labels_csv=args.labels,
         network=network, progress=progress_for(args), log=log,
     )
     metrics = model.card["metrics"]
@@ -100,7 +106,7 @@ def run(args) -> int:
 
 
 _OPTIONS = ("pairs", "template", "output", "epochs", "steps_per_epoch", "batch_size", "patches_per_crop", "lr",
-            "lr_schedule", "final_lr_fraction", "rotation", "modality", "tissue", "synthetic_fraction", "mirror_symmetric", "channels", "hidden", "dropout", "init_weights", "checkpoint", "name", "seed",
+            "lr_schedule", "final_lr_fraction", "rotation", "modality", "tissue", "labels", "synthetic_fraction", "mirror_symmetric", "channels", "hidden", "dropout", "init_weights", "checkpoint", "name", "seed",
             "device", "notes")
 
 

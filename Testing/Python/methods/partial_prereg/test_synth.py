@@ -1,12 +1,13 @@
-"""Synthetic contrasts from tissue maps: tissue classes get their drawn intensities, contrasts differ between
+"""Synthetic contrasts from tissue maps and label maps (SynthSeg-style, random intensity per label): tissue classes get their drawn intensities, contrasts differ between
 draws and repeat per seed, thick slices are constant within a slab, the bias field is smooth."""
 
 import numpy as np
 import pytest
 
 from RegistrationSuiteLib.errors import InputError
-from RegistrationSuiteLib.methods.partial_prereg.synth import (SynthConfig, synthetic_contrast, thick_slices,
-                                                               tissue_stack)
+from RegistrationSuiteLib.methods.partial_prereg.synth import (BACKGROUND, CSF, GM, WM, LabelSynthConfig,
+                                                               SynthConfig, synthetic_contrast,
+                                                               synthetic_from_labels, thick_slices, tissue_stack)
 
 PLAIN = SynthConfig(class_std=0.0, bias_strength=0.0, blur_sigma=(0.0, 0.0), thick_slice_probability=0.0,
                     noise_std=(0.0, 0.0), background_lift=0.0)
@@ -61,3 +62,64 @@ def test_bad_inputs():
         synthetic_contrast(np.zeros((4, 4, 4)), np.random.default_rng(0))
     with pytest.raises(InputError, match="one shape"):
         tissue_stack(np.zeros((4, 4, 4)), np.zeros((4, 4, 5)))
+
+
+def _label_map(shape=(20, 24, 28)):
+    """Four labels: background, then three slabs of a ball (labels 1, 2, 3) in classes csf, gm, wm."""
+    z, y, x = np.indices(shape)
+    ball = ((z - 10) ** 2 + (y - 12) ** 2 + (x - 14) ** 2) < 81
+    labels = np.where(ball, 1 + (x >= 11).astype(int) + (x >= 17).astype(int), 0)
+    return labels.astype(np.int32), np.array([BACKGROUND, CSF, GM, WM])
+
+
+def test_label_synthesis_follows_the_label_map():
+    """Before bias, blur and noise every label is one intensity, its drawn mean; labels differ."""
+    labels, groups = _label_map()
+    cfg = LabelSynthConfig(acquisition=PLAIN)
+    image, info = synthetic_from_labels(labels, groups, np.random.default_rng(3), cfg, family="random")
+    means = np.array(info["means"])
+    for lab in range(4):
+        assert np.ptp(image[labels == lab]) < 1e-5  # constant within a label
+    values = np.array([image[labels == lab][0] for lab in range(4)])
+    assert np.argsort(values).tolist() == np.argsort(means).tolist()
+    assert np.min(np.diff(np.sort(values))) > 0.01  # different across labels
+    # with the per-voxel variation, still close to constant within a label and ordered like the means
+    noisy, info2 = synthetic_from_labels(labels, groups, np.random.default_rng(3),
+                                         LabelSynthConfig(acquisition=SynthConfig(
+                                             bias_strength=0.0, blur_sigma=(0.0, 0.0), thick_slice_probability=0.0,
+                                             noise_std=(0.0, 0.0), background_lift=0.0, class_std=0.02)),
+                                         family="random")
+    med = [np.median(noisy[labels == lab]) for lab in range(4)]
+    assert np.argsort(med).tolist() == np.argsort(info2["means"]).tolist()
+    again, _ = synthetic_from_labels(labels, groups, np.random.default_rng(3), cfg, family="random")
+    np.testing.assert_array_equal(again, image)
+
+
+@pytest.mark.parametrize("family, order", [("t1", (CSF, GM, WM)), ("t2", (WM, GM, CSF)), ("flair", (CSF, WM, GM))])
+def test_label_synthesis_contrast_families(family, order):
+    """T1: CSF < GM < WM; T2: bright CSF; FLAIR: dark CSF under bright-ish grey matter -- for every draw."""
+    labels, groups = _label_map()
+    cfg = LabelSynthConfig(acquisition=PLAIN, label_std=0.0)
+    for seed in range(10):
+        image, info = synthetic_from_labels(labels, groups, np.random.default_rng(seed), cfg, family=family)
+        assert info["family"] == family
+        by_class = {int(g): float(image[labels == lab].mean()) for lab, g in enumerate(groups)}
+        assert by_class[order[0]] < by_class[order[1]] < by_class[order[2]]
+
+
+def test_label_synthesis_draws_families_by_weight_and_bad_inputs():
+    labels, groups = _label_map()
+    only_t2 = LabelSynthConfig(family_weights=(0, 0, 1, 0, 0), acquisition=PLAIN)
+    assert {synthetic_from_labels(labels, groups, np.random.default_rng(s), only_t2)[1]["family"]
+            for s in range(5)} == {"t2"}
+    mixed = {synthetic_from_labels(labels, groups, np.random.default_rng(s),
+                                   LabelSynthConfig(acquisition=PLAIN))[1]["family"] for s in range(40)}
+    assert len(mixed) >= 4
+    with pytest.raises(InputError, match="labels: expected labels"):
+        synthetic_from_labels(labels + 5, groups, np.random.default_rng(0))
+    with pytest.raises(InputError, match="integer label map"):
+        synthetic_from_labels(labels.astype(np.float32), groups, np.random.default_rng(0))
+    with pytest.raises(InputError, match="family"):
+        synthetic_from_labels(labels, groups, np.random.default_rng(0), family="ct")
+    with pytest.raises(InputError, match="family_weights"):
+        LabelSynthConfig(family_weights=(1, 0, 0))

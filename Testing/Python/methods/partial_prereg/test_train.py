@@ -170,3 +170,50 @@ def test_predict_patch_positions_flip_x_measures_mirror_equivariance(tmp_path, t
     p, _ = predict_patch_positions(plain, vol, template, IntensityConfig(), **kw)
     q, _ = predict_patch_positions(plain, vol, template, IntensityConfig(), flip_x=True, **kw)
     assert np.abs((p[:, 0] + q[:, 0]) / 2.0 - mid_mm).max() > 1e-2
+
+
+def test_label_atlas_contrasts_enter_the_batches(tmp_path, template):
+    """A label atlas (LABELS.csv) on the canvas: each region is split into three tissue labels by the anatomy's
+    scan, non-brain head voxels into dark/bright; with synthetic_fraction = 1 the crops come from its
+    contrasts (same labels as the real scan's crops, other intensities)."""
+    from RegistrationSuiteLib.methods.partial_prereg.synth import CSF, GM, GROUPS, HEAD_BRIGHT, HEAD_DARK, WM
+    from RegistrationSuiteLib.methods.partial_prereg.train import labels_on_canvas, read_labels_csv
+
+    t1 = sitk.ReadImage(str(sample_path("T1")), sitk.sitkFloat32)
+    sitk.WriteImage(t1, str(tmp_path / "t1.nii.gz"))
+    arr = sitk.GetArrayFromImage(t1)
+    fg = arr > 0.2 * np.percentile(arr, 99)
+    zc = int(np.median(np.argwhere(fg)[:, 0]))
+    regions = np.where(fg, 1 + (np.indices(arr.shape)[0] >= zc), 0).astype(np.int16) * 7  # labels 0, 7, 14
+    atlas = sitk.GetImageFromArray(regions)
+    atlas.CopyInformation(t1)
+    sitk.WriteImage(atlas, str(tmp_path / "atlas.nii.gz"))
+    (tmp_path / "LABELS.csv").write_text("image,anatomy,licence\natlas.nii.gz,t1,MIT\n")
+    entry = read_labels_csv(tmp_path / "LABELS.csv")[0]
+    assert entry.template_to_image is None and entry.licence == "MIT"
+    case = read_pairs_csv(_pairs(tmp_path, ["t1.nii.gz,,train,MIT,t1"]))[0]
+    brain = sitk.GetArrayFromImage(template.foreground_mask()).astype(bool)
+    vol = volume_on_canvas(case, template, brain, 0.6, IntensityConfig())
+    scan = np.clip(vol.values / np.percentile(vol.values[vol.valid], 99.5), 0, 1)
+    labels, groups = labels_on_canvas(entry, template, scan, (scan > 0.05).astype(np.float32))
+    assert labels.shape == vol.values.shape and len(groups) == 1 + 3 * 2 + 2 and labels.max() == len(groups) - 1
+    assert groups.tolist() == [0, CSF, GM, WM, CSF, GM, WM, HEAD_DARK, HEAD_BRIGHT] and len(GROUPS) == 6
+    # within a region, the three tissue labels are ordered by the scan's intensity (csf < gm < wm)
+    med = [np.median(scan[labels == lab]) for lab in (1, 2, 3)]
+    assert med[0] < med[1] < med[2]
+    from RegistrationSuiteLib.methods.partial_prereg.train import LabelAtlas
+
+    cfg = TSPMTrainConfig(optim=TrainingConfig(batch_size=16), patches_per_crop=8, synthetic_fraction=1.0,
+                          synthetic_pool=1, synthetic_refresh=2)
+    real = PatchSampler([vol], template, IntensityConfig(), TSPMTrainConfig(optim=TrainingConfig(batch_size=16),
+                                                                            patches_per_crop=8))
+    synth = PatchSampler([vol], template, IntensityConfig(), cfg)
+    synth.add_synthetic(None, None, np.random.default_rng(0), labels=LabelAtlas(labels, groups, vol, []))
+    img = synth.synthetic[0].values
+    assert synth.synthetic[0].name.startswith("synthetic_labels")
+    assert np.corrcoef(img[vol.valid], scan[vol.valid])[0, 1] < 0.99  # not the scan's intensities
+    xr, yr = real(np.random.default_rng(5), 1)
+    xs, ys = synth(np.random.default_rng(5), 1)
+    assert np.array_equal(yr.numpy(), ys.numpy()) and not np.allclose(xr.numpy(), xs.numpy(), atol=0.05)
+    with pytest.raises(InputError, match="tissue maps or a label atlas"):
+        synth.add_synthetic(None, None, np.random.default_rng(0))

@@ -176,6 +176,93 @@ def tissue_on_canvas(maps: List[TissueMap], template: Template, head: np.ndarray
     return tissue_stack(*probs, rest - bright, bright)
 
 
+def read_labels_csv(path) -> List[TissueMap]:
+    """Read LABELS.csv: label atlases for synthetic contrasts (:func:`.synth.synthetic_from_labels`), columns
+    ``image`` (required; integer labels, 0 = outside the atlas), ``template_to_image``, ``licence`` and
+    ``anatomy`` (the PAIRS.csv training row whose scan the atlas is drawn on, e.g. ``mni152_1mm`` for the
+    MNI152 label atlas on the MNI152 1 mm grid) as in TISSUE.csv."""
+    from ...geometry import affine_matrix_from_sitk
+    from ...io import read_transform
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"labels: file not found: {path}")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "image" not in rows[0]:
+        raise InputError(f"labels: {path} needs a header with an 'image' column and at least one row")
+    atlases = []
+    for i, row in enumerate(rows, start=2):
+        image = (path.parent / row["image"]).resolve()
+        if not image.is_file():
+            raise InputError(f"labels: line {i}: image not found: {image}")
+        tx = (row.get("template_to_image") or "").strip()
+        matrix = affine_matrix_from_sitk(read_transform(path.parent / tx)) if tx else None
+        atlases.append(TissueMap(image.name.split(".")[0], image, matrix, row.get("licence", "")))
+    return atlases
+
+
+@dataclass
+class LabelAtlas:
+    """A label map on the canvas for :func:`.synth.synthetic_from_labels`: ``labels`` (N, N, N) int32 in
+    ``0 .. len(groups) - 1``, ``groups`` the tissue class (:data:`.synth.GROUPS`) of each label, and the
+    anatomy volume it is drawn on (its domain and patch candidates are the synthetic volumes')."""
+
+    labels: np.ndarray
+    groups: np.ndarray
+    anatomy: "CanvasVolume"
+    files: list
+
+
+def labels_on_canvas(atlas: TissueMap, template: Template, scan: np.ndarray, head: np.ndarray,
+                     brain: Optional[np.ndarray] = None):
+    """``(labels, groups)`` on the canvas from an atlas of brain regions and the anatomy's scan.
+
+    Each atlas region (label > 0, resampled nearest-neighbour) is split into CSF, grey and white matter by a
+    three-class k-means of ``scan`` (the anatomy's T1-weighted scan on the canvas, normalised to [0, 1])
+    inside the atlas, so that a region's tissues get intensities of their own; outside the atlas the head
+    (``head`` > 0.5, where the scan has signal) is split into dark (bone, CSF, air cavities) and bright
+    (scalp, fat) voxels at ``scan`` = 0.5, and the rest is background (label 0). ``brain``: an optional brain
+    mask (e.g. the template's); its voxels outside the atlas form one more region (an atlas drawn on another
+    subject's anatomy need not cover it exactly)."""
+    from ...geometry import sitk_affine_from_matrix
+    from .synth import BACKGROUND, CSF, HEAD_BRIGHT, HEAD_DARK
+
+    image = sitk.ReadImage(str(atlas.image))
+    tx = sitk.Transform() if atlas.template_to_image is None else sitk_affine_from_matrix(atlas.template_to_image)
+    regions = np.rint(sitk.GetArrayFromImage(sitk.Resample(image, template.image, tx, sitk.sitkNearestNeighbor,
+                                                           0.0))).astype(np.int64)
+    scan = np.asarray(scan, np.float32)
+    if brain is not None:
+        regions = np.where((regions <= 0) & np.asarray(brain, bool), regions.max() + 1, regions)
+    inside = regions > 0
+    if not inside.any():
+        raise InputError(f"labels: {atlas.image.name} has no labelled voxel on the template canvas")
+    tissue = _three_means(scan[inside])  # 0 csf, 1 gm, 2 wm per inside voxel
+    ids, region_index = np.unique(regions[inside], return_inverse=True)
+    labels = np.zeros(scan.shape, np.int32)
+    labels[inside] = 1 + 3 * region_index.ravel() + tissue
+    n = 1 + 3 * len(ids)
+    rest = ~inside & (np.asarray(head) > 0.5)
+    labels[rest & (scan <= 0.5)] = n
+    labels[rest & (scan > 0.5)] = n + 1
+    groups = np.concatenate([[BACKGROUND], np.tile([CSF, CSF + 1, CSF + 2], len(ids)), [HEAD_DARK, HEAD_BRIGHT]])
+    return labels, groups.astype(np.int64)
+
+
+def _three_means(values: np.ndarray, iterations: int = 30) -> np.ndarray:
+    """Class 0/1/2 (dark/middle/bright) of each value by 1D k-means from the 10/50/90 % percentiles."""
+    centres = np.percentile(values, [10, 50, 90]).astype(np.float64)
+    for _ in range(iterations):
+        cls = np.argmin(np.abs(values[:, None] - centres[None]), axis=1)
+        new = np.array([values[cls == k].mean() if np.any(cls == k) else centres[k] for k in range(3)])
+        if np.allclose(new, centres):
+            break
+        centres = new
+    order = np.argsort(centres)
+    return np.argsort(order)[np.argmin(np.abs(values[:, None] - centres[None]), axis=1)]
+
+
 @dataclass
 class CanvasVolume:
     """A training volume on the template canvas: raw intensities, its domain, and patch candidates."""
@@ -232,13 +319,21 @@ class PatchSampler:
         self.masks = [torch.from_numpy(ndimage.binary_dilation(brain, iterations=k) if k else brain)
                       .float()[None, None] for k in range(4)]
         self.n = template.canvas_size
-        self.tissue, self.anatomy, self.synthetic, self.synthetic_tensors = None, None, [], []
+        self.sources, self.synthetic, self.synthetic_tensors = [], [], []
 
-    def add_synthetic(self, tissue: np.ndarray, anatomy: CanvasVolume, rng: np.random.Generator) -> None:
+    def add_synthetic(self, tissue: Optional[np.ndarray], anatomy: Optional[CanvasVolume],
+                      rng: np.random.Generator, labels: Optional[LabelAtlas] = None) -> None:
         """Draw crops with probability ``synthetic_fraction`` from synthetic contrasts of ``tissue`` (class
         probabilities on the canvas, :func:`tissue_on_canvas`), using the patch candidates and domain of
-        ``anatomy`` (the volume the maps belong to)."""
-        self.tissue, self.anatomy = np.asarray(tissue, np.float32), anatomy
+        ``anatomy`` (the volume the maps belong to), and/or of the label atlas ``labels``
+        (:func:`labels_on_canvas`); with both, each new contrast comes from one of the two at random."""
+        self.sources = []
+        if tissue is not None:
+            self.sources.append(("tissue", np.asarray(tissue, np.float32), anatomy))
+        if labels is not None:
+            self.sources.append(("labels", labels, labels.anatomy))
+        if not self.sources:
+            raise InputError("synthetic contrasts need tissue maps or a label atlas")
         self.synthetic, self.synthetic_tensors = [], []
         for _ in range(int(self.config.synthetic_pool)):
             self._add_one(rng)
@@ -246,12 +341,17 @@ class PatchSampler:
     def _add_one(self, rng: np.random.Generator, slot: Optional[int] = None) -> None:
         import torch
 
-        from .synth import synthetic_contrast
+        from .synth import synthetic_contrast, synthetic_from_labels
 
-        image, _ = synthetic_contrast(self.tissue, rng)
-        image = np.where(self.anatomy.valid, image, 0.0).astype(np.float32)
-        vol = CanvasVolume(f"synthetic_{len(self.synthetic)}", image, self.anatomy.valid, self.anatomy.candidates,
-                           self.anatomy.candidates_stripped)
+        # one source: no extra draw (the tissue-only stream of earlier models stays reproducible)
+        kind, data, anatomy = self.sources[int(rng.integers(len(self.sources))) if len(self.sources) > 1 else 0]
+        if kind == "tissue":
+            image, _ = synthetic_contrast(data, rng)
+        else:
+            image, _ = synthetic_from_labels(data.labels, data.groups, rng)
+        image = np.where(anatomy.valid, image, 0.0).astype(np.float32)
+        vol = CanvasVolume(f"synthetic_{kind}_{len(self.synthetic)}", image, anatomy.valid, anatomy.candidates,
+                           anatomy.candidates_stripped)
         if slot is None:
             self.synthetic.append(vol)
             self.synthetic_tensors.append(torch.from_numpy(image)[None, None])
@@ -376,6 +476,7 @@ def train_partial_prereg_model(
     notes: Optional[str] = None,
     init_weights=None,
     tissue_csv=None,
+    labels_csv=None,
     network=None,
     progress=None,
     cancel=None,
@@ -398,6 +499,9 @@ def train_partial_prereg_model(
             (required when ``config.synthetic_fraction > 0``); its optional ``anatomy`` column names the
             PAIRS.csv row the maps belong to (default: the first training row), whose scan gives the head's
             extent and the dark/bright split of non-brain tissue.
+        labels_csv: LABELS.csv (:func:`read_labels_csv`) of label atlases for synthetic contrasts
+            (:func:`.synth.synthetic_from_labels`, random intensity per label); with ``tissue_csv`` too, each
+            synthetic contrast comes from one of the two at random. One atlas per file is used (the first).
         network: :class:`~.network.PatchNetConfig` of the network to train (default: the paper's network,
             3.8 M parameters); a narrower one trains several times faster per step on a CPU.
 
@@ -419,13 +523,18 @@ def train_partial_prereg_model(
     train_vols = [v for v, c in zip(vols, cases) if c.split == "train"]
     val_vols = [v for v, c in zip(vols, cases) if c.split == "val"]
     sampler = PatchSampler(train_vols, template, intensity, config)
-    synthetic = None
+    synthetic, atlas = None, None
     if config.synthetic_fraction > 0:
-        if tissue_csv is None:
-            raise InputError("tissue: synthetic_fraction > 0 needs tissue probability maps (TISSUE.csv)")
-        synthetic = _synthetic_setup(tissue_csv, train_vols, template, intensity)
-        sampler.add_synthetic(synthetic["tissue"], synthetic["anatomy"],
-                              np.random.default_rng([config.optim.seed, 7919]))
+        if tissue_csv is None and labels_csv is None:
+            raise InputError("tissue: synthetic_fraction > 0 needs tissue probability maps (TISSUE.csv) or a "
+                             "label atlas (LABELS.csv)")
+        if tissue_csv is not None:
+            synthetic = _synthetic_setup(tissue_csv, train_vols, template, intensity)
+        if labels_csv is not None:
+            atlas = _labels_setup(labels_csv, train_vols, template, intensity)
+        sampler.add_synthetic(synthetic["tissue"] if synthetic else None,
+                              synthetic["anatomy"] if synthetic else None,
+                              np.random.default_rng([config.optim.seed, 7919]), labels=atlas)
     network = network or PatchNetConfig()
     if (config.mirror_prob > 0 or network.mirror_average) and not is_mirror_symmetric(template):
         raise InputError(f"template: mirror augmentation/averaging needs a left-right symmetric template; "
@@ -440,6 +549,8 @@ def train_partial_prereg_model(
         run_config["init_weights"] = init["sha256"]
     if synthetic:
         run_config["tissue"] = synthetic["files"]
+    if atlas:
+        run_config["labels"] = atlas.files
 
     def validate(model) -> dict:
         out = {}
@@ -461,9 +572,19 @@ def train_partial_prereg_model(
     card["this_invocation_cpu_s"] = round(time.process_time() - c0, 1)  # training + final evaluation
     card["network"] = dict(network.to_dict(), parameters=sum(p.numel() for p in net.parameters()),
                            paper_network=network == PatchNetConfig())
-    if synthetic:
-        card["synthetic_contrasts"] = {"tissue_maps": synthetic["files"], "anatomy": synthetic["anatomy"].name,
-                                       "fraction_of_crops": config.synthetic_fraction}
+    if synthetic or atlas:
+        from .synth import FAMILY_NAMES, LabelSynthConfig
+
+        card["synthetic_contrasts"] = {"fraction_of_crops": config.synthetic_fraction}
+        if synthetic:
+            card["synthetic_contrasts"].update(tissue_maps=synthetic["files"], anatomy=synthetic["anatomy"].name)
+        if atlas:
+            card["synthetic_contrasts"]["label_atlas"] = {
+                "files": atlas.files, "anatomy": atlas.anatomy.name, "labels": int(len(atlas.groups)),
+                "family_weights": dict(zip(FAMILY_NAMES, LabelSynthConfig().family_weights)),
+                "label_std": LabelSynthConfig().label_std}
+            if synthetic:
+                card["synthetic_contrasts"]["sources"] = "each new contrast from the tissue maps or the atlas, 50/50"
     if notes:
         card["notes"] = notes
     if init:
@@ -490,6 +611,26 @@ def _synthetic_setup(tissue_csv, train_vols: List[CanvasVolume], template: Templ
     tissue = tissue_on_canvas(maps, template, head, scan)
     return {"tissue": tissue, "anatomy": anatomy,
             "files": [{"class": m.name, "file": m.image.name, "licence": m.licence} for m in maps]}
+
+
+def _labels_setup(labels_csv, train_vols: List[CanvasVolume], template: Template,
+                  intensity: IntensityConfig) -> LabelAtlas:
+    """The label atlas of ``labels_csv`` on the canvas (:func:`labels_on_canvas`) and its anatomy volume."""
+    atlases = read_labels_csv(labels_csv)
+    with open(labels_csv, newline="") as f:
+        name = (next(csv.DictReader(f)).get("anatomy") or "").strip()
+    by_name = {v.name: v for v in train_vols}
+    name = name or train_vols[0].name
+    if name not in by_name:
+        raise InputError(f"labels: anatomy {name!r} is not a training row of PAIRS.csv")
+    anatomy = by_name[name]
+    lo, hi = intensity.value_range(anatomy.values[anatomy.valid])
+    scan = np.clip(normalize(anatomy.values, lo, hi) + 0.5, 0.0, 1.0)
+    head = np.clip(scan / max(intensity.foreground_level, 1e-3), 0.0, 1.0) * anatomy.valid
+    brain = sitk.GetArrayFromImage(template.foreground_mask()).astype(bool)
+    labels, groups = labels_on_canvas(atlases[0], template, scan, head, brain & anatomy.valid)
+    files = [{"file": atlases[0].image.name, "licence": atlases[0].licence}]
+    return LabelAtlas(labels, groups, anatomy, files)
 
 
 def _initialise(net, init_weights, template) -> Optional[dict]:
