@@ -32,7 +32,7 @@ patch at template scale (or with too few foreground patches) is not an error: th
 local search covers the fixed image's foreground from scanner-orientation seeds (flagged doubtful, with the
 reason). ``diagnostics["doubtful"]`` lists reasons to check a result.
 
-Why the local search: a patch network trained on a CPU budget places patches to ~2-3 cm (see the shipped
+Why the local search: a patch network trained on a CPU budget places patches to ~1-2 cm (see the shipped
 model's card), so the TSPM estimate is often outside the basin of an intensity-based refinement, while the
 FFT search over every shift of a ±4 cm window and rotations within ±20° finds the basin in about a second.
 """
