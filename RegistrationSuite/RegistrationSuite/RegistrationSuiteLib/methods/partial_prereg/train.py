@@ -89,28 +89,43 @@ class TSPMTrainConfig:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
 
-def read_pairs_csv(path) -> List[TrainingCase]:
-    """Read PAIRS.csv: columns ``image`` (required; relative paths are relative to the CSV) and optionally
-    ``template_to_image`` (an ITK transform file mapping template points to image points, LPS — what
-    ``register_global_rigid(template, image)`` returns; empty: the image is already aligned with the
-    template), ``split`` (``train``/``val``), ``licence``, ``name``."""
+def read_image_table(path, what: str, required=("image",)):
+    """Rows of a training CSV (PAIRS.csv, TISSUE.csv, LABELS.csv): ``[(line, row, image path, template→image
+    matrix or None)]``, the image and the optional ``template_to_image`` transform resolved relative to the CSV.
+    ``what`` names the table in errors; ``required``: the columns the header must have.
+
+    Raises:
+        InputError: missing file, missing columns or no row, an image not found.
+    """
     from ...geometry import affine_matrix_from_sitk
     from ...io import read_transform
 
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"pairs: file not found: {path}")
+        raise InputError(f"{what}: file not found: {path}")
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    if not rows or "image" not in rows[0]:
-        raise InputError(f"pairs: {path} needs a header with an 'image' column and at least one row")
-    cases = []
+    if not rows or any(c not in rows[0] for c in required):
+        names = " and ".join(f"'{c}'" for c in required)
+        columns = f"{names} columns" if len(required) > 1 else f"an {names} column"
+        raise InputError(f"{what}: {path} needs a header with {columns} and at least one row")
+    out = []
     for i, row in enumerate(rows, start=2):
         image = (path.parent / row["image"]).resolve()
         if not image.is_file():
-            raise InputError(f"pairs: line {i}: image not found: {image}")
+            raise InputError(f"{what}: line {i}: image not found: {image}")
         tx = (row.get("template_to_image") or "").strip()
-        matrix = affine_matrix_from_sitk(read_transform(path.parent / tx)) if tx else None
+        out.append((i, row, image, affine_matrix_from_sitk(read_transform(path.parent / tx)) if tx else None))
+    return out
+
+
+def read_pairs_csv(path) -> List[TrainingCase]:
+    """Read PAIRS.csv: columns ``image`` (required; relative paths are relative to the CSV) and optionally
+    ``template_to_image`` (an ITK transform file mapping template points to image points, LPS — what
+    ``register_global_rigid(template, image)`` returns; empty: the image is already aligned with the
+    template), ``split`` (``train``/``val``), ``licence``, ``name``."""
+    cases = []
+    for i, row, image, matrix in read_image_table(path, "pairs"):
         split = (row.get("split") or "train").strip() or "train"
         if split not in ("train", "val"):
             raise InputError(f"pairs: line {i}: split must be 'train' or 'val', got {split!r}")
@@ -133,25 +148,8 @@ class TissueMap:
 def read_tissue_csv(path) -> List[TissueMap]:
     """Read TISSUE.csv: columns ``class`` and ``image`` (required), ``template_to_image`` and ``licence``
     (optional), as in PAIRS.csv (relative paths are relative to the CSV)."""
-    from ...geometry import affine_matrix_from_sitk
-    from ...io import read_transform
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"tissue: file not found: {path}")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "image" not in rows[0] or "class" not in rows[0]:
-        raise InputError(f"tissue: {path} needs a header with 'class' and 'image' columns and at least one row")
-    maps = []
-    for i, row in enumerate(rows, start=2):
-        image = (path.parent / row["image"]).resolve()
-        if not image.is_file():
-            raise InputError(f"tissue: line {i}: image not found: {image}")
-        tx = (row.get("template_to_image") or "").strip()
-        matrix = affine_matrix_from_sitk(read_transform(path.parent / tx)) if tx else None
-        maps.append(TissueMap(row["class"], image, matrix, row.get("licence", "")))
-    return maps
+    return [TissueMap(row["class"], image, matrix, row.get("licence", ""))
+            for _, row, image, matrix in read_image_table(path, "tissue", required=("class", "image"))]
 
 
 def tissue_on_canvas(maps: List[TissueMap], template: Template, head: np.ndarray,
@@ -181,25 +179,8 @@ def read_labels_csv(path) -> List[TissueMap]:
     ``image`` (required; integer labels, 0 = outside the atlas), ``template_to_image``, ``licence`` and
     ``anatomy`` (the PAIRS.csv training row whose scan the atlas is drawn on, e.g. ``mni152_1mm`` for the
     MNI152 label atlas on the MNI152 1 mm grid) as in TISSUE.csv."""
-    from ...geometry import affine_matrix_from_sitk
-    from ...io import read_transform
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"labels: file not found: {path}")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "image" not in rows[0]:
-        raise InputError(f"labels: {path} needs a header with an 'image' column and at least one row")
-    atlases = []
-    for i, row in enumerate(rows, start=2):
-        image = (path.parent / row["image"]).resolve()
-        if not image.is_file():
-            raise InputError(f"labels: line {i}: image not found: {image}")
-        tx = (row.get("template_to_image") or "").strip()
-        matrix = affine_matrix_from_sitk(read_transform(path.parent / tx)) if tx else None
-        atlases.append(TissueMap(image.name.split(".")[0], image, matrix, row.get("licence", "")))
-    return atlases
+    return [TissueMap(image.name.split(".")[0], image, matrix, row.get("licence", ""))
+            for _, row, image, matrix in read_image_table(path, "labels")]
 
 
 @dataclass
