@@ -54,7 +54,7 @@ def test_tiny_convergence_overfits_a_few_patches():
         loss = l1_position_loss(net(x), y)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < 0.1 * losses[0] and losses[-1] < 0.1
     pred = predict_positions(net, x[:, 0].numpy(), device="cpu", batch_size=3)
     assert pred.shape == (4, 3)
