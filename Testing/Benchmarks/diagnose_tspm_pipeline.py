@@ -107,7 +107,8 @@ def brain_points(template, stride: int = 3) -> np.ndarray:
     """Physical points (template LPS mm) of every ``stride``-th voxel of the template's brain region."""
     from RegistrationSuiteLib.geometry import apply_affine
 
-    idx = np.argwhere(sitk.GetArrayViewFromImage(template.foreground_mask())[::stride, ::stride, ::stride])
+    mask = template.foreground_mask()  # held: a view of a temporary image would outlive its buffer
+    idx = np.argwhere(sitk.GetArrayViewFromImage(mask)[::stride, ::stride, ::stride])
     return apply_affine(template.canvas_to_physical(), idx[:, ::-1] * float(stride))
 
 
