@@ -322,21 +322,27 @@ def test_organ_table_helpers_for_the_gui(headless_scene):
             parse_matrix(bad)
 
 
+def _child_options(scene, config):
+    """The CLI options a run of ``config`` passes to its child process, and the child's parse of them."""
+    from RegistrationSuiteLib.cli.main import build_parser
+
+    image = organ_image()
+    fixed = volume_node_from_image(image, scene, "fixed", labelmap=True)
+    moving = volume_node_from_image(image, scene, "moving", labelmap=True)
+    options = [str(o) for o in OrganPointCloudLogic().run_spec(fixed, moving, config).options]
+    args = build_parser().parse_args(["organ-points", "--fixed", "f.nrrd", "--moving", "m.nrrd", "--output", "t.h5"]
+                                     + options)
+    return options, args
+
+
 @pytest.mark.parametrize("spread", [True, False])
 def test_run_spec_passes_the_sampling_to_the_cli(headless_scene, spread):
     """``spread_sampling`` becomes ``--sampling spread|random`` (before, a changed one was refused), and the child
     parses it back to the same config value."""
-    from RegistrationSuiteLib.cli.main import build_parser
     from RegistrationSuiteLib.mrml.organ_logic import DEFAULT_SAMPLING
 
-    image = organ_image()
-    fixed = volume_node_from_image(image, headless_scene, "fixed", labelmap=True)
-    moving = volume_node_from_image(image, headless_scene, "moving", labelmap=True)
-    spec = OrganPointCloudLogic().run_spec(fixed, moving, OrganPointCloudConfig(spread_sampling=spread))
-    options = [str(o) for o in spec.options]
+    options, args = _child_options(headless_scene, OrganPointCloudConfig(spread_sampling=spread))
     assert options.count("--sampling") == 1
-    args = build_parser().parse_args(["organ-points", "--fixed", "f.nrrd", "--moving", "m.nrrd", "--output", "t.h5"]
-                                     + options)
     assert (args.sampling == "spread") is spread
     assert DEFAULT_SAMPLING == ("spread" if OrganPointCloudConfig().spread_sampling else "random")
 
@@ -345,18 +351,11 @@ def test_run_spec_passes_the_sampling_to_the_cli(headless_scene, spread):
 def test_run_spec_passes_the_common_field_of_view_to_the_cli(headless_scene, common_fov):
     """``common_fov`` becomes ``--common-fov on|off`` (before, a changed one was refused and the child always ran
     with the CLI's default), and the child builds the same config value from it."""
-    from RegistrationSuiteLib.cli.main import build_parser
     from RegistrationSuiteLib.cli.organ_points import build_config
     from RegistrationSuiteLib.mrml.organ_logic import DEFAULT_COMMON_FOV
 
-    image = organ_image()
-    fixed = volume_node_from_image(image, headless_scene, "fixed", labelmap=True)
-    moving = volume_node_from_image(image, headless_scene, "moving", labelmap=True)
-    spec = OrganPointCloudLogic().run_spec(fixed, moving, OrganPointCloudConfig(common_fov=common_fov))
-    options = [str(o) for o in spec.options]
+    options, args = _child_options(headless_scene, OrganPointCloudConfig(common_fov=common_fov))
     assert options.count("--common-fov") == 1
-    args = build_parser().parse_args(["organ-points", "--fixed", "f.nrrd", "--moving", "m.nrrd", "--output", "t.h5"]
-                                     + options)
     assert args.common_fov == ("on" if common_fov else "off")
     assert build_config(args).common_fov is common_fov
     assert DEFAULT_COMMON_FOV is OrganPointCloudConfig().common_fov is True

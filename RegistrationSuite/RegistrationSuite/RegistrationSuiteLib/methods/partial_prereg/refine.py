@@ -244,6 +244,11 @@ def _run_level(fixed, moving, current, mask, metric, shrink, sigma, iterations, 
     return affine_matrix_from_sitk(tx), ""
 
 
+def isotropic_scale(matrix: np.ndarray) -> float:
+    """Isotropic scale of an affine 4x4 (or 3x3) matrix: ``det^(1/3)`` of its linear part (1 for a rigid one)."""
+    return float(np.cbrt(np.linalg.det(np.asarray(matrix, float)[:3, :3])))
+
+
 def refine_similarity(
     fixed: sitk.Image,
     moving: sitk.Image,
@@ -272,7 +277,7 @@ def refine_similarity(
             break
         center = apply_affine(Grid.from_image(fixed).index_to_world(), idx.mean(axis=0)[None])[0]
         linear = current[:3, :3]
-        scale = float(np.cbrt(np.linalg.det(linear)))
+        scale = isotropic_scale(linear)
         tx = sitk.Similarity3DTransform()
         tx.SetCenter(center.tolist())
         rotation = _euler(np.vstack([np.hstack([linear / scale, np.zeros((3, 1))]), [0, 0, 0, 1]]), center)
@@ -292,5 +297,5 @@ def refine_similarity(
         current = affine_matrix_from_sitk(tx)
     after = evaluate_metric(fixed, moving, current, "mi", fixed_mask=fixed_mask, seed=seed, linear=True)
     if not (np.isfinite(after) and after > before):
-        return start, float(np.cbrt(np.linalg.det(start[:3, :3])))
-    return current, float(np.cbrt(np.linalg.det(current[:3, :3])))
+        return start, isotropic_scale(start)
+    return current, isotropic_scale(current)

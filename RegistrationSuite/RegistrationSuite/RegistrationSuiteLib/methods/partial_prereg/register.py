@@ -57,6 +57,7 @@ from .network import load_tspm_model, predict_positions
 from .patches import TooSmallForPatches, sample_patches
 from .ransac import RansacResult, ransac_rigid, ransac_translation
 from .refine import LEVELS, _euler, refine_rigid
+from .refine import isotropic_scale as template_scale  # a template → fixed matrix's: the subject's size over the template's
 from .seeds import neighbour_seeds, scanner_seeds
 
 # fixed → template results of recent fixed images (the step does not depend on the moving image; a session
@@ -296,11 +297,6 @@ def fixed_to_template_key(fixed: sitk.Image, template, cfg: PartialPreregConfig)
 def fixed_to_template_scaled(cfg: PartialPreregConfig) -> bool:
     """Whether the fixed → template alignment is a similarity (an MI refinement with ``fixed_to_template_scale``)."""
     return bool(cfg.fixed_to_template_scale) and fixed_to_template_metric(cfg) == "mi"
-
-
-def template_scale(template_to_fixed: np.ndarray) -> float:
-    """Isotropic scale of a template → fixed matrix (``det^(1/3)`` of its linear part; 1 for a rigid one)."""
-    return float(np.cbrt(np.linalg.det(np.asarray(template_to_fixed, float)[:3, :3])))
 
 
 def nearest_rigid(matrix: np.ndarray) -> np.ndarray:

@@ -72,6 +72,8 @@ FAMILIES = {
     "flair": ((0.0, 0.0), (0.0, 0.15), (0.5, 0.8), (0.3, 0.5), (0.0, 0.15), (0.4, 0.9)),
     "pd": ((0.0, 0.0), (0.6, 0.9), (0.55, 0.8), (0.4, 0.6), (0.0, 0.2), (0.5, 0.9)),
 }
+#: contrast families in the order of :attr:`LabelSynthConfig.family_weights`
+FAMILY_NAMES = ("random", "t1", "t2", "flair", "pd")
 
 
 @dataclass(frozen=True)
@@ -95,9 +97,6 @@ class LabelSynthConfig:
             raise InputError(f"family_weights: expected five non-negative weights, got {self.family_weights}")
         if self.label_std < 0:
             raise InputError(f"label_std: expected >= 0, got {self.label_std}")
-
-
-FAMILY_NAMES = ("random", "t1", "t2", "flair", "pd")
 
 
 def tissue_stack(*maps: np.ndarray) -> np.ndarray:

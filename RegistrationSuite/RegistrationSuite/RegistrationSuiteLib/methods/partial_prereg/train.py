@@ -207,7 +207,7 @@ def labels_on_canvas(atlas: TissueMap, template: Template, scan: np.ndarray, hea
     mask (e.g. the template's); its voxels outside the atlas form one more region (an atlas drawn on another
     subject's anatomy need not cover it exactly)."""
     from ...geometry import sitk_affine_from_matrix
-    from .synth import BACKGROUND, CSF, HEAD_BRIGHT, HEAD_DARK
+    from .synth import BACKGROUND, CSF, GM, HEAD_BRIGHT, HEAD_DARK, WM
 
     image = sitk.ReadImage(str(atlas.image))
     tx = sitk.Transform() if atlas.template_to_image is None else sitk_affine_from_matrix(atlas.template_to_image)
@@ -227,7 +227,7 @@ def labels_on_canvas(atlas: TissueMap, template: Template, scan: np.ndarray, hea
     rest = ~inside & (np.asarray(head) > 0.5)
     labels[rest & (scan <= 0.5)] = n
     labels[rest & (scan > 0.5)] = n + 1
-    groups = np.concatenate([[BACKGROUND], np.tile([CSF, CSF + 1, CSF + 2], len(ids)), [HEAD_DARK, HEAD_BRIGHT]])
+    groups = np.concatenate([[BACKGROUND], np.tile([CSF, GM, WM], len(ids)), [HEAD_DARK, HEAD_BRIGHT]])
     return labels, groups.astype(np.int64)
 
 
@@ -573,22 +573,33 @@ def train_partial_prereg_model(
     return _write_model(net, template, intensity, card, output)
 
 
-def _synthetic_setup(tissue_csv, train_vols: List[CanvasVolume], template: Template,
-                     intensity: IntensityConfig) -> dict:
-    """Tissue classes on the canvas and the anatomy volume they belong to (see ``tissue_csv``)."""
-    maps = read_tissue_csv(tissue_csv)
-    with open(tissue_csv, newline="") as f:
-        wanted = {(row.get("anatomy") or "").strip() for row in csv.DictReader(f)} - {""}
+def _anatomy_scan(csv_path, what: str, train_vols: List[CanvasVolume], intensity: IntensityConfig,
+                  first_row_only: bool = False):
+    """The training volume that the maps of a TISSUE.csv / LABELS.csv are drawn on (its ``anatomy`` column: one
+    name for all rows, or the first row's with ``first_row_only``; empty: the first training row), as
+    ``(volume, scan, head)``: ``scan`` its values normalised with the model's intensity range (+ 0.5, not
+    clipped), ``head`` in [0, 1] where the scan has signal (inside the volume's domain)."""
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    wanted = {(row.get("anatomy") or "").strip() for row in (rows[:1] if first_row_only else rows)} - {""}
     if len(wanted) > 1:
-        raise InputError(f"tissue: expected one anatomy for all maps, got {sorted(wanted)}")
+        raise InputError(f"{what}: expected one anatomy for all maps, got {sorted(wanted)}")
     by_name = {v.name: v for v in train_vols}
     name = next(iter(wanted)) if wanted else train_vols[0].name
     if name not in by_name:
-        raise InputError(f"tissue: anatomy {name!r} is not a training row of PAIRS.csv")
+        raise InputError(f"{what}: anatomy {name!r} is not a training row of PAIRS.csv")
     anatomy = by_name[name]
     lo, hi = intensity.value_range(anatomy.values[anatomy.valid])
     scan = normalize(anatomy.values, lo, hi) + 0.5
     head = np.clip(scan / max(intensity.foreground_level, 1e-3), 0.0, 1.0) * anatomy.valid
+    return anatomy, scan, head
+
+
+def _synthetic_setup(tissue_csv, train_vols: List[CanvasVolume], template: Template,
+                     intensity: IntensityConfig) -> dict:
+    """Tissue classes on the canvas and the anatomy volume they belong to (see ``tissue_csv``)."""
+    maps = read_tissue_csv(tissue_csv)
+    anatomy, scan, head = _anatomy_scan(tissue_csv, "tissue", train_vols, intensity)
     tissue = tissue_on_canvas(maps, template, head, scan)
     return {"tissue": tissue, "anatomy": anatomy,
             "files": [{"class": m.name, "file": m.image.name, "licence": m.licence} for m in maps]}
@@ -598,16 +609,8 @@ def _labels_setup(labels_csv, train_vols: List[CanvasVolume], template: Template
                   intensity: IntensityConfig) -> LabelAtlas:
     """The label atlas of ``labels_csv`` on the canvas (:func:`labels_on_canvas`) and its anatomy volume."""
     atlases = read_labels_csv(labels_csv)
-    with open(labels_csv, newline="") as f:
-        name = (next(csv.DictReader(f)).get("anatomy") or "").strip()
-    by_name = {v.name: v for v in train_vols}
-    name = name or train_vols[0].name
-    if name not in by_name:
-        raise InputError(f"labels: anatomy {name!r} is not a training row of PAIRS.csv")
-    anatomy = by_name[name]
-    lo, hi = intensity.value_range(anatomy.values[anatomy.valid])
-    scan = np.clip(normalize(anatomy.values, lo, hi) + 0.5, 0.0, 1.0)
-    head = np.clip(scan / max(intensity.foreground_level, 1e-3), 0.0, 1.0) * anatomy.valid
+    anatomy, scan, head = _anatomy_scan(labels_csv, "labels", train_vols, intensity, first_row_only=True)
+    scan = np.clip(scan, 0.0, 1.0)
     brain = sitk.GetArrayFromImage(template.foreground_mask()).astype(bool)
     labels, groups = labels_on_canvas(atlases[0], template, scan, head, brain & anatomy.valid)
     files = [{"file": atlases[0].image.name, "licence": atlases[0].licence}]
