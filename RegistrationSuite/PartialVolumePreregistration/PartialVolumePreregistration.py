@@ -342,7 +342,7 @@ class PartialVolumePreregistrationTest(ScriptedLoadableModuleTest):
 
         params = logic.getParameterNode()
         params.fixedVolume, params.movingVolume = fixed, moving
-        from RegistrationSuiteLib.methods.partial_prereg import DEFAULT_MODEL  # the T1 MR model
+        from RegistrationSuiteLib.methods.partial_prereg import DEFAULT_MODEL  # the shipped MR model (T1, T2, FLAIR)
 
         names = [name for name, _source, _path in logic.availableModels()]
         params.model = DEFAULT_MODEL if DEFAULT_MODEL in names else names[0]
